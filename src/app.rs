@@ -1,0 +1,245 @@
+//! Wiring: origin, store, the two stacks, the listeners, and shutdown.
+
+use crate::chunk::ChunkRequest;
+use crate::config::{Config, OriginKind, StoreKind};
+use crate::error::{Error, ShoalClassify};
+use crate::fill::Fill;
+use crate::layer::{
+    ConcurrencyLimitLayer, NegativeCacheLayer, RetryPolicy, RetryUntilCommitLayer,
+    SingleflightLayer, StoreLookupLayer,
+};
+use crate::object::{require_etag, ChunkService, MetaService, ObjectRef, ObjectService};
+use crate::origin::{LocalOrigin, Origin, OriginRanges, S3Origin};
+use crate::s3::{self, S3State};
+use crate::store::{ChunkStore, MemoryStore};
+use axum::routing::get;
+use axum::Router;
+use futures_util::future::BoxFuture;
+use http::StatusCode;
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+use tokio::net::TcpListener;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+use tower::util::BoxCloneSyncService;
+use tower::{Layer, ServiceBuilder};
+
+/// Builds the origin named by the config.
+pub async fn build_origin(cfg: &Config) -> Result<Arc<dyn Origin>, Error> {
+    Ok(match cfg.origin.kind {
+        OriginKind::S3 => Arc::new(S3Origin::new(&cfg.origin).await?),
+        OriginKind::Local => {
+            let root = cfg
+                .origin
+                .root
+                .clone()
+                .ok_or_else(|| Error::internal("origin.root is required"))?;
+            Arc::new(LocalOrigin::new(root))
+        }
+    })
+}
+
+/// Builds the store named by the config.
+pub async fn build_store(cfg: &Config) -> Result<Arc<dyn ChunkStore>, Error> {
+    match cfg.store.kind {
+        StoreKind::Memory => Ok(Arc::new(MemoryStore::new(cfg.store.capacity.0))),
+        StoreKind::Disk => Err(Error::internal(
+            "store.kind = \"disk\" is not available in this build",
+        )),
+    }
+}
+
+/// The chunk stack of DESIGN.md, top to bottom.
+pub fn chunk_stack(
+    cfg: &Config,
+    origin: Arc<dyn Origin>,
+    store: Arc<dyn ChunkStore>,
+    tasks: TaskTracker,
+) -> ChunkService {
+    let retry = &cfg.fill.retry;
+    let origin_stack = ServiceBuilder::new()
+        .layer(ConcurrencyLimitLayer::new(
+            cfg.fill.origin_concurrency,
+            cfg.fill.queue_timeout.0,
+        ))
+        .layer(RetryUntilCommitLayer::new(
+            RetryPolicy {
+                attempts: retry.attempts,
+                backoff_initial: retry.backoff_initial.0,
+                backoff_max: retry.backoff_max.0,
+                max_total: retry.max_total.0,
+            },
+            ShoalClassify,
+        ))
+        .service(OriginRanges::new(origin));
+    let fill = Fill::new(origin_stack, store.clone());
+    let stack = ServiceBuilder::new()
+        .layer(StoreLookupLayer::new(store))
+        .layer(SingleflightLayer::new(|r: &ChunkRequest| r.key.clone()).with_tracker(tasks))
+        .service(fill);
+    BoxCloneSyncService::new(stack)
+}
+
+/// The object service over both stacks.
+pub fn object_service(
+    cfg: &Config,
+    origin: Arc<dyn Origin>,
+    store: Arc<dyn ChunkStore>,
+    tasks: TaskTracker,
+) -> ObjectService {
+    let o = origin.clone();
+    let head = tower::service_fn(move |r: ObjectRef| {
+        let o = o.clone();
+        async move {
+            let m = o.head(&r.bucket, &r.key).await.map_err(Error::Origin)?;
+            require_etag(m)
+        }
+    });
+    let cached = NegativeCacheLayer::new(|r: &ObjectRef| r.clone(), ShoalClassify)
+        .ttl(cfg.metadata.ttl.0)
+        .negative_ttl(cfg.metadata.negative_ttl.0)
+        .max_entries(cfg.metadata.max_entries)
+        .layer(head);
+    let handle = cached.clone();
+    let invalidate = Arc::new(move |r: ObjectRef| -> BoxFuture<'static, ()> {
+        let h = handle.clone();
+        Box::pin(async move { h.invalidate(&r).await })
+    });
+    let meta: MetaService = BoxCloneSyncService::new(cached);
+    ObjectService::new(
+        cfg.origin.id.as_str().into(),
+        meta,
+        invalidate,
+        chunk_stack(cfg, origin, store.clone(), tasks),
+        cfg.chunk.size.0,
+        cfg.chunk.tiers(),
+        cfg.chunk.readahead,
+    )
+}
+
+/// A running Shoal: its bound addresses and the handle to stop it.
+pub struct Running {
+    /// Where the S3 listener is bound.
+    pub s3_addr: SocketAddr,
+    /// Where the ops listener is bound.
+    pub ops_addr: SocketAddr,
+    /// The chunk store (tests inspect it).
+    pub store: Arc<dyn ChunkStore>,
+    stop: CancellationToken,
+    servers: TaskTracker,
+    fills: TaskTracker,
+    grace: Duration,
+}
+
+impl Running {
+    /// Stops accepting, lets in-flight responses and fills finish within the grace period.
+    pub async fn shutdown(self) {
+        self.stop.cancel();
+        self.servers.close();
+        self.fills.close();
+        let all = async {
+            self.servers.wait().await;
+            self.fills.wait().await;
+        };
+        if tokio::time::timeout(self.grace, all).await.is_err() {
+            tracing::warn!(grace = ?self.grace, "shutdown grace elapsed; dropping in-flight work");
+        }
+    }
+
+    /// Resolves when a stop was requested (by `shutdown` or a signal handler).
+    pub async fn stopped(&self) {
+        self.stop.cancelled().await
+    }
+
+    /// A token that stops the server when cancelled.
+    pub fn stop_token(&self) -> CancellationToken {
+        self.stop.clone()
+    }
+}
+
+/// Starts Shoal with `origin` (tests pass a wrapped one) and the store the config names.
+pub async fn start(cfg: &Config, origin: Arc<dyn Origin>) -> Result<Running, Error> {
+    let store = build_store(cfg).await?;
+    start_with(cfg, origin, store).await
+}
+
+/// Starts Shoal with an explicit origin and store.
+pub async fn start_with(
+    cfg: &Config,
+    origin: Arc<dyn Origin>,
+    store: Arc<dyn ChunkStore>,
+) -> Result<Running, Error> {
+    let fills = TaskTracker::new();
+    let objects = object_service(cfg, origin.clone(), store.clone(), fills.clone());
+    let state = Arc::new(S3State {
+        objects,
+        origin,
+        buckets: cfg.origin.buckets.clone(),
+        domain: cfg.server.domain.clone(),
+    });
+    let bind = |addr: SocketAddr| async move {
+        TcpListener::bind(addr)
+            .await
+            .map_err(|e| Error::internal(format!("cannot listen on {addr}: {e}")))
+    };
+    let s3_listener = bind(cfg.server.listen).await?;
+    let ops_listener = bind(cfg.ops.listen).await?;
+    let s3_addr = s3_listener
+        .local_addr()
+        .map_err(|e| Error::internal(e.to_string()))?;
+    let ops_addr = ops_listener
+        .local_addr()
+        .map_err(|e| Error::internal(e.to_string()))?;
+    let ready = Arc::new(AtomicBool::new(false));
+    let stop = CancellationToken::new();
+    let servers = TaskTracker::new();
+
+    let s3_app = s3::router(state);
+    let s = stop.clone();
+    servers.spawn(async move {
+        let r = axum::serve(s3_listener, s3_app)
+            .with_graceful_shutdown(s.cancelled_owned())
+            .await;
+        if let Err(e) = r {
+            tracing::error!(error = %e, "S3 listener failed");
+        }
+    });
+    let r2 = ready.clone();
+    let ops_app = Router::new()
+        .route("/healthz", get(|| async { "ok" }))
+        .route(
+            "/readyz",
+            get(move || {
+                let r = r2.clone();
+                async move {
+                    if r.load(Ordering::Acquire) {
+                        (StatusCode::OK, "ready")
+                    } else {
+                        (StatusCode::SERVICE_UNAVAILABLE, "not ready")
+                    }
+                }
+            }),
+        );
+    let s = stop.clone();
+    servers.spawn(async move {
+        let r = axum::serve(ops_listener, ops_app)
+            .with_graceful_shutdown(s.cancelled_owned())
+            .await;
+        if let Err(e) = r {
+            tracing::error!(error = %e, "ops listener failed");
+        }
+    });
+    ready.store(true, Ordering::Release);
+    tracing::info!(%s3_addr, %ops_addr, origin = %cfg.origin.id, "shoal listening");
+    Ok(Running {
+        s3_addr,
+        ops_addr,
+        store,
+        stop,
+        servers,
+        fills,
+        grace: cfg.server.shutdown_grace.0,
+    })
+}

@@ -1,0 +1,663 @@
+//! Configuration: defaults ◂ TOML file ◂ `SHOAL_…` environment (`__` nests).
+//!
+//! Every value is checked at start, and a bad one stops the process with one line that names
+//! the key. A cache that starts with a typo in its config and quietly runs on a default is
+//! worse than one that refuses to start: the operator finds out from an outage instead of from
+//! the deploy.
+
+use crate::chunk::{Tier, MIN_CHUNK_SIZE};
+use figment::providers::{Env, Format, Serialized, Toml};
+use figment::Figment;
+use serde::{Deserialize, Deserializer, Serialize, Serializer};
+use std::fmt;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+/// A byte count written as `"8 MiB"`, `"1.5 GiB"`, `"64KB"` or a bare integer.
+///
+/// IEC suffixes (KiB, MiB, …) are powers of two, SI suffixes (KB, MB, …) powers of ten, as
+/// operators expect from other tools.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
+pub struct ByteSize(pub u64);
+
+impl ByteSize {
+    /// Parses the human form; the error says what was wrong with it.
+    pub fn parse(s: &str) -> Result<Self, String> {
+        let t = s.trim();
+        if t.is_empty() {
+            return Err("size is empty".into());
+        }
+        let split = t
+            .find(|c: char| !(c.is_ascii_digit() || c == '.'))
+            .unwrap_or(t.len());
+        let (num, unit) = t.split_at(split);
+        let num: f64 = num
+            .parse()
+            .map_err(|_| format!("`{s}` is not a size like \"8 MiB\""))?;
+        let mult: u64 = match unit.trim().to_ascii_lowercase().as_str() {
+            "" | "b" => 1,
+            "k" | "kb" => 1_000,
+            "kib" => 1 << 10,
+            "m" | "mb" => 1_000_000,
+            "mib" => 1 << 20,
+            "g" | "gb" => 1_000_000_000,
+            "gib" => 1 << 30,
+            "t" | "tb" => 1_000_000_000_000,
+            "tib" => 1 << 40,
+            other => return Err(format!("unknown size unit `{other}` in `{s}`")),
+        };
+        let v = num * mult as f64;
+        if !v.is_finite() || v < 0.0 || v > u64::MAX as f64 {
+            return Err(format!("`{s}` is out of range"));
+        }
+        Ok(ByteSize(v as u64))
+    }
+}
+
+impl fmt::Display for ByteSize {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let v = self.0;
+        for (unit, shift) in [("TiB", 40), ("GiB", 30), ("MiB", 20), ("KiB", 10)] {
+            if v >= 1 << shift && v % (1 << shift) == 0 {
+                return write!(f, "{} {unit}", v >> shift);
+            }
+        }
+        write!(f, "{v} B")
+    }
+}
+
+impl Serialize for ByteSize {
+    fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_u64(self.0)
+    }
+}
+
+impl<'de> Deserialize<'de> for ByteSize {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        #[derive(Deserialize)]
+        #[serde(untagged)]
+        enum Raw {
+            N(u64),
+            S(String),
+        }
+        match Raw::deserialize(d)? {
+            Raw::N(n) => Ok(ByteSize(n)),
+            Raw::S(s) => ByteSize::parse(&s).map_err(serde::de::Error::custom),
+        }
+    }
+}
+
+/// A duration written as `"5s"`, `"100ms"`, `"5m"` (humantime syntax).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Dur(pub Duration);
+
+impl Serialize for Dur {
+    fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_str(&humantime::format_duration(self.0).to_string())
+    }
+}
+
+impl<'de> Deserialize<'de> for Dur {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        let s = String::deserialize(d)?;
+        humantime::parse_duration(s.trim()).map(Dur).map_err(|e| {
+            serde::de::Error::custom(format!("`{s}` is not a duration like \"5s\": {e}"))
+        })
+    }
+}
+
+/// The whole configuration.
+#[derive(Clone, Debug, Serialize, Deserialize, Default)]
+#[serde(deny_unknown_fields, default)]
+pub struct Config {
+    /// The S3 listener.
+    pub server: ServerConfig,
+    /// Where misses are filled from.
+    pub origin: OriginConfig,
+    /// Where chunks are kept.
+    pub store: StoreConfig,
+    /// How objects are cut.
+    pub chunk: ChunkConfig,
+    /// How misses are filled.
+    pub fill: FillConfig,
+    /// The object metadata (HEAD) cache.
+    pub metadata: MetadataConfig,
+    /// Health and readiness listener.
+    pub ops: OpsConfig,
+    /// Logs.
+    pub telemetry: TelemetryConfig,
+}
+
+/// `server.*`
+#[derive(Clone, Debug, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ServerConfig {
+    /// S3 listener address.
+    pub listen: SocketAddr,
+    /// Base domain for virtual-hosted-style requests (`bucket.domain`); unset = path style only.
+    pub domain: Option<String>,
+    /// Bound on graceful shutdown: in-flight responses get this long to finish after SIGTERM.
+    pub shutdown_grace: Dur,
+}
+
+impl Default for ServerConfig {
+    fn default() -> Self {
+        ServerConfig {
+            listen: ([0, 0, 0, 0], 9000).into(),
+            domain: None,
+            shutdown_grace: Dur(Duration::from_secs(30)),
+        }
+    }
+}
+
+/// Which kind of origin serves misses.
+#[derive(Clone, Copy, Debug, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "lowercase")]
+pub enum OriginKind {
+    /// AWS S3 or any S3-compatible store, through aws-sdk-s3.
+    S3,
+    /// A local directory, one folder per bucket (demos and `make run`).
+    Local,
+}
+
+/// `origin.*`
+#[derive(Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct OriginConfig {
+    /// Names this origin inside every chunk path; change it and the cache starts cold.
+    pub id: String,
+    /// `s3` or `local`.
+    pub kind: OriginKind,
+    /// Endpoint URL for S3-compatible stores; unset = AWS.
+    pub endpoint: Option<String>,
+    /// Region used for signing (and answered to GetBucketLocation).
+    pub region: String,
+    /// Path-style addressing (most non-AWS stores need it).
+    pub force_path_style: bool,
+    /// Static credentials; unset = the standard AWS chain.
+    pub access_key_id: Option<String>,
+    /// Static credentials; unset = the standard AWS chain.
+    pub secret_access_key: Option<String>,
+    /// Bucket allowlist; empty = any bucket the credentials can read.
+    pub buckets: Vec<String>,
+    /// Directory served by the `local` origin.
+    pub root: Option<PathBuf>,
+}
+
+impl fmt::Debug for OriginConfig {
+    // Secrets never reach logs.
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("OriginConfig")
+            .field("id", &self.id)
+            .field("kind", &self.kind)
+            .field("endpoint", &self.endpoint)
+            .field("region", &self.region)
+            .field("force_path_style", &self.force_path_style)
+            .field("access_key_id", &self.access_key_id)
+            .field(
+                "secret_access_key",
+                &self.secret_access_key.as_ref().map(|_| "***"),
+            )
+            .field("buckets", &self.buckets)
+            .field("root", &self.root)
+            .finish()
+    }
+}
+
+impl Default for OriginConfig {
+    fn default() -> Self {
+        OriginConfig {
+            id: "default".into(),
+            kind: OriginKind::S3,
+            endpoint: None,
+            region: "us-east-1".into(),
+            force_path_style: false,
+            access_key_id: None,
+            secret_access_key: None,
+            buckets: Vec::new(),
+            root: None,
+        }
+    }
+}
+
+/// Which store keeps chunks.
+#[derive(Clone, Copy, Debug, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "lowercase")]
+pub enum StoreKind {
+    /// In-process, byte-weighted; lost on restart.
+    Memory,
+    /// Files under `store.path`; survives restart.
+    Disk,
+}
+
+/// `store.*`
+#[derive(Clone, Debug, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct StoreConfig {
+    /// `memory` or `disk`.
+    pub kind: StoreKind,
+    /// Upper bound on stored chunk bytes.
+    pub capacity: ByteSize,
+    /// Directory of the disk store.
+    pub path: Option<PathBuf>,
+}
+
+impl Default for StoreConfig {
+    fn default() -> Self {
+        StoreConfig {
+            kind: StoreKind::Memory,
+            capacity: ByteSize(1 << 30),
+            path: None,
+        }
+    }
+}
+
+/// One `[[chunk.tiers]]` entry.
+#[derive(Clone, Copy, Debug, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TierConfig {
+    /// Objects at least this big…
+    pub min_object_size: ByteSize,
+    /// …are cut into chunks of this size.
+    pub chunk_size: ByteSize,
+}
+
+/// `chunk.*`
+#[derive(Clone, Debug, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ChunkConfig {
+    /// Base chunk size (min 1 MiB).
+    pub size: ByteSize,
+    /// Chunks fetched ahead of the one being sent on a multi-chunk GET.
+    pub readahead: usize,
+    /// Larger chunks for larger objects; strictly ascending by `min_object_size`.
+    pub tiers: Vec<TierConfig>,
+}
+
+impl Default for ChunkConfig {
+    fn default() -> Self {
+        ChunkConfig {
+            size: ByteSize(8 << 20),
+            readahead: 8,
+            tiers: vec![
+                TierConfig {
+                    min_object_size: ByteSize(1 << 30),
+                    chunk_size: ByteSize(64 << 20),
+                },
+                TierConfig {
+                    min_object_size: ByteSize(10 << 30),
+                    chunk_size: ByteSize(128 << 20),
+                },
+            ],
+        }
+    }
+}
+
+impl ChunkConfig {
+    /// The ladder as chunk-model tiers.
+    pub fn tiers(&self) -> Vec<Tier> {
+        self.tiers
+            .iter()
+            .map(|t| Tier {
+                min_object_size: t.min_object_size.0,
+                chunk_size: t.chunk_size.0,
+            })
+            .collect()
+    }
+}
+
+/// `fill.retry.*`
+#[derive(Clone, Debug, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct RetryConfig {
+    /// Origin requests per fill, first one included.
+    pub attempts: u32,
+    /// First backoff; doubles per retry.
+    pub backoff_initial: Dur,
+    /// Backoff cap.
+    pub backoff_max: Dur,
+    /// Total time budget for one fill's retries.
+    pub max_total: Dur,
+}
+
+impl Default for RetryConfig {
+    fn default() -> Self {
+        RetryConfig {
+            attempts: 3,
+            backoff_initial: Dur(Duration::from_millis(100)),
+            backoff_max: Dur(Duration::from_secs(2)),
+            max_total: Dur(Duration::from_secs(5)),
+        }
+    }
+}
+
+/// `fill.*`
+#[derive(Clone, Debug, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct FillConfig {
+    /// Origin requests in flight per replica.
+    pub origin_concurrency: usize,
+    /// How long a fill waits for an origin slot before the client gets 503 SlowDown.
+    pub queue_timeout: Dur,
+    /// Retry budget.
+    pub retry: RetryConfig,
+}
+
+impl Default for FillConfig {
+    fn default() -> Self {
+        FillConfig {
+            origin_concurrency: 64,
+            queue_timeout: Dur(Duration::from_secs(5)),
+            retry: RetryConfig::default(),
+        }
+    }
+}
+
+/// `metadata.*`
+#[derive(Clone, Debug, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct MetadataConfig {
+    /// How long a HEAD result is trusted.
+    pub ttl: Dur,
+    /// How long a 404 or a missing ETag is remembered.
+    pub negative_ttl: Dur,
+    /// Entry bound of the cache.
+    pub max_entries: u64,
+}
+
+impl Default for MetadataConfig {
+    fn default() -> Self {
+        MetadataConfig {
+            ttl: Dur(Duration::from_secs(300)),
+            negative_ttl: Dur(Duration::from_secs(60)),
+            max_entries: 10_000,
+        }
+    }
+}
+
+/// `ops.*`
+#[derive(Clone, Debug, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct OpsConfig {
+    /// `/healthz` and `/readyz` listener.
+    pub listen: SocketAddr,
+}
+
+impl Default for OpsConfig {
+    fn default() -> Self {
+        OpsConfig {
+            listen: ([0, 0, 0, 0], 9002).into(),
+        }
+    }
+}
+
+/// Log output format.
+#[derive(Clone, Copy, Debug, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "lowercase")]
+pub enum LogFormat {
+    /// Human-readable lines.
+    Text,
+    /// One JSON object per line, for log pipelines.
+    Json,
+}
+
+/// `telemetry.*`
+#[derive(Clone, Debug, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct TelemetryConfig {
+    /// `text` or `json`.
+    pub log_format: LogFormat,
+    /// A `tracing` filter: `info`, `debug`, `shoal=debug,info`…
+    pub log_level: String,
+}
+
+impl Default for TelemetryConfig {
+    fn default() -> Self {
+        TelemetryConfig {
+            log_format: LogFormat::Text,
+            log_level: "info".into(),
+        }
+    }
+}
+
+/// A configuration problem, always naming the key.
+#[derive(Debug, thiserror::Error)]
+#[error("config: {0}")]
+pub struct ConfigError(pub String);
+
+impl Config {
+    /// Loads defaults ◂ `file` ◂ `SHOAL_` environment and validates the result.
+    pub fn load(file: Option<&Path>) -> Result<Config, ConfigError> {
+        let mut fig = Figment::from(Serialized::defaults(Config::default()));
+        if let Some(path) = file {
+            if !path.exists() {
+                return Err(ConfigError(format!(
+                    "file {} does not exist",
+                    path.display()
+                )));
+            }
+            fig = fig.merge(Toml::file_exact(path));
+        }
+        fig = fig.merge(Env::prefixed("SHOAL_").split("__"));
+        Self::from_figment(fig)
+    }
+
+    /// Extracts and validates from any figment (tests build their own).
+    pub fn from_figment(fig: Figment) -> Result<Config, ConfigError> {
+        let cfg: Config = fig.extract().map_err(|e| {
+            let e = e
+                .into_iter()
+                .next()
+                .unwrap_or_else(|| figment::Error::from("unknown error".to_string()));
+            let key = if e.path.is_empty() {
+                String::from("<root>")
+            } else {
+                e.path.join(".")
+            };
+            ConfigError(format!("`{key}`: {}", e.kind))
+        })?;
+        cfg.validate()?;
+        Ok(cfg)
+    }
+
+    /// Checks every value that serde cannot; the first problem is returned.
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        let bad = |k: &str, m: String| Err(ConfigError(format!("`{k}`: {m}")));
+        if self.origin.id.trim().is_empty() || self.origin.id.contains('/') {
+            return bad("origin.id", "must be non-empty and contain no `/`".into());
+        }
+        match self.origin.kind {
+            OriginKind::Local => match &self.origin.root {
+                None => {
+                    return bad(
+                        "origin.root",
+                        "is required when origin.kind = \"local\"".into(),
+                    )
+                }
+                Some(r) if !r.is_dir() => {
+                    return bad("origin.root", format!("{} is not a directory", r.display()))
+                }
+                _ => {}
+            },
+            OriginKind::S3 => {
+                if let Some(ep) = &self.origin.endpoint {
+                    if !(ep.starts_with("http://") || ep.starts_with("https://")) {
+                        return bad(
+                            "origin.endpoint",
+                            format!("`{ep}` must start with http:// or https://"),
+                        );
+                    }
+                }
+                if self.origin.access_key_id.is_some() != self.origin.secret_access_key.is_some() {
+                    return bad(
+                        "origin.secret_access_key",
+                        "origin.access_key_id and origin.secret_access_key must be set together"
+                            .into(),
+                    );
+                }
+            }
+        }
+        if self.origin.region.trim().is_empty() {
+            return bad("origin.region", "must not be empty".into());
+        }
+        for (i, b) in self.origin.buckets.iter().enumerate() {
+            if b.is_empty() || b.contains('/') {
+                return bad(
+                    &format!("origin.buckets[{i}]"),
+                    format!("`{b}` is not a bucket name"),
+                );
+            }
+        }
+        if self.store.capacity.0 == 0 {
+            return bad("store.capacity", "must be > 0".into());
+        }
+        if self.store.kind == StoreKind::Disk && self.store.path.is_none() {
+            return bad(
+                "store.path",
+                "is required when store.kind = \"disk\"".into(),
+            );
+        }
+        if self.chunk.size.0 < MIN_CHUNK_SIZE {
+            return bad(
+                "chunk.size",
+                format!("{} is below the minimum of 1 MiB", self.chunk.size),
+            );
+        }
+        let mut prev = 0;
+        for (i, t) in self.chunk.tiers.iter().enumerate() {
+            if t.chunk_size.0 < MIN_CHUNK_SIZE {
+                return bad(
+                    &format!("chunk.tiers[{i}].chunk_size"),
+                    format!("{} is below the minimum of 1 MiB", t.chunk_size),
+                );
+            }
+            if t.min_object_size.0 == 0 || t.min_object_size.0 <= prev {
+                return bad(
+                    &format!("chunk.tiers[{i}].min_object_size"),
+                    "must be > 0 and strictly ascending".into(),
+                );
+            }
+            prev = t.min_object_size.0;
+        }
+        if self.chunk.readahead > 256 {
+            return bad("chunk.readahead", "must be at most 256".into());
+        }
+        if self.fill.origin_concurrency == 0 {
+            return bad("fill.origin_concurrency", "must be ≥ 1".into());
+        }
+        if self.fill.queue_timeout.0.is_zero() {
+            return bad("fill.queue_timeout", "must be > 0".into());
+        }
+        if self.fill.retry.attempts == 0 {
+            return bad("fill.retry.attempts", "must be ≥ 1".into());
+        }
+        if self.fill.retry.backoff_max.0 < self.fill.retry.backoff_initial.0 {
+            return bad(
+                "fill.retry.backoff_max",
+                "must be ≥ fill.retry.backoff_initial".into(),
+            );
+        }
+        if self.metadata.max_entries == 0 {
+            return bad("metadata.max_entries", "must be ≥ 1".into());
+        }
+        if self.metadata.ttl.0.is_zero() {
+            return bad("metadata.ttl", "must be > 0".into());
+        }
+        if tracing_subscriber::EnvFilter::try_new(&self.telemetry.log_level).is_err() {
+            return bad(
+                "telemetry.log_level",
+                format!("`{}` is not a level or filter", self.telemetry.log_level),
+            );
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn from_toml(s: &str) -> Result<Config, ConfigError> {
+        Config::from_figment(
+            Figment::from(Serialized::defaults(Config::default())).merge(Toml::string(s)),
+        )
+    }
+
+    #[test]
+    fn sizes_parse() {
+        assert_eq!(ByteSize::parse("8 MiB").unwrap().0, 8 << 20);
+        assert_eq!(ByteSize::parse("1.5GiB").unwrap().0, 3 << 29);
+        assert_eq!(ByteSize::parse("64KB").unwrap().0, 64_000);
+        assert_eq!(ByteSize::parse("1024").unwrap().0, 1024);
+        assert!(ByteSize::parse("8 MiBs").is_err());
+        assert!(ByteSize::parse("").is_err());
+        assert!(ByteSize::parse("-1 MiB").is_err());
+        assert_eq!(ByteSize(8 << 20).to_string(), "8 MiB");
+    }
+
+    #[test]
+    fn defaults_validate() {
+        let c = from_toml("").unwrap();
+        assert_eq!(c.chunk.size.0, 8 << 20);
+        assert_eq!(c.fill.retry.attempts, 3);
+        assert_eq!(c.metadata.negative_ttl.0, Duration::from_secs(60));
+    }
+
+    #[test]
+    fn toml_values_override() {
+        let c = from_toml(
+            r#"
+            [chunk]
+            size = "2 MiB"
+            readahead = 0
+            tiers = []
+            [fill]
+            queue_timeout = "250ms"
+            "#,
+        )
+        .unwrap();
+        assert_eq!(c.chunk.size.0, 2 << 20);
+        assert!(c.chunk.tiers.is_empty());
+        assert_eq!(c.fill.queue_timeout.0, Duration::from_millis(250));
+    }
+
+    #[test]
+    fn errors_name_the_key() {
+        let e = from_toml("[chunk]\nsize = \"12 parsecs\"")
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("chunk.size"), "{e}");
+        let e = from_toml("[chunk]\nsize = \"4 KiB\"")
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("chunk.size"), "{e}");
+        let e = from_toml("[fill]\nqueue_timeout = \"soon\"")
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("fill.queue_timeout"), "{e}");
+        let e = from_toml("[origin]\nkind = \"ftp\"")
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("origin.kind"), "{e}");
+        let e = from_toml("[store]\nkidn = \"disk\"")
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("kidn"), "{e}");
+        let e = from_toml("[[chunk.tiers]]\nmin_object_size = \"2 GiB\"\nchunk_size = \"64 MiB\"\n[[chunk.tiers]]\nmin_object_size = \"1 GiB\"\nchunk_size = \"64 MiB\"").unwrap_err().to_string();
+        assert!(e.contains("chunk.tiers[1].min_object_size"), "{e}");
+        assert!(!e.contains('\n'));
+    }
+
+    #[test]
+    fn env_nests_with_double_underscore() {
+        figment::Jail::expect_with(|jail| {
+            jail.set_env("SHOAL_ORIGIN__ENDPOINT", "http://127.0.0.1:3900");
+            jail.set_env("SHOAL_CHUNK__SIZE", "4 MiB");
+            let c = Config::load(None).map_err(|e| e.to_string())?;
+            assert_eq!(c.origin.endpoint.as_deref(), Some("http://127.0.0.1:3900"));
+            assert_eq!(c.chunk.size.0, 4 << 20);
+            Ok(())
+        });
+    }
+}

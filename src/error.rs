@@ -1,0 +1,114 @@
+//! Error types of the read path.
+//!
+//! Errors are plain enums. They are mapped to S3 status codes and error codes in exactly one
+//! place, `s3::error`, so the wire contract of SPEC §1.4 has one home. They are `Clone` because
+//! one fill can fail for many waiting clients at once (singleflight hands the leader's error to
+//! every joiner).
+
+use std::sync::Arc;
+use std::time::Duration;
+
+/// What went wrong talking to the origin.
+#[derive(Debug, Clone, thiserror::Error, PartialEq, Eq)]
+pub enum OriginError {
+    /// The key does not exist (origin 404 on an object).
+    #[error("object not found at origin")]
+    NotFound,
+    /// The bucket does not exist at the origin.
+    #[error("bucket not found at origin")]
+    NoSuchBucket,
+    /// The origin refused Shoal's credentials (401/403).
+    #[error("origin rejected the credentials: {0}")]
+    Unauthorized(String),
+    /// `If-Match` failed: the object changed since its metadata was read.
+    #[error("object changed at origin (ETag no longer matches)")]
+    EtagChanged,
+    /// The origin gave no ETag, so a version cannot be pinned and nothing can be cached.
+    #[error("origin object has no ETag")]
+    MissingEtag,
+    /// The origin asked us to slow down (503 SlowDown, 429).
+    #[error("origin throttled the request: {0}")]
+    Throttled(String),
+    /// Network errors, timeouts, 5xx: worth another try.
+    #[error("origin request failed: {0}")]
+    Transient(String),
+    /// The origin answered, but not what was asked for (wrong range, wrong length).
+    #[error("origin answered out of contract: {0}")]
+    Protocol(String),
+    /// A request the origin rejected as invalid (4xx other than the above).
+    #[error("origin rejected the request: {0}")]
+    Rejected(String),
+}
+
+/// An error of the chunk stack or of object planning.
+#[derive(Debug, Clone, thiserror::Error)]
+pub enum Error {
+    /// The origin failed (after the retry budget, where retrying applies).
+    #[error(transparent)]
+    Origin(#[from] OriginError),
+    /// No origin slot became free within `fill.queue_timeout`.
+    #[error("no origin slot free within {0:?}")]
+    SlowDown(Duration),
+    /// The store failed in a way that cannot be hidden by refilling.
+    #[error("store: {0}")]
+    Store(Arc<str>),
+    /// A bug; reported as 500, never as a panic.
+    #[error("internal error: {0}")]
+    Internal(Arc<str>),
+}
+
+impl Error {
+    /// Shorthand for an internal error.
+    pub fn internal(msg: impl Into<String>) -> Self {
+        Error::Internal(msg.into().into())
+    }
+}
+
+/// How a layer should treat an error: retry it, remember it, or pass it on.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Class {
+    /// Might succeed if asked again (5xx, reset, timeout, throttling).
+    Transient,
+    /// An answer about the object itself that holds for a while (404, no ETag): worth caching
+    /// negatively so a stampede of clients does not each ask the origin.
+    Negative,
+    /// Final for this request but not worth remembering (auth, ETag changed, bad request).
+    Final,
+}
+
+/// Classifies errors for the generic layers (`RetryUntilCommitLayer`, `NegativeCacheLayer`),
+/// which must not know what an S3 error is.
+pub trait Classify<E> {
+    /// The class of `e`.
+    fn classify(&self, e: &E) -> Class;
+}
+
+/// The classification of Shoal's own errors.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct ShoalClassify;
+
+impl Classify<OriginError> for ShoalClassify {
+    fn classify(&self, e: &OriginError) -> Class {
+        match e {
+            OriginError::NotFound | OriginError::NoSuchBucket | OriginError::MissingEtag => {
+                Class::Negative
+            }
+            OriginError::Transient(_) | OriginError::Throttled(_) | OriginError::Protocol(_) => {
+                Class::Transient
+            }
+            OriginError::Unauthorized(_) | OriginError::EtagChanged | OriginError::Rejected(_) => {
+                Class::Final
+            }
+        }
+    }
+}
+
+impl Classify<Error> for ShoalClassify {
+    fn classify(&self, e: &Error) -> Class {
+        match e {
+            Error::Origin(o) => self.classify(o),
+            Error::SlowDown(_) => Class::Final,
+            Error::Store(_) | Error::Internal(_) => Class::Final,
+        }
+    }
+}

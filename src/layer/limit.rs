@@ -1,0 +1,189 @@
+//! `ConcurrencyLimitLayer`: a bound on in-flight calls that lasts until the *body* ends.
+//!
+//! tower's own concurrency limit releases its permit when the response future resolves. For a
+//! streaming origin that is the moment the headers arrive, long before the bytes do, so it
+//! would not bound anything that matters (connections, origin load, buffered memory). This
+//! layer moves the permit into the response stream and releases it when the stream ends, fails
+//! or is dropped.
+//!
+//! Waiting is bounded too: a call that cannot get a permit within the queue timeout fails with
+//! [`QueueTimeout`], which Shoal answers as 503 `SlowDown` — a signal every S3 SDK backs off
+//! and retries on. That is why the permit is taken in the call's future rather than in
+//! `poll_ready`: `poll_ready` has no deadline, and a caller parked there would wait forever.
+
+use bytes::Bytes;
+use futures_util::future::BoxFuture;
+use futures_util::Stream;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::task::{Context, Poll};
+use std::time::Duration;
+use tokio::sync::{OwnedSemaphorePermit, Semaphore};
+use tower::{Layer, Service, ServiceExt};
+
+/// No permit became free within the queue timeout.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+#[error("no slot free within {0:?}")]
+pub struct QueueTimeout(pub Duration);
+
+/// Applies [`ConcurrencyLimit`]; clones share the same permits.
+///
+/// ```
+/// use shoal::layer::ConcurrencyLimitLayer;
+/// use std::time::Duration;
+/// // At most 64 bodies streaming at once; wait at most 5 s for a slot.
+/// let layer = ConcurrencyLimitLayer::new(64, Duration::from_secs(5));
+/// assert_eq!(layer.available(), 64);
+/// ```
+#[derive(Clone, Debug)]
+pub struct ConcurrencyLimitLayer {
+    permits: Arc<Semaphore>,
+    queue_timeout: Duration,
+}
+
+impl ConcurrencyLimitLayer {
+    /// `max` concurrent bodies; callers wait at most `queue_timeout` for a slot.
+    pub fn new(max: usize, queue_timeout: Duration) -> Self {
+        ConcurrencyLimitLayer {
+            permits: Arc::new(Semaphore::new(max)),
+            queue_timeout,
+        }
+    }
+
+    /// Free slots right now.
+    pub fn available(&self) -> usize {
+        self.permits.available_permits()
+    }
+}
+
+impl<S> Layer<S> for ConcurrencyLimitLayer {
+    type Service = ConcurrencyLimit<S>;
+    fn layer(&self, inner: S) -> Self::Service {
+        ConcurrencyLimit {
+            inner,
+            permits: self.permits.clone(),
+            queue_timeout: self.queue_timeout,
+        }
+    }
+}
+
+/// Bounds concurrent response bodies. See the module docs.
+#[derive(Clone, Debug)]
+pub struct ConcurrencyLimit<S> {
+    inner: S,
+    permits: Arc<Semaphore>,
+    queue_timeout: Duration,
+}
+
+impl<S, Req> Service<Req> for ConcurrencyLimit<S>
+where
+    S: Service<Req> + Clone + Send + 'static,
+    S::Future: Send,
+    S::Error: From<QueueTimeout> + Send,
+    Req: Send + 'static,
+{
+    type Response = Permitted<S::Response>;
+    type Error = S::Error;
+    type Future = BoxFuture<'static, Result<Self::Response, Self::Error>>;
+
+    fn poll_ready(&mut self, _cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
+        // Capacity is checked in `call` (with a deadline); the inner service is driven to
+        // readiness there too, with `ready()`.
+        Poll::Ready(Ok(()))
+    }
+
+    fn call(&mut self, req: Req) -> Self::Future {
+        let permits = self.permits.clone();
+        let qt = self.queue_timeout;
+        let inner = self.inner.clone();
+        Box::pin(async move {
+            let permit = match tokio::time::timeout(qt, permits.acquire_owned()).await {
+                Ok(Ok(p)) => p,
+                // Timed out, or the semaphore was closed (never done here): either way no slot.
+                _ => return Err(QueueTimeout(qt).into()),
+            };
+            let body = inner.oneshot(req).await?;
+            Ok(Permitted {
+                body,
+                permit: Some(permit),
+            })
+        })
+    }
+}
+
+/// A response stream that holds a permit until it ends, fails or is dropped.
+pub struct Permitted<B> {
+    body: B,
+    permit: Option<OwnedSemaphorePermit>,
+}
+
+impl<B, E> Stream for Permitted<B>
+where
+    B: Stream<Item = Result<Bytes, E>> + Unpin,
+{
+    type Item = Result<Bytes, E>;
+    fn poll_next(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Self::Item>> {
+        let item = Pin::new(&mut self.body).poll_next(cx);
+        if matches!(item, Poll::Ready(None) | Poll::Ready(Some(Err(_)))) {
+            self.permit = None;
+        }
+        item
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use futures_util::{stream, StreamExt};
+    use tower::service_fn;
+
+    #[derive(Debug, PartialEq)]
+    enum E {
+        Timeout,
+    }
+    impl From<QueueTimeout> for E {
+        fn from(_: QueueTimeout) -> Self {
+            E::Timeout
+        }
+    }
+
+    fn svc() -> impl Service<
+        u8,
+        Response = impl Stream<Item = Result<Bytes, E>> + Unpin,
+        Error = E,
+        Future = impl Send,
+    > + Clone
+           + Send
+           + 'static {
+        service_fn(|_: u8| async {
+            Ok::<_, E>(stream::iter(vec![
+                Ok(Bytes::from_static(b"a")),
+                Ok(Bytes::from_static(b"b")),
+            ]))
+        })
+    }
+
+    #[tokio::test]
+    async fn permit_is_held_until_the_body_ends() {
+        let layer = ConcurrencyLimitLayer::new(1, Duration::from_millis(50));
+        let s = layer.layer(svc());
+        let mut body = s.clone().oneshot(1).await.unwrap();
+        assert_eq!(layer.available(), 0);
+        // Headers are in, the body is not: a second call must time out.
+        assert_eq!(s.clone().oneshot(2).await.err(), Some(E::Timeout));
+        while body.next().await.is_some() {}
+        assert_eq!(layer.available(), 1);
+        assert!(s.clone().oneshot(3).await.is_ok());
+    }
+
+    #[tokio::test]
+    async fn dropping_the_body_frees_the_permit() {
+        let layer = ConcurrencyLimitLayer::new(1, Duration::from_secs(5));
+        let s = layer.layer(svc());
+        let body = s.clone().oneshot(1).await.unwrap();
+        let waiter = tokio::spawn(s.clone().oneshot(2));
+        tokio::time::sleep(Duration::from_millis(20)).await;
+        drop(body);
+        assert!(waiter.await.unwrap().is_ok());
+    }
+}

@@ -1,0 +1,34 @@
+//! # Shoal
+//!
+//! A read-through chunk cache that speaks the S3 API. Clients point any S3 SDK or tool at it;
+//! it answers GET, HEAD and LIST from its own store and fills misses from the origin, once per
+//! chunk however many clients ask at the same time.
+//!
+//! The read path is a tower stack; each concern is a reusable, generic layer in [`layer`]:
+//!
+//! ```text
+//! s3 front (axum) → ObjectService (plan, first chunk before headers, readahead)
+//!   metadata: NegativeCache ▸ origin HEAD
+//!   chunks:   StoreLookup ▸ Singleflight ▸ Fill ▸ ConcurrencyLimit ▸ RetryUntilCommit ▸ origin GET
+//! ```
+//!
+//! See `SPEC.md` for the behaviour contract and `DESIGN.md` for the shape of the code.
+
+#![warn(missing_docs)]
+
+pub mod app;
+pub mod chunk;
+pub mod config;
+pub mod error;
+pub mod fill;
+pub mod layer;
+pub mod object;
+pub mod origin;
+pub mod s3;
+pub mod store;
+pub mod telemetry;
+
+pub use layer::{
+    ConcurrencyLimitLayer, NegativeCacheLayer, RetryUntilCommitLayer, SingleflightLayer,
+    StoreLookupLayer,
+};

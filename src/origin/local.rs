@@ -1,0 +1,358 @@
+//! A directory served as an origin: one folder per bucket, one file per key.
+//!
+//! It exists so that `make run` and demos work with no AWS account and no S3 server. It keeps
+//! the origin contract honestly anyway: the ETag is a hash of the file's content (cached per
+//! inode/size/mtime stamp, so it is computed once per version), so editing a file always makes
+//! a new ETag, and a ranged read checks the ETag it was pinned to.
+
+use super::{ByteStream, ListEntry, ListPage, ListRequest, ListVersion, ObjectMeta, Origin};
+use crate::error::{Error, OriginError};
+use async_trait::async_trait;
+use futures_util::StreamExt;
+use sha2::{Digest, Sha256};
+use std::collections::HashMap;
+use std::io::Read;
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
+use std::time::SystemTime;
+use tokio::io::{AsyncReadExt, AsyncSeekExt};
+
+/// What identifies one version of a file cheaply.
+type Stamp = (u64, u64, Option<SystemTime>, Option<SystemTime>);
+
+/// The local-directory origin.
+#[derive(Clone, Debug)]
+pub struct LocalOrigin {
+    root: PathBuf,
+    etags: Arc<Mutex<HashMap<PathBuf, (Stamp, String)>>>,
+}
+
+fn stamp(m: &std::fs::Metadata) -> Stamp {
+    #[cfg(unix)]
+    let ino = std::os::unix::fs::MetadataExt::ino(m);
+    #[cfg(not(unix))]
+    let ino = 0;
+    (ino, m.len(), m.modified().ok(), m.created().ok())
+}
+
+fn io_err(e: std::io::Error) -> OriginError {
+    if e.kind() == std::io::ErrorKind::NotFound {
+        OriginError::NotFound
+    } else {
+        OriginError::Transient(format!("local origin: {e}"))
+    }
+}
+
+impl LocalOrigin {
+    /// Serves `root`; each sub-directory is a bucket.
+    pub fn new(root: impl Into<PathBuf>) -> Self {
+        LocalOrigin {
+            root: root.into(),
+            etags: Arc::default(),
+        }
+    }
+
+    fn bucket_dir(&self, bucket: &str) -> Result<PathBuf, OriginError> {
+        if bucket.is_empty() || bucket.contains(['/', '\\', '\0']) || bucket.starts_with('.') {
+            return Err(OriginError::NoSuchBucket);
+        }
+        let p = self.root.join(bucket);
+        if p.is_dir() {
+            Ok(p)
+        } else {
+            Err(OriginError::NoSuchBucket)
+        }
+    }
+
+    /// Maps a key to a file, refusing anything that could leave the bucket directory.
+    fn file(&self, bucket: &str, key: &str) -> Result<PathBuf, OriginError> {
+        let dir = self.bucket_dir(bucket)?;
+        if key.is_empty() || key.contains('\0') || key.ends_with('/') {
+            return Err(OriginError::NotFound);
+        }
+        if key
+            .split('/')
+            .any(|seg| seg.is_empty() || seg == "." || seg == "..")
+        {
+            return Err(OriginError::NotFound);
+        }
+        Ok(dir.join(key))
+    }
+
+    /// The content ETag of `path`, computed once per file version.
+    async fn etag(&self, path: &Path) -> Result<(std::fs::Metadata, String), OriginError> {
+        let meta = tokio::fs::metadata(path).await.map_err(io_err)?;
+        if !meta.is_file() {
+            return Err(OriginError::NotFound);
+        }
+        let st = stamp(&meta);
+        if let Ok(map) = self.etags.lock() {
+            if let Some((s, e)) = map.get(path) {
+                if *s == st {
+                    return Ok((meta, e.clone()));
+                }
+            }
+        }
+        let p = path.to_owned();
+        let etag = tokio::task::spawn_blocking(move || -> std::io::Result<String> {
+            let mut f = std::fs::File::open(&p)?;
+            let mut h = Sha256::new();
+            let mut buf = vec![0u8; 256 << 10];
+            loop {
+                let n = f.read(&mut buf)?;
+                if n == 0 {
+                    break;
+                }
+                h.update(&buf[..n]);
+            }
+            Ok(h.finalize()[..16]
+                .iter()
+                .map(|b| format!("{b:02x}"))
+                .collect())
+        })
+        .await
+        .map_err(|e| OriginError::Transient(format!("local origin: {e}")))?
+        .map_err(io_err)?;
+        if let Ok(mut map) = self.etags.lock() {
+            map.insert(path.to_owned(), (st, etag.clone()));
+        }
+        Ok((meta, etag))
+    }
+
+    fn walk(dir: &Path, rel: &str, out: &mut Vec<(String, std::fs::Metadata)>) {
+        let Ok(rd) = std::fs::read_dir(dir) else {
+            return;
+        };
+        for ent in rd.flatten() {
+            let Ok(name) = ent.file_name().into_string() else {
+                continue;
+            };
+            let key = if rel.is_empty() {
+                name.clone()
+            } else {
+                format!("{rel}/{name}")
+            };
+            match ent.metadata() {
+                Ok(m) if m.is_dir() => Self::walk(&ent.path(), &key, out),
+                Ok(m) if m.is_file() => out.push((key, m)),
+                _ => {}
+            }
+        }
+    }
+}
+
+#[async_trait]
+impl Origin for LocalOrigin {
+    async fn head(&self, bucket: &str, key: &str) -> Result<ObjectMeta, OriginError> {
+        let path = self.file(bucket, key)?;
+        let (meta, etag) = self.etag(&path).await?;
+        Ok(ObjectMeta {
+            size: meta.len(),
+            etag,
+            content_type: Some("application/octet-stream".into()),
+            last_modified: meta.modified().ok(),
+            ..ObjectMeta::default()
+        })
+    }
+
+    async fn get_range(
+        &self,
+        bucket: &str,
+        key: &str,
+        etag: &str,
+        offset: u64,
+        len: u64,
+    ) -> Result<ByteStream, OriginError> {
+        let path = self.file(bucket, key)?;
+        let (meta, current) = self.etag(&path).await?;
+        if current != etag {
+            return Err(OriginError::EtagChanged);
+        }
+        if offset.saturating_add(len) > meta.len() {
+            return Err(OriginError::Rejected(
+                "range past the end of the file".into(),
+            ));
+        }
+        let mut f = tokio::fs::File::open(&path).await.map_err(io_err)?;
+        f.seek(std::io::SeekFrom::Start(offset))
+            .await
+            .map_err(io_err)?;
+        let reader = f.take(len);
+        let stream = tokio_util::io::ReaderStream::with_capacity(reader, 256 << 10)
+            .map(|r| r.map_err(|e| Error::Origin(io_err(e))));
+        Ok(stream.boxed())
+    }
+
+    async fn list(&self, bucket: &str, req: &ListRequest) -> Result<ListPage, OriginError> {
+        let dir = self.bucket_dir(bucket)?;
+        let req = req.clone();
+        tokio::task::spawn_blocking(move || {
+            let mut all = Vec::new();
+            LocalOrigin::walk(&dir, "", &mut all);
+            all.sort_by(|a, b| a.0.cmp(&b.0));
+            let after = match req.version {
+                ListVersion::V2 => req
+                    .continuation_token
+                    .as_deref()
+                    .map(|t| decode_token(t).unwrap_or_default())
+                    .or(req.start_after.clone()),
+                ListVersion::V1 => req.marker.clone(),
+            };
+            let prefix = req.prefix.clone().unwrap_or_default();
+            let mut page = ListPage::default();
+            let mut last = None::<String>;
+            let mut count = 0;
+            for (key, m) in all {
+                if !key.starts_with(&prefix) || after.as_deref().is_some_and(|a| key.as_str() <= a)
+                {
+                    continue;
+                }
+                let grouped = req
+                    .delimiter
+                    .as_deref()
+                    .filter(|d| !d.is_empty())
+                    .and_then(|d| {
+                        key[prefix.len()..]
+                            .find(d)
+                            .map(|i| key[..prefix.len() + i + d.len()].to_owned())
+                    });
+                if let Some(cp) = &grouped {
+                    if page.common_prefixes.last() == Some(cp) {
+                        continue;
+                    }
+                }
+                if count == req.max_keys.max(0) as usize {
+                    page.is_truncated = true;
+                    break;
+                }
+                count += 1;
+                match grouped {
+                    Some(cp) => {
+                        last = Some(cp.clone());
+                        page.common_prefixes.push(cp)
+                    }
+                    None => {
+                        last = Some(key.clone());
+                        page.contents.push(ListEntry {
+                            etag: None,
+                            size: m.len(),
+                            last_modified: m.modified().ok(),
+                            storage_class: Some("STANDARD".into()),
+                            owner: None,
+                            key,
+                        })
+                    }
+                }
+            }
+            if page.is_truncated {
+                match req.version {
+                    ListVersion::V2 => {
+                        page.next_continuation_token = last.as_deref().map(encode_token)
+                    }
+                    ListVersion::V1 => {
+                        if req.delimiter.is_some() {
+                            page.next_marker = last
+                        }
+                    }
+                }
+            }
+            page
+        })
+        .await
+        .map_err(|e| OriginError::Transient(format!("local origin: {e}")))
+    }
+
+    async fn head_bucket(&self, bucket: &str) -> Result<(), OriginError> {
+        self.bucket_dir(bucket).map(|_| ())
+    }
+
+    fn region(&self) -> &str {
+        "local"
+    }
+}
+
+fn encode_token(key: &str) -> String {
+    key.bytes().map(|b| format!("{b:02x}")).collect()
+}
+
+fn decode_token(t: &str) -> Option<String> {
+    if t.len() % 2 != 0 {
+        return None;
+    }
+    let bytes: Option<Vec<u8>> = (0..t.len())
+        .step_by(2)
+        .map(|i| t.get(i..i + 2).and_then(|h| u8::from_str_radix(h, 16).ok()))
+        .collect();
+    String::from_utf8(bytes?).ok()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn etag_changes_with_content_and_pins_reads() {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::create_dir(dir.path().join("b")).unwrap();
+        let f = dir.path().join("b/k");
+        std::fs::write(&f, b"hello world").unwrap();
+        let o = LocalOrigin::new(dir.path());
+        let m1 = o.head("b", "k").await.unwrap();
+        assert_eq!(m1.size, 11);
+        let got: Vec<u8> = o
+            .get_range("b", "k", &m1.etag, 6, 5)
+            .await
+            .unwrap()
+            .map(|b| b.unwrap().to_vec())
+            .concat()
+            .await;
+        assert_eq!(got, b"world");
+        // Same size, new content: the ETag must change and old pins must fail.
+        std::fs::write(&f, b"HELLO WORLD").unwrap();
+        let m2 = o.head("b", "k").await.unwrap();
+        assert_ne!(m1.etag, m2.etag);
+        assert_eq!(
+            o.get_range("b", "k", &m1.etag, 0, 1).await.err(),
+            Some(OriginError::EtagChanged)
+        );
+    }
+
+    #[tokio::test]
+    async fn keys_cannot_escape_the_bucket() {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::create_dir(dir.path().join("b")).unwrap();
+        std::fs::write(dir.path().join("secret"), b"x").unwrap();
+        let o = LocalOrigin::new(dir.path());
+        assert_eq!(o.head("b", "../secret").await, Err(OriginError::NotFound));
+        assert_eq!(o.head("..", "secret").await, Err(OriginError::NoSuchBucket));
+    }
+
+    #[tokio::test]
+    async fn list_groups_and_paginates() {
+        let dir = tempfile::tempdir().unwrap();
+        for k in ["a/1", "a/2", "b", "c/x/y"] {
+            let p = dir.path().join("bk").join(k);
+            std::fs::create_dir_all(p.parent().unwrap()).unwrap();
+            std::fs::write(p, b"x").unwrap();
+        }
+        let o = LocalOrigin::new(dir.path());
+        let mut req = ListRequest {
+            version: ListVersion::V2,
+            prefix: None,
+            delimiter: Some("/".into()),
+            max_keys: 2,
+            continuation_token: None,
+            start_after: None,
+            marker: None,
+            fetch_owner: false,
+        };
+        let p1 = o.list("bk", &req).await.unwrap();
+        assert_eq!(p1.common_prefixes, vec!["a/"]);
+        assert_eq!(p1.contents[0].key, "b");
+        assert!(p1.is_truncated);
+        req.continuation_token = p1.next_continuation_token;
+        let p2 = o.list("bk", &req).await.unwrap();
+        assert_eq!(p2.common_prefixes, vec!["c/"]);
+        assert!(!p2.is_truncated);
+    }
+}

@@ -1,0 +1,293 @@
+//! The S3 origin: AWS S3 or any S3-compatible store through aws-sdk-s3.
+//!
+//! Two things here protect the cache from a misbehaving origin. Every ranged GET is pinned
+//! with `If-Match`, so bytes of a newer version can never be mixed into a chunk of an older
+//! one. And every answer is checked against what was asked: a store that ignores `Range` and
+//! answers 200 with the whole object (it happens) would otherwise poison the cache with bytes
+//! from the wrong offset.
+
+use super::{ByteStream, ListEntry, ListPage, ListRequest, ListVersion, ObjectMeta, Origin};
+use crate::config::OriginConfig;
+use crate::error::{Error, OriginError};
+use async_trait::async_trait;
+use aws_sdk_s3::config::retry::RetryConfig;
+use aws_sdk_s3::config::{BehaviorVersion, Credentials, Region};
+use aws_sdk_s3::error::{ProvideErrorMetadata, SdkError};
+use aws_sdk_s3::Client;
+use futures_util::StreamExt;
+use std::time::{Duration, SystemTime};
+
+/// How long an origin body may stall before it counts as broken (and is resumed).
+const BODY_IDLE_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// An origin reached through aws-sdk-s3.
+#[derive(Clone, Debug)]
+pub struct S3Origin {
+    client: Client,
+    region: String,
+}
+
+impl S3Origin {
+    /// Builds the client: endpoint, path style and credentials from the config, else the
+    /// standard AWS chain (env, profile, IMDS).
+    pub async fn new(cfg: &OriginConfig) -> Result<Self, Error> {
+        use aws_smithy_http_client::tls;
+        let http = aws_smithy_http_client::Builder::new()
+            .tls_provider(tls::Provider::Rustls(
+                tls::rustls_provider::CryptoMode::Ring,
+            ))
+            .build_https();
+        let mut loader = aws_config::defaults(BehaviorVersion::latest())
+            .http_client(http)
+            .region(Region::new(cfg.region.clone()));
+        if let (Some(id), Some(secret)) = (&cfg.access_key_id, &cfg.secret_access_key) {
+            loader = loader.credentials_provider(Credentials::new(
+                id.clone(),
+                secret.clone(),
+                None,
+                None,
+                "shoal-config",
+            ));
+        }
+        let shared = loader.load().await;
+        let mut b = aws_sdk_s3::config::Builder::from(&shared)
+            .force_path_style(cfg.force_path_style)
+            // Many S3-compatible stores reject or mangle the newer default checksums.
+            .request_checksum_calculation(
+                aws_sdk_s3::config::RequestChecksumCalculation::WhenRequired,
+            )
+            .response_checksum_validation(
+                aws_sdk_s3::config::ResponseChecksumValidation::WhenRequired,
+            );
+        if let Some(ep) = &cfg.endpoint {
+            b = b.endpoint_url(ep);
+        }
+        Ok(S3Origin {
+            client: Client::from_conf(b.build()),
+            region: cfg.region.clone(),
+        })
+    }
+
+    /// The underlying SDK client (tests use it to seed and compare).
+    pub fn client(&self) -> &Client {
+        &self.client
+    }
+}
+
+fn map_err<E: ProvideErrorMetadata + std::fmt::Debug>(e: SdkError<E>) -> OriginError {
+    let status = e.raw_response().map(|r| r.status().as_u16());
+    let code = e
+        .as_service_error()
+        .and_then(|s| s.code())
+        .map(str::to_owned);
+    let msg = format!(
+        "{}{}",
+        code.clone().unwrap_or_default(),
+        e.as_service_error()
+            .and_then(|s| s.message())
+            .map(|m| format!(": {m}"))
+            .unwrap_or_default()
+    );
+    match (status, code.as_deref()) {
+        (_, Some("NoSuchBucket")) => OriginError::NoSuchBucket,
+        (Some(404), _) | (_, Some("NoSuchKey")) => OriginError::NotFound,
+        (Some(412), _) | (_, Some("PreconditionFailed")) => OriginError::EtagChanged,
+        (Some(401 | 403), _) => OriginError::Unauthorized(msg),
+        (Some(429), _) | (_, Some("SlowDown" | "Throttling" | "ThrottlingException")) => {
+            OriginError::Throttled(msg)
+        }
+        (Some(s), _) if s >= 500 => OriginError::Transient(format!("HTTP {s} {msg}")),
+        (Some(s), _) => OriginError::Rejected(format!("HTTP {s} {msg}")),
+        // No response at all: timeouts, connection errors, dispatch failures.
+        (None, _) => OriginError::Transient(format!("{e:?}").chars().take(300).collect()),
+    }
+}
+
+fn to_system_time(t: &aws_sdk_s3::primitives::DateTime) -> Option<SystemTime> {
+    SystemTime::try_from(*t).ok()
+}
+
+fn list_entry(o: &aws_sdk_s3::types::Object) -> ListEntry {
+    ListEntry {
+        key: o.key().unwrap_or_default().to_owned(),
+        last_modified: o.last_modified().and_then(to_system_time),
+        etag: o.e_tag().map(str::to_owned),
+        size: o.size().unwrap_or(0).max(0) as u64,
+        storage_class: o.storage_class().map(|s| s.as_str().to_owned()),
+        owner: o.owner().and_then(|ow| {
+            ow.id()
+                .map(|id| (id.to_owned(), ow.display_name().map(str::to_owned)))
+        }),
+    }
+}
+
+fn prefixes(p: &[aws_sdk_s3::types::CommonPrefix]) -> Vec<String> {
+    p.iter()
+        .filter_map(|p| p.prefix().map(str::to_owned))
+        .collect()
+}
+
+#[async_trait]
+impl Origin for S3Origin {
+    async fn head(&self, bucket: &str, key: &str) -> Result<ObjectMeta, OriginError> {
+        let out = self
+            .client
+            .head_object()
+            .bucket(bucket)
+            .key(key)
+            .send()
+            .await
+            .map_err(map_err)?;
+        let mut user_metadata: Vec<(String, String)> = out
+            .metadata()
+            .map(|m| {
+                m.iter()
+                    .map(|(k, v)| (k.to_ascii_lowercase(), v.clone()))
+                    .collect()
+            })
+            .unwrap_or_default();
+        user_metadata.sort();
+        Ok(ObjectMeta {
+            size: out.content_length().unwrap_or(0).max(0) as u64,
+            etag: out
+                .e_tag()
+                .map(|e| e.trim_matches('"').to_owned())
+                .unwrap_or_default(),
+            content_type: out.content_type().map(str::to_owned),
+            last_modified: out.last_modified().and_then(to_system_time),
+            cache_control: out.cache_control().map(str::to_owned),
+            content_encoding: out.content_encoding().map(str::to_owned),
+            content_disposition: out.content_disposition().map(str::to_owned),
+            content_language: out.content_language().map(str::to_owned),
+            expires: out.expires_string().map(str::to_owned),
+            user_metadata,
+        })
+    }
+
+    async fn get_range(
+        &self,
+        bucket: &str,
+        key: &str,
+        etag: &str,
+        offset: u64,
+        len: u64,
+    ) -> Result<ByteStream, OriginError> {
+        if len == 0 {
+            return Ok(futures_util::stream::empty().boxed());
+        }
+        let end = offset + len - 1;
+        let out = self
+            .client
+            .get_object()
+            .bucket(bucket)
+            .key(key)
+            .range(format!("bytes={offset}-{end}"))
+            .if_match(format!("\"{etag}\""))
+            .customize()
+            // RetryUntilCommitLayer owns retries of fills; SDK retries underneath it would
+            // multiply the attempts and hide them from the budget.
+            .config_override(
+                aws_sdk_s3::config::Builder::default().retry_config(RetryConfig::disabled()),
+            )
+            .send()
+            .await
+            .map_err(map_err)?;
+        // The answer must be exactly the range we asked for.
+        let want = format!("bytes {offset}-{end}/");
+        match out.content_range() {
+            Some(cr) if cr.starts_with(&want) => {}
+            other => {
+                return Err(OriginError::Protocol(format!(
+                    "asked for bytes {offset}-{end}, got Content-Range {other:?}"
+                )))
+            }
+        }
+        if out.content_length() != Some(len as i64) {
+            return Err(OriginError::Protocol(format!(
+                "asked for {len} bytes, got Content-Length {:?}",
+                out.content_length()
+            )));
+        }
+        let body = out.body;
+        let stream = futures_util::stream::unfold(body, |mut body| async move {
+            match tokio::time::timeout(BODY_IDLE_TIMEOUT, body.next()).await {
+                Ok(Some(Ok(b))) => Some((Ok(b), body)),
+                Ok(Some(Err(e))) => Some((
+                    Err(Error::Origin(OriginError::Transient(format!(
+                        "origin body: {e}"
+                    )))),
+                    body,
+                )),
+                Ok(None) => None,
+                Err(_) => Some((
+                    Err(Error::Origin(OriginError::Transient(
+                        "origin body stalled".into(),
+                    ))),
+                    body,
+                )),
+            }
+        });
+        Ok(stream.boxed())
+    }
+
+    async fn list(&self, bucket: &str, req: &ListRequest) -> Result<ListPage, OriginError> {
+        match req.version {
+            ListVersion::V2 => {
+                let out = self
+                    .client
+                    .list_objects_v2()
+                    .bucket(bucket)
+                    .set_prefix(req.prefix.clone())
+                    .set_delimiter(req.delimiter.clone())
+                    .max_keys(req.max_keys)
+                    .set_continuation_token(req.continuation_token.clone())
+                    .set_start_after(req.start_after.clone())
+                    .fetch_owner(req.fetch_owner)
+                    .send()
+                    .await
+                    .map_err(map_err)?;
+                Ok(ListPage {
+                    contents: out.contents().iter().map(list_entry).collect(),
+                    common_prefixes: prefixes(out.common_prefixes()),
+                    is_truncated: out.is_truncated().unwrap_or(false),
+                    next_continuation_token: out.next_continuation_token().map(str::to_owned),
+                    next_marker: None,
+                })
+            }
+            ListVersion::V1 => {
+                let out = self
+                    .client
+                    .list_objects()
+                    .bucket(bucket)
+                    .set_prefix(req.prefix.clone())
+                    .set_delimiter(req.delimiter.clone())
+                    .max_keys(req.max_keys)
+                    .set_marker(req.marker.clone())
+                    .send()
+                    .await
+                    .map_err(map_err)?;
+                Ok(ListPage {
+                    contents: out.contents().iter().map(list_entry).collect(),
+                    common_prefixes: prefixes(out.common_prefixes()),
+                    is_truncated: out.is_truncated().unwrap_or(false),
+                    next_continuation_token: None,
+                    next_marker: out.next_marker().map(str::to_owned),
+                })
+            }
+        }
+    }
+
+    async fn head_bucket(&self, bucket: &str) -> Result<(), OriginError> {
+        match self.client.head_bucket().bucket(bucket).send().await {
+            Ok(_) => Ok(()),
+            Err(e) => Err(match map_err(e) {
+                OriginError::NotFound => OriginError::NoSuchBucket,
+                other => other,
+            }),
+        }
+    }
+
+    fn region(&self) -> &str {
+        &self.region
+    }
+}

@@ -1,0 +1,155 @@
+//! The one place where errors become S3 status codes and error codes (SPEC §1.4).
+
+use crate::error::{Error, OriginError};
+use http::StatusCode;
+
+/// An S3 error answer.
+#[derive(Debug, Clone)]
+pub struct S3Error {
+    /// HTTP status.
+    pub status: StatusCode,
+    /// S3 error code (`NoSuchKey`, …).
+    pub code: &'static str,
+    /// Human-readable message.
+    pub message: String,
+    /// Extra elements (`Key`, `BucketName`, `ActualObjectSize`, …).
+    pub extra: Vec<(&'static str, String)>,
+    /// Extra headers (`Content-Range` on 416).
+    pub headers: Vec<(&'static str, String)>,
+}
+
+impl S3Error {
+    /// An error with a status, code and message.
+    pub fn new(status: StatusCode, code: &'static str, message: impl Into<String>) -> Self {
+        S3Error {
+            status,
+            code,
+            message: message.into(),
+            extra: Vec::new(),
+            headers: Vec::new(),
+        }
+    }
+
+    /// Adds an extra element to the envelope.
+    pub fn with(mut self, name: &'static str, value: impl Into<String>) -> Self {
+        self.extra.push((name, value.into()));
+        self
+    }
+
+    /// Adds a response header.
+    pub fn header(mut self, name: &'static str, value: impl Into<String>) -> Self {
+        self.headers.push((name, value.into()));
+        self
+    }
+
+    /// 400 `InvalidArgument`.
+    pub fn invalid_argument(msg: impl Into<String>) -> Self {
+        Self::new(StatusCode::BAD_REQUEST, "InvalidArgument", msg)
+    }
+
+    /// 400 `InvalidRequest`.
+    pub fn invalid_request(msg: impl Into<String>) -> Self {
+        Self::new(StatusCode::BAD_REQUEST, "InvalidRequest", msg)
+    }
+
+    /// 403 `AccessDenied` for a bucket outside the allowlist.
+    pub fn access_denied() -> Self {
+        Self::new(StatusCode::FORBIDDEN, "AccessDenied", "Access Denied")
+    }
+
+    /// 405 `MethodNotAllowed`.
+    pub fn method_not_allowed(method: &str) -> Self {
+        Self::new(
+            StatusCode::METHOD_NOT_ALLOWED,
+            "MethodNotAllowed",
+            "The specified method is not allowed against this resource.",
+        )
+        .with("Method", method)
+        .with("ResourceType", "OBJECT")
+    }
+
+    /// 501 `NotImplemented`, naming the operation.
+    pub fn not_implemented(op: &str) -> Self {
+        Self::new(
+            StatusCode::NOT_IMPLEMENTED,
+            "NotImplemented",
+            format!("{op} is not implemented by Shoal, a read-only cache."),
+        )
+    }
+
+    /// 416 `InvalidRange` with `Content-Range: bytes */size`.
+    pub fn invalid_range(size: u64) -> Self {
+        Self::new(
+            StatusCode::RANGE_NOT_SATISFIABLE,
+            "InvalidRange",
+            "The requested range is not satisfiable",
+        )
+        .with("ActualObjectSize", size.to_string())
+        .header("content-range", format!("bytes */{size}"))
+    }
+
+    /// 412 `PreconditionFailed`.
+    pub fn precondition_failed(condition: &str) -> Self {
+        Self::new(
+            StatusCode::PRECONDITION_FAILED,
+            "PreconditionFailed",
+            "At least one of the pre-conditions you specified did not hold",
+        )
+        .with("Condition", condition)
+    }
+
+    /// Maps a read-path error; `bucket`/`key` name the resource in 404s.
+    pub fn from_error(e: &Error, bucket: &str, key: &str) -> Self {
+        use StatusCode as S;
+        match e {
+            Error::Origin(o) => match o {
+                OriginError::NotFound => {
+                    Self::new(S::NOT_FOUND, "NoSuchKey", "The specified key does not exist.")
+                        .with("Key", key)
+                        .with("BucketName", bucket)
+                }
+                OriginError::NoSuchBucket => {
+                    Self::new(S::NOT_FOUND, "NoSuchBucket", "The specified bucket does not exist")
+                        .with("BucketName", bucket)
+                }
+                OriginError::Unauthorized(_) => Self::new(
+                    S::BAD_GATEWAY,
+                    "OriginUnauthorized",
+                    "The origin rejected Shoal's credentials. This is a Shoal/origin configuration issue, not a client problem.",
+                ),
+                OriginError::MissingEtag => Self::new(
+                    S::BAD_GATEWAY,
+                    "OriginMissingETag",
+                    "The origin returned no ETag for this object, so Shoal cannot cache it safely.",
+                ),
+                OriginError::EtagChanged => Self::new(
+                    S::BAD_GATEWAY,
+                    "OriginETagChanged",
+                    "The object kept changing at the origin while it was being read.",
+                ),
+                OriginError::Throttled(_) => Self::new(
+                    S::SERVICE_UNAVAILABLE,
+                    "SlowDown",
+                    "The origin is throttling requests; please reduce your request rate.",
+                ),
+                OriginError::Transient(_) | OriginError::Protocol(_) | OriginError::Rejected(_) => {
+                    Self::new(
+                        S::BAD_GATEWAY,
+                        "OriginUnreachable",
+                        "The origin request failed; see Shoal's logs for details.",
+                    )
+                }
+            },
+            Error::SlowDown(_) => Self::new(
+                S::SERVICE_UNAVAILABLE,
+                "SlowDown",
+                "Please reduce your request rate.",
+            ),
+            Error::Store(_) | Error::Internal(_) => Self::new(
+                S::INTERNAL_SERVER_ERROR,
+                "InternalError",
+                "We encountered an internal error. Please try again.",
+            ),
+        }
+    }
+}

@@ -1,0 +1,478 @@
+//! The S3 front: request parsing, dispatch, object headers and S3 errors.
+//!
+//! One fallback handler takes every request and dispatches by hand. S3's addressing (path
+//! style, virtual-hosted style, sub-resources in the query string) does not fit a route table
+//! well, and doing it in one place keeps every answer — success or error — carrying
+//! `x-amz-request-id` and `Server: Shoal`.
+
+pub mod conditional;
+pub mod error;
+pub mod range;
+pub mod xml;
+
+use crate::error::{Error, OriginError};
+use crate::object::ObjectService;
+use crate::origin::{ListRequest, ListVersion, ObjectMeta, Origin};
+use axum::body::Body;
+use axum::extract::{Request, State};
+use axum::response::Response;
+use axum::Router;
+use conditional::Outcome;
+use error::S3Error;
+use http::{HeaderMap, HeaderName, HeaderValue, Method, StatusCode};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::Instant;
+use tracing::Instrument;
+
+/// Longest key S3 accepts (bytes of UTF-8).
+const MAX_KEY_LEN: usize = 1024;
+
+/// What the S3 front needs.
+pub struct S3State {
+    /// Object reads.
+    pub objects: ObjectService,
+    /// LIST and bucket operations go straight to the origin.
+    pub origin: Arc<dyn Origin>,
+    /// Bucket allowlist; empty = any.
+    pub buckets: Vec<String>,
+    /// Base domain for virtual-hosted-style addressing.
+    pub domain: Option<String>,
+}
+
+/// The S3 router.
+pub fn router(state: Arc<S3State>) -> Router {
+    Router::new().fallback(handle).with_state(state)
+}
+
+/// A request id: unique per process run, 16 hex digits like S3's.
+fn request_id() -> String {
+    static NEXT: AtomicU64 = AtomicU64::new(0);
+    static SEED: std::sync::OnceLock<u64> = std::sync::OnceLock::new();
+    let seed = *SEED.get_or_init(|| {
+        use std::hash::{BuildHasher, Hasher};
+        let mut h = std::collections::hash_map::RandomState::new().build_hasher();
+        h.write_u128(
+            std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .map_or(0, |d| d.as_nanos()),
+        );
+        h.finish()
+    });
+    let n = NEXT.fetch_add(1, Ordering::Relaxed);
+    format!("{:016X}", seed ^ n.wrapping_mul(0x9E37_79B9_7F4A_7C15))
+}
+
+/// Decodes a percent-encoded path or query component; `plus` turns `+` into a space (query).
+/// Errors on a `%` not followed by two hex digits and on invalid UTF-8.
+fn decode(s: &str, plus: bool) -> Result<String, S3Error> {
+    let b = s.as_bytes();
+    let mut out = Vec::with_capacity(b.len());
+    let mut i = 0;
+    while i < b.len() {
+        match b[i] {
+            b'%' => {
+                let hex = b
+                    .get(i + 1..i + 3)
+                    .and_then(|h| std::str::from_utf8(h).ok())
+                    .and_then(|h| u8::from_str_radix(h, 16).ok());
+                let Some(v) = hex else {
+                    return Err(S3Error::invalid_argument(
+                        "Invalid percent-encoding in the request URI.",
+                    ));
+                };
+                out.push(v);
+                i += 3;
+            }
+            b'+' if plus => {
+                out.push(b' ');
+                i += 1;
+            }
+            c => {
+                out.push(c);
+                i += 1;
+            }
+        }
+    }
+    String::from_utf8(out)
+        .map_err(|_| S3Error::invalid_argument("The request URI is not valid UTF-8."))
+}
+
+/// Query parameters in order, decoded.
+fn query_pairs(q: Option<&str>) -> Result<Vec<(String, String)>, S3Error> {
+    let Some(q) = q else { return Ok(Vec::new()) };
+    q.split('&')
+        .filter(|p| !p.is_empty())
+        .map(|p| {
+            let (k, v) = p.split_once('=').unwrap_or((p, ""));
+            Ok((decode(k, true)?, decode(v, true)?))
+        })
+        .collect()
+}
+
+struct Parsed {
+    bucket: String,
+    key: String,
+    query: Vec<(String, String)>,
+}
+
+impl Parsed {
+    fn param(&self, name: &str) -> Option<&str> {
+        self.query
+            .iter()
+            .find(|(k, _)| k == name)
+            .map(|(_, v)| v.as_str())
+    }
+    fn has(&self, name: &str) -> bool {
+        self.query.iter().any(|(k, _)| k == name)
+    }
+    /// The first query parameter that names a sub-resource or operation we do not serve.
+    fn unsupported(&self, allowed: &[&str]) -> Option<&str> {
+        self.query.iter().map(|(k, _)| k.as_str()).find(|k| {
+            let lk = k.to_ascii_lowercase();
+            !(allowed.contains(&k)
+                || lk == "x-id"
+                || lk.starts_with("x-amz-")
+                || lk.starts_with("response-"))
+        })
+    }
+}
+
+fn parse(req: &Request, domain: Option<&str>) -> Result<Parsed, S3Error> {
+    let uri = req.uri();
+    let path = decode(uri.path(), false)?;
+    let query = query_pairs(uri.query())?;
+    let host = req
+        .headers()
+        .get(http::header::HOST)
+        .and_then(|h| h.to_str().ok())
+        .map(|h| {
+            h.rsplit_once(':')
+                .map_or(h, |(a, _)| a)
+                .to_ascii_lowercase()
+        });
+    let vhost_bucket = match (domain, host) {
+        (Some(d), Some(h)) => h
+            .strip_suffix(&format!(".{}", d.to_ascii_lowercase()))
+            .map(str::to_owned),
+        _ => None,
+    };
+    let rest = path.strip_prefix('/').unwrap_or(&path);
+    let (bucket, key) = match vhost_bucket {
+        Some(b) => (b, rest.to_owned()),
+        None => match rest.split_once('/') {
+            Some((b, k)) => (b.to_owned(), k.to_owned()),
+            None => (rest.to_owned(), String::new()),
+        },
+    };
+    Ok(Parsed { bucket, key, query })
+}
+
+async fn handle(State(st): State<Arc<S3State>>, req: Request) -> Response {
+    let rid = request_id();
+    let started = Instant::now();
+    let method = req.method().clone();
+    let resource = req.uri().path().to_owned();
+    let span = tracing::info_span!("s3", request_id = %rid, method = %method, path = %resource);
+    let result = dispatch(&st, req, &rid).instrument(span.clone()).await;
+    let mut resp =
+        result.unwrap_or_else(|e| error_response(&e, method == Method::HEAD, &resource, &rid));
+    let h = resp.headers_mut();
+    if let Ok(v) = HeaderValue::from_str(&rid) {
+        h.insert("x-amz-request-id", v);
+    }
+    h.insert(http::header::SERVER, HeaderValue::from_static("Shoal"));
+    span.in_scope(|| {
+        tracing::info!(
+            status = resp.status().as_u16(),
+            elapsed_ms = started.elapsed().as_millis() as u64,
+            "request"
+        )
+    });
+    resp
+}
+
+fn error_response(e: &S3Error, head: bool, resource: &str, rid: &str) -> Response {
+    let mut b = Response::builder().status(e.status);
+    for (k, v) in &e.headers {
+        b = b.header(*k, v);
+    }
+    let body = if head {
+        Body::empty()
+    } else {
+        b = b.header(http::header::CONTENT_TYPE, "application/xml");
+        let extra: Vec<(&str, &str)> = e.extra.iter().map(|(k, v)| (*k, v.as_str())).collect();
+        Body::from(xml::error(e.code, &e.message, resource, rid, &extra))
+    };
+    b.body(body)
+        .unwrap_or_else(|_| Response::new(Body::empty()))
+}
+
+async fn dispatch(st: &S3State, req: Request, rid: &str) -> Result<Response, S3Error> {
+    let method = req.method().clone();
+    if !matches!(method, Method::GET | Method::HEAD) {
+        return Err(S3Error::method_not_allowed(method.as_str()));
+    }
+    let head = method == Method::HEAD;
+    let p = parse(&req, st.domain.as_deref())?;
+    if p.bucket.is_empty() {
+        if let Some(op) = p.unsupported(&[]) {
+            return Err(S3Error::not_implemented(&format!("The `{op}` operation")));
+        }
+        return Ok(xml_response(xml::bucket_list(&st.buckets), head));
+    }
+    if !st.buckets.is_empty() && !st.buckets.iter().any(|b| *b == p.bucket) {
+        return Err(S3Error::access_denied().with("BucketName", p.bucket.clone()));
+    }
+    if p.key.is_empty() {
+        return bucket_op(st, &p, head).await;
+    }
+    if p.key.len() > MAX_KEY_LEN {
+        return Err(S3Error::new(
+            StatusCode::BAD_REQUEST,
+            "KeyTooLongError",
+            "Your key is too long",
+        ));
+    }
+    if let Some(op) = p.unsupported(&[]) {
+        return Err(S3Error::not_implemented(&format!("GetObject with `?{op}`")));
+    }
+    let _ = rid;
+    object_op(st, &p, req.headers(), head).await
+}
+
+fn xml_response(body: String, head: bool) -> Response {
+    let len = body.len();
+    let b = Response::builder()
+        .status(StatusCode::OK)
+        .header(http::header::CONTENT_TYPE, "application/xml")
+        .header(http::header::CONTENT_LENGTH, len);
+    b.body(if head {
+        Body::empty()
+    } else {
+        Body::from(body)
+    })
+    .unwrap_or_else(|_| Response::new(Body::empty()))
+}
+
+const LIST_PARAMS: &[&str] = &[
+    "list-type",
+    "prefix",
+    "delimiter",
+    "max-keys",
+    "continuation-token",
+    "start-after",
+    "marker",
+    "encoding-type",
+    "fetch-owner",
+];
+
+async fn bucket_op(st: &S3State, p: &Parsed, head: bool) -> Result<Response, S3Error> {
+    let map = |e: OriginError| S3Error::from_error(&Error::Origin(e), &p.bucket, "");
+    if head {
+        st.origin.head_bucket(&p.bucket).await.map_err(map)?;
+        return Ok(Response::builder()
+            .status(StatusCode::OK)
+            .header("x-amz-bucket-region", st.origin.region())
+            .body(Body::empty())
+            .unwrap_or_else(|_| Response::new(Body::empty())));
+    }
+    if p.has("location") {
+        st.origin.head_bucket(&p.bucket).await.map_err(map)?;
+        return Ok(xml_response(xml::location(st.origin.region()), false));
+    }
+    if let Some(op) = p.unsupported(LIST_PARAMS) {
+        return Err(S3Error::not_implemented(&format!(
+            "The bucket sub-resource `?{op}`"
+        )));
+    }
+    let version = match p.param("list-type") {
+        None => ListVersion::V1,
+        Some("2") => ListVersion::V2,
+        Some(_) => return Err(S3Error::invalid_argument("Invalid list-type; expected 2.")),
+    };
+    let max_keys = match p.param("max-keys") {
+        None => 1000,
+        Some(v) => match v.parse::<i64>() {
+            Ok(n) if n >= 0 => n.min(1000) as i32,
+            _ => {
+                return Err(S3Error::invalid_argument(
+                    "max-keys must be a non-negative integer.",
+                ))
+            }
+        },
+    };
+    let url = match p.param("encoding-type") {
+        None => false,
+        Some(v) if v.eq_ignore_ascii_case("url") => true,
+        Some(_) => {
+            return Err(S3Error::invalid_argument(
+                "Invalid Encoding Method specified in Request",
+            ))
+        }
+    };
+    let opt = |k: &str| p.param(k).map(str::to_owned);
+    let req = ListRequest {
+        version,
+        prefix: opt("prefix"),
+        delimiter: opt("delimiter").filter(|d| !d.is_empty()),
+        max_keys,
+        continuation_token: if version == ListVersion::V2 {
+            opt("continuation-token")
+        } else {
+            None
+        },
+        start_after: if version == ListVersion::V2 {
+            opt("start-after")
+        } else {
+            None
+        },
+        marker: if version == ListVersion::V1 {
+            opt("marker")
+        } else {
+            None
+        },
+        fetch_owner: p
+            .param("fetch-owner")
+            .is_some_and(|v| v.eq_ignore_ascii_case("true")),
+    };
+    let page = st.origin.list(&p.bucket, &req).await.map_err(map)?;
+    Ok(xml_response(
+        xml::list_result(&p.bucket, &req, url, &page),
+        false,
+    ))
+}
+
+/// The object headers of SPEC §1.1, with `response-*` overrides applied.
+fn object_headers(meta: &ObjectMeta, p: &Parsed) -> HeaderMap {
+    let mut h = HeaderMap::new();
+    let mut put = |name: &str, value: Option<&str>| {
+        if let (Ok(n), Some(Ok(v))) = (
+            HeaderName::from_bytes(name.as_bytes()),
+            value.map(HeaderValue::from_str),
+        ) {
+            h.insert(n, v);
+        }
+    };
+    put("etag", Some(&format!("\"{}\"", meta.etag)));
+    let lm = meta.last_modified.map(conditional::format_date);
+    put("last-modified", lm.as_deref());
+    put("accept-ranges", Some("bytes"));
+    put(
+        "content-type",
+        Some(
+            meta.content_type
+                .as_deref()
+                .unwrap_or("binary/octet-stream"),
+        ),
+    );
+    put("cache-control", meta.cache_control.as_deref());
+    put("content-encoding", meta.content_encoding.as_deref());
+    put("content-disposition", meta.content_disposition.as_deref());
+    put("content-language", meta.content_language.as_deref());
+    put("expires", meta.expires.as_deref());
+    for (k, v) in &meta.user_metadata {
+        put(&format!("x-amz-meta-{k}"), Some(v));
+    }
+    for (param, header) in [
+        ("response-content-type", "content-type"),
+        ("response-content-language", "content-language"),
+        ("response-expires", "expires"),
+        ("response-cache-control", "cache-control"),
+        ("response-content-disposition", "content-disposition"),
+        ("response-content-encoding", "content-encoding"),
+    ] {
+        if let Some(v) = p.param(param) {
+            put(header, Some(v));
+        }
+    }
+    h
+}
+
+async fn object_op(
+    st: &S3State,
+    p: &Parsed,
+    headers: &HeaderMap,
+    head: bool,
+) -> Result<Response, S3Error> {
+    let (bucket, key) = (p.bucket.as_str(), p.key.as_str());
+    let map = |e: &Error| S3Error::from_error(e, bucket, key);
+    // One re-read of the metadata is allowed if the object changes before the first byte.
+    let mut retried_etag = false;
+    loop {
+        let meta = st.objects.head(bucket, key).await.map_err(|e| map(&e))?;
+        let mut base = object_headers(&meta, p);
+        match conditional::evaluate(headers, &meta.etag, meta.last_modified) {
+            Outcome::Proceed => {}
+            Outcome::NotModified => {
+                let mut r = Response::new(Body::empty());
+                *r.status_mut() = StatusCode::NOT_MODIFIED;
+                for name in ["etag", "last-modified"] {
+                    if let Some(v) = base.remove(name) {
+                        r.headers_mut().insert(name, v);
+                    }
+                }
+                return Ok(r);
+            }
+            Outcome::Failed => return Err(S3Error::precondition_failed("If-Match")),
+        }
+        let range = headers
+            .get(http::header::RANGE)
+            .and_then(|v| v.to_str().ok())
+            .filter(|_| conditional::if_range_holds(headers, &meta.etag, meta.last_modified))
+            .and_then(range::parse);
+        let (status, start, end) = match range::resolve(range, meta.size) {
+            range::Resolved::Unsatisfiable => return Err(S3Error::invalid_range(meta.size)),
+            range::Resolved::Full => (StatusCode::OK, 0, meta.size.saturating_sub(1)),
+            range::Resolved::Partial(s, e) => {
+                base.insert(
+                    http::header::CONTENT_RANGE,
+                    HeaderValue::from_str(&format!("bytes {s}-{e}/{}", meta.size))
+                        .map_err(|_| S3Error::invalid_request("bad range"))?,
+                );
+                (StatusCode::PARTIAL_CONTENT, s, e)
+            }
+        };
+        let len = if meta.size == 0 { 0 } else { end - start + 1 };
+        base.insert(http::header::CONTENT_LENGTH, HeaderValue::from(len));
+        let body = if head || len == 0 {
+            Body::empty()
+        } else {
+            match st.objects.open(bucket, key, &meta, start, end).await {
+                Ok(s) => Body::from_stream(s),
+                Err(Error::Origin(OriginError::EtagChanged)) if !retried_etag => {
+                    tracing::info!(bucket, key, "object changed at origin; re-reading metadata");
+                    st.objects.invalidate(bucket, key).await;
+                    retried_etag = true;
+                    continue;
+                }
+                Err(e) => return Err(map(&e)),
+            }
+        };
+        let mut r = Response::new(body);
+        *r.status_mut() = status;
+        *r.headers_mut() = base;
+        return Ok(r);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn decoding_rejects_bad_escapes() {
+        assert_eq!(decode("a%20b+c", false).unwrap(), "a b+c");
+        assert_eq!(decode("a%20b+c", true).unwrap(), "a b c");
+        assert!(decode("%zz", false).is_err());
+        assert!(decode("%4", false).is_err());
+        assert!(decode("%ff", false).is_err());
+        assert_eq!(decode("%E2%9C%93", false).unwrap(), "✓");
+    }
+
+    #[test]
+    fn request_ids_differ() {
+        assert_ne!(request_id(), request_id());
+        assert_eq!(request_id().len(), 16);
+    }
+}

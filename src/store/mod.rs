@@ -1,0 +1,84 @@
+//! Chunk stores: where filled chunks are kept.
+//!
+//! A store is asked for a byte range of a chunk and answers with a stream, or `None` when it
+//! does not have the chunk (or has it damaged — a store never serves bytes it cannot vouch
+//! for). Writes go through a [`ChunkWriter`] that becomes visible only on `commit`, and only if
+//! the written length is the promised one: a half-written chunk is never visible.
+
+mod memory;
+
+pub use memory::MemoryStore;
+
+use crate::chunk::ChunkKey;
+use crate::origin::ByteStream;
+use async_trait::async_trait;
+use bytes::Bytes;
+use std::ops::Range;
+
+/// A store failure. The read path treats every one of them as a miss (refill from the
+/// origin); they are reported, never shown to clients as wrong bytes.
+#[derive(Debug, Clone, thiserror::Error, PartialEq, Eq)]
+pub enum StoreError {
+    /// The chunk does not fit (capacity or disk full).
+    #[error("store full: {0}")]
+    Full(String),
+    /// More or fewer bytes were written than promised.
+    #[error("chunk length mismatch: wrote {wrote}, promised {promised}")]
+    Length {
+        /// Bytes written.
+        wrote: u64,
+        /// Bytes promised to `begin`.
+        promised: u64,
+    },
+    /// An I/O error.
+    #[error("store I/O: {0}")]
+    Io(String),
+}
+
+/// Counters a store keeps about itself (exported as metrics later).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct StoreStats {
+    /// Bytes of committed chunks.
+    pub used_bytes: u64,
+    /// Committed chunks.
+    pub chunks: u64,
+    /// Chunks found damaged (checksum mismatch) and dropped.
+    pub corrupt: u64,
+    /// Commits that failed.
+    pub failed_commits: u64,
+}
+
+/// Keeps chunks. Implementations must be safe to share across tasks.
+#[async_trait]
+pub trait ChunkStore: Send + Sync + 'static {
+    /// Streams `range` (relative to the chunk start) of a committed chunk, or `None` if the
+    /// chunk is absent. `range` must lie inside the chunk.
+    async fn get(
+        &self,
+        key: &ChunkKey,
+        range: Range<u64>,
+    ) -> Result<Option<ByteStream>, StoreError>;
+
+    /// Starts writing a chunk of exactly `len` bytes.
+    async fn begin(&self, key: &ChunkKey, len: u64) -> Result<Box<dyn ChunkWriter>, StoreError>;
+
+    /// Whether a committed chunk is present (cheap: an index lookup).
+    fn contains(&self, key: &ChunkKey) -> bool;
+
+    /// Current counters.
+    fn stats(&self) -> StoreStats;
+}
+
+/// An uncommitted chunk. Dropping it without `commit` discards it.
+#[async_trait]
+pub trait ChunkWriter: Send {
+    /// Appends bytes.
+    async fn write(&mut self, bytes: Bytes) -> Result<(), StoreError>;
+    /// Makes the chunk visible, atomically, if exactly the promised length was written.
+    async fn commit(self: Box<Self>) -> Result<(), StoreError>;
+}
+
+/// Checks that `range` lies in a chunk of `len` bytes.
+pub(crate) fn range_ok(range: &Range<u64>, len: u64) -> bool {
+    range.start <= range.end && range.end <= len
+}

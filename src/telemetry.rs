@@ -1,0 +1,17 @@
+//! Logs through `tracing`: text for people, JSON for pipelines.
+
+use crate::config::{LogFormat, TelemetryConfig};
+use tracing_subscriber::EnvFilter;
+
+/// Installs the global subscriber. `RUST_LOG`, when set, wins over `telemetry.log_level`, so
+/// an operator can turn on debug logs for one run without editing the config.
+pub fn init(cfg: &TelemetryConfig) {
+    let filter = EnvFilter::try_from_default_env()
+        .or_else(|_| EnvFilter::try_new(&cfg.log_level))
+        .unwrap_or_else(|_| EnvFilter::new("info"));
+    let builder = tracing_subscriber::fmt().with_env_filter(filter);
+    let _ = match cfg.log_format {
+        LogFormat::Json => builder.json().try_init(),
+        LogFormat::Text => builder.try_init(),
+    };
+}
