@@ -1,0 +1,141 @@
+//! An `Origin` wrapper that counts what reaches the real origin and injects faults there.
+
+use async_trait::async_trait;
+use bytes::Bytes;
+use futures_util::StreamExt;
+use shoal::error::{Error, OriginError};
+use shoal::origin::{ByteStream, ListPage, ListRequest, ObjectMeta, Origin};
+use std::collections::{HashMap, HashSet};
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+#[derive(Default)]
+pub struct Rules {
+    /// (key, offset) → how many more calls fail with a transient error.
+    pub fail_first: HashMap<(String, u64), u32>,
+    /// key → the next body of this key breaks after this many bytes (once).
+    pub cut_after: HashMap<String, u64>,
+    /// key → delay before every piece of the body.
+    pub slow: HashMap<String, Duration>,
+    /// keys whose HEAD answers without an ETag.
+    pub strip_etag: HashSet<String>,
+}
+
+pub struct Faulty {
+    inner: Arc<dyn Origin>,
+    pub heads: AtomicUsize,
+    pub gets: Mutex<Vec<(String, u64, u64)>>,
+    pub rules: Mutex<Rules>,
+}
+
+impl Faulty {
+    pub fn new(inner: Arc<dyn Origin>) -> Arc<Self> {
+        Arc::new(Faulty {
+            inner,
+            heads: AtomicUsize::new(0),
+            gets: Mutex::new(Vec::new()),
+            rules: Mutex::new(Rules::default()),
+        })
+    }
+
+    /// Origin range GETs made for `key`, as (offset, len).
+    pub fn gets_for(&self, key: &str) -> Vec<(u64, u64)> {
+        self.gets
+            .lock()
+            .unwrap()
+            .iter()
+            .filter(|(k, _, _)| k == key)
+            .map(|(_, o, l)| (*o, *l))
+            .collect()
+    }
+
+    pub fn heads(&self) -> usize {
+        self.heads.load(Ordering::SeqCst)
+    }
+}
+
+#[async_trait]
+impl Origin for Faulty {
+    async fn head(&self, bucket: &str, key: &str) -> Result<ObjectMeta, OriginError> {
+        self.heads.fetch_add(1, Ordering::SeqCst);
+        let mut m = self.inner.head(bucket, key).await?;
+        if self.rules.lock().unwrap().strip_etag.contains(key) {
+            m.etag.clear();
+        }
+        Ok(m)
+    }
+
+    async fn get_range(
+        &self,
+        bucket: &str,
+        key: &str,
+        etag: &str,
+        offset: u64,
+        len: u64,
+    ) -> Result<ByteStream, OriginError> {
+        self.gets
+            .lock()
+            .unwrap()
+            .push((key.to_owned(), offset, len));
+        let (cut, slow) = {
+            let mut r = self.rules.lock().unwrap();
+            if let Some(n) = r.fail_first.get_mut(&(key.to_owned(), offset)) {
+                if *n > 0 {
+                    *n -= 1;
+                    return Err(OriginError::Transient("injected failure".into()));
+                }
+            }
+            (r.cut_after.remove(key), r.slow.get(key).copied())
+        };
+        let body = self.inner.get_range(bucket, key, etag, offset, len).await?;
+        enum St {
+            Go(ByteStream, u64),
+            Fail,
+            Done,
+        }
+        let cut_err = || Error::Origin(OriginError::Transient("injected cut".into()));
+        let s = futures_util::stream::unfold(St::Go(body, 0), move |st| async move {
+            match st {
+                St::Done => None,
+                St::Fail => Some((Err(cut_err()), St::Done)),
+                St::Go(mut body, sent) => {
+                    if let Some(d) = slow {
+                        tokio::time::sleep(d).await;
+                    }
+                    match body.next().await {
+                        Some(Ok(b)) => match cut {
+                            Some(limit) if sent + b.len() as u64 > limit => {
+                                let keep = (limit - sent) as usize;
+                                if keep > 0 {
+                                    Some((Ok::<Bytes, Error>(b.slice(..keep)), St::Fail))
+                                } else {
+                                    Some((Err(cut_err()), St::Done))
+                                }
+                            }
+                            _ => {
+                                let n = b.len() as u64;
+                                Some((Ok(b), St::Go(body, sent + n)))
+                            }
+                        },
+                        Some(Err(e)) => Some((Err(e), St::Done)),
+                        None => None,
+                    }
+                }
+            }
+        });
+        Ok(s.boxed())
+    }
+
+    async fn list(&self, bucket: &str, req: &ListRequest) -> Result<ListPage, OriginError> {
+        self.inner.list(bucket, req).await
+    }
+
+    async fn head_bucket(&self, bucket: &str) -> Result<(), OriginError> {
+        self.inner.head_bucket(bucket).await
+    }
+
+    fn region(&self) -> &str {
+        self.inner.region()
+    }
+}

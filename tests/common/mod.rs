@@ -1,0 +1,321 @@
+//! Test harness: a real Garage S3 server on loopback, shared by the tests of one binary, and
+//! helpers to start Shoal in front of it with a fault-injecting origin wrapper.
+#![allow(dead_code)]
+
+pub mod faulty;
+
+use aws_sdk_s3::config::{BehaviorVersion, Credentials, Region};
+use aws_sdk_s3::primitives::ByteStream;
+use aws_sdk_s3::Client;
+use shoal::config::Config;
+use std::net::TcpListener;
+use std::path::PathBuf;
+use std::process::{Command, Stdio};
+use std::sync::atomic::{AtomicU32, Ordering};
+use std::sync::{Arc, OnceLock};
+use std::time::{Duration, Instant};
+
+pub const ACCESS_KEY: &str = "GK0123456789abcdef01234567";
+pub const SECRET_KEY: &str = "0123456789abcdef0123456789abcdef0123456789abcdef0123456789abcdef";
+pub const REGION: &str = "garage";
+
+/// The shared Garage instance of this test process.
+pub struct Garage {
+    pub endpoint: String,
+}
+
+fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .map(|a| a.port())
+        .expect("no free loopback port")
+}
+
+fn garage_bin() -> PathBuf {
+    if let Ok(p) = std::env::var("GARAGE_BIN") {
+        return p.into();
+    }
+    if let Ok(out) = Command::new("sh")
+        .args(["-c", "command -v garage"])
+        .output()
+    {
+        let p = String::from_utf8_lossy(&out.stdout).trim().to_owned();
+        if !p.is_empty() {
+            return p.into();
+        }
+    }
+    let home = std::env::var("HOME").unwrap_or_default();
+    let p = PathBuf::from(home).join(".cargo/bin/garage");
+    assert!(
+        p.exists(),
+        "the garage S3 server is not installed: run `make test`, which installs it"
+    );
+    p
+}
+
+fn pid_alive(pid: u32) -> bool {
+    PathBuf::from(format!("/proc/{pid}")).exists()
+}
+
+/// Starts Garage once per test process. It runs in a thread that never exits, with
+/// PR_SET_PDEATHSIG, so the kernel stops it when this test process ends.
+pub fn garage() -> &'static Garage {
+    static G: OnceLock<Garage> = OnceLock::new();
+    G.get_or_init(start_garage)
+}
+
+fn start_garage() -> Garage {
+    let base = PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join("garage");
+    std::fs::create_dir_all(&base).unwrap();
+    // Remove the data of earlier test processes that are gone.
+    for e in std::fs::read_dir(&base).unwrap().flatten() {
+        if let Some(pid) = e.file_name().to_str().and_then(|n| n.parse::<u32>().ok()) {
+            if !pid_alive(pid) {
+                let _ = std::fs::remove_dir_all(e.path());
+            }
+        }
+    }
+    let dir = base.join(std::process::id().to_string());
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).unwrap();
+    let (s3, rpc, admin) = (free_port(), free_port(), free_port());
+    let cfg = dir.join("garage.toml");
+    std::fs::write(
+        &cfg,
+        format!(
+            r#"metadata_dir = "{d}/meta"
+data_dir = "{d}/data"
+db_engine = "sqlite"
+replication_factor = 1
+rpc_bind_addr = "127.0.0.1:{rpc}"
+rpc_public_addr = "127.0.0.1:{rpc}"
+rpc_secret = "{secret}"
+[s3_api]
+s3_region = "{REGION}"
+api_bind_addr = "127.0.0.1:{s3}"
+[admin]
+api_bind_addr = "127.0.0.1:{admin}"
+"#,
+            d = dir.display(),
+            secret = "5c1b2a3d4e5f60718293a4b5c6d7e8f90a1b2c3d4e5f60718293a4b5c6d7e8f9",
+        ),
+    )
+    .unwrap();
+    let bin = garage_bin();
+    let (tx, rx) = std::sync::mpsc::channel();
+    let (bin2, cfg2, log) = (bin.clone(), cfg.clone(), dir.join("server.log"));
+    std::thread::spawn(move || {
+        use std::os::unix::process::CommandExt;
+        let logf = std::fs::File::create(&log).unwrap();
+        let mut cmd = Command::new(&bin2);
+        cmd.args(["-c"]).arg(&cfg2).arg("server");
+        cmd.stdout(Stdio::from(logf.try_clone().unwrap()))
+            .stderr(Stdio::from(logf));
+        cmd.env("RUST_LOG", "warn");
+        // SAFETY: prctl is async-signal-safe; it only asks the kernel to kill the child when
+        // this (never-exiting) thread's process dies.
+        unsafe {
+            cmd.pre_exec(|| {
+                libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL);
+                Ok(())
+            });
+        }
+        let child = cmd.spawn();
+        let ok = child.is_ok();
+        tx.send(child.map(|c| c.id()).map_err(|e| e.to_string()))
+            .unwrap();
+        if ok {
+            loop {
+                std::thread::park();
+            }
+        }
+    });
+    rx.recv().unwrap().expect("cannot start garage");
+    let g = |args: &[&str]| -> Result<String, String> {
+        let out = Command::new(&bin)
+            .arg("-c")
+            .arg(&cfg)
+            .args(args)
+            .output()
+            .map_err(|e| e.to_string())?;
+        if out.status.success() {
+            Ok(String::from_utf8_lossy(&out.stdout).into_owned())
+        } else {
+            Err(String::from_utf8_lossy(&out.stderr).into_owned())
+        }
+    };
+    let deadline = Instant::now() + Duration::from_secs(60);
+    let id = loop {
+        match g(&["node", "id", "-q"]) {
+            Ok(s) if !s.trim().is_empty() => break s.trim().split('@').next().unwrap().to_owned(),
+            other => {
+                assert!(
+                    Instant::now() < deadline,
+                    "garage did not come up: {other:?}"
+                );
+                std::thread::sleep(Duration::from_millis(200));
+            }
+        }
+    };
+    g(&["layout", "assign", "-z", "dc1", "-c", "4G", &id]).expect("layout assign");
+    g(&["layout", "apply", "--version", "1"]).expect("layout apply");
+    g(&[
+        "key",
+        "import",
+        "--yes",
+        "-n",
+        "shoal-test",
+        ACCESS_KEY,
+        SECRET_KEY,
+    ])
+    .expect("key import");
+    g(&["key", "allow", "--create-bucket", ACCESS_KEY]).expect("key allow");
+    let endpoint = format!("http://127.0.0.1:{s3}");
+    // Wait until the S3 API answers with the key.
+    // On a thread of its own: the caller may be inside a tokio runtime already.
+    let ep = endpoint.clone();
+    std::thread::spawn(move || {
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap();
+        rt.block_on(async {
+            let c = client(&ep);
+            loop {
+                match c.list_buckets().send().await {
+                    Ok(_) => break,
+                    Err(e) => {
+                        assert!(Instant::now() < deadline, "garage S3 API not ready: {e:?}");
+                        tokio::time::sleep(Duration::from_millis(200)).await;
+                    }
+                }
+            }
+        })
+    })
+    .join()
+    .expect("garage readiness check");
+    Garage { endpoint }
+}
+
+/// An SDK client for `endpoint` with the test credentials (Garage or Shoal).
+pub fn client(endpoint: &str) -> Client {
+    let conf = aws_sdk_s3::config::Builder::new()
+        .behavior_version(BehaviorVersion::latest())
+        .endpoint_url(endpoint)
+        .region(Region::new(REGION))
+        .credentials_provider(Credentials::new(ACCESS_KEY, SECRET_KEY, None, None, "test"))
+        .force_path_style(true)
+        .request_checksum_calculation(aws_sdk_s3::config::RequestChecksumCalculation::WhenRequired)
+        .response_checksum_validation(aws_sdk_s3::config::ResponseChecksumValidation::WhenRequired)
+        .http_client(
+            aws_smithy_http_client::Builder::new()
+                .tls_provider(aws_smithy_http_client::tls::Provider::Rustls(
+                    aws_smithy_http_client::tls::rustls_provider::CryptoMode::Ring,
+                ))
+                .build_https(),
+        )
+        .build();
+    Client::from_conf(conf)
+}
+
+/// A fresh bucket with a unique name.
+pub async fn bucket(c: &Client, hint: &str) -> String {
+    static N: AtomicU32 = AtomicU32::new(0);
+    let name = format!(
+        "{hint}-{}-{}",
+        std::process::id(),
+        N.fetch_add(1, Ordering::Relaxed)
+    );
+    c.create_bucket()
+        .bucket(&name)
+        .send()
+        .await
+        .expect("create bucket");
+    name
+}
+
+pub async fn put(c: &Client, bucket: &str, key: &str, data: Vec<u8>) {
+    c.put_object()
+        .bucket(bucket)
+        .key(key)
+        .body(ByteStream::from(data))
+        .send()
+        .await
+        .expect("put object");
+}
+
+/// Deterministic pseudo-random bytes (so a wrong offset is always visible).
+pub fn data(len: usize, seed: u64) -> Vec<u8> {
+    let mut x = seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1;
+    (0..len)
+        .map(|_| {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            (x >> 24) as u8
+        })
+        .collect()
+}
+
+/// A config for Shoal in front of Garage, on loopback ports the OS picks.
+pub fn config(g: &Garage) -> Config {
+    let mut c = Config::default();
+    c.server.listen = "127.0.0.1:0".parse().unwrap();
+    c.ops.listen = "127.0.0.1:0".parse().unwrap();
+    c.server.shutdown_grace = shoal::config::Dur(Duration::from_secs(2));
+    c.origin.id = "itest".into();
+    c.origin.endpoint = Some(g.endpoint.clone());
+    c.origin.region = REGION.into();
+    c.origin.force_path_style = true;
+    c.origin.access_key_id = Some(ACCESS_KEY.into());
+    c.origin.secret_access_key = Some(SECRET_KEY.into());
+    c.chunk.size = shoal::config::ByteSize(1 << 20);
+    c.fill.retry.backoff_initial = shoal::config::Dur(Duration::from_millis(10));
+    c.fill.retry.backoff_max = shoal::config::Dur(Duration::from_millis(50));
+    c
+}
+
+/// The real S3 origin (Garage), as Shoal builds it.
+pub async fn s3_origin(cfg: &Config) -> Arc<shoal::origin::S3Origin> {
+    Arc::new(shoal::origin::S3Origin::new(&cfg.origin).await.unwrap())
+}
+
+/// A running Shoal and a raw HTTP client for it.
+pub struct Shoal {
+    pub running: shoal::app::Running,
+    pub http: reqwest::Client,
+    pub base: String,
+}
+
+impl Shoal {
+    pub async fn start(cfg: &Config, origin: Arc<dyn shoal::origin::Origin>) -> Shoal {
+        let running = shoal::app::start(cfg, origin).await.expect("start shoal");
+        let base = format!("http://{}", running.s3_addr);
+        Shoal {
+            running,
+            http: reqwest::Client::new(),
+            base,
+        }
+    }
+
+    pub fn url(&self, path: &str) -> String {
+        format!("{}/{}", self.base, path.trim_start_matches('/'))
+    }
+
+    pub async fn get(&self, path: &str) -> reqwest::Response {
+        self.http.get(self.url(path)).send().await.expect("request")
+    }
+
+    pub async fn get_range(&self, path: &str, range: &str) -> reqwest::Response {
+        self.http
+            .get(self.url(path))
+            .header("range", range)
+            .send()
+            .await
+            .expect("request")
+    }
+
+    pub async fn stop(self) {
+        self.running.shutdown().await;
+    }
+}

@@ -1,0 +1,417 @@
+//! The single-replica read path against a real S3 server (Garage) over HTTP.
+
+mod common;
+
+use common::faulty::Faulty;
+use common::*;
+use std::sync::Arc;
+use std::time::Duration;
+
+const MIB: usize = 1 << 20;
+
+async fn body(r: reqwest::Response) -> Vec<u8> {
+    r.bytes().await.expect("body").to_vec()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn full_gets_are_byte_exact() {
+    let g = garage();
+    let c = client(&g.endpoint);
+    let b = bucket(&c, "full").await;
+    let objects = [
+        ("empty", 0usize),
+        ("one-kib", 1024),
+        ("one-and-a-half-chunks", MIB + MIB / 2),
+        ("sixty-four-chunks", 64 * MIB),
+    ];
+    for (i, (k, n)) in objects.iter().enumerate() {
+        put(&c, &b, k, data(*n, i as u64 + 1)).await;
+    }
+    let cfg = config(g);
+    let origin = Faulty::new(s3_origin(&cfg).await);
+    let shoal = Shoal::start(&cfg, origin.clone()).await;
+    for (i, (k, n)) in objects.iter().enumerate() {
+        let want = data(*n, i as u64 + 1);
+        for pass in ["cold", "warm"] {
+            let r = shoal.get(&format!("{b}/{k}")).await;
+            assert_eq!(r.status(), 200, "{k} {pass}");
+            assert_eq!(r.headers()["content-length"], n.to_string().as_str());
+            assert!(r.headers()["etag"].to_str().unwrap().starts_with('"'));
+            assert_eq!(r.headers()["accept-ranges"], "bytes");
+            assert!(r.headers().contains_key("last-modified"));
+            assert!(r.headers().contains_key("x-amz-request-id"));
+            assert_eq!(r.headers()["server"], "Shoal");
+            let got = body(r).await;
+            assert_eq!(got.len(), want.len(), "{k} {pass}");
+            assert!(got == want, "{k} {pass}: bytes differ");
+        }
+        // The warm pass is served from the store: one origin GET per chunk in all.
+        let chunks = n.div_ceil(MIB);
+        assert_eq!(origin.gets_for(k).len(), chunks, "{k}");
+    }
+    shoal.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn ranged_gets_match_the_origin_bytes() {
+    let g = garage();
+    let c = client(&g.endpoint);
+    let b = bucket(&c, "range").await;
+    let n = 3 * MIB + 12345;
+    let want = data(n, 42);
+    put(&c, &b, "obj", want.clone()).await;
+    let cfg = config(g);
+    let shoal = Shoal::start(&cfg, s3_origin(&cfg).await).await;
+    let m = MIB;
+    let cases: Vec<(String, usize, usize)> = vec![
+        (format!("bytes=10-99"), 10, 99), // inside the first chunk
+        (format!("bytes={}-{}", m + 5, m + 4000), m + 5, m + 4000), // inside a later chunk
+        (format!("bytes={}-{}", m - 10, m + 9), m - 10, m + 9), // across one boundary
+        (format!("bytes=100-{}", 3 * m + 5), 100, 3 * m + 5), // across three boundaries
+        (format!("bytes={}-", n - 100), n - 100, n - 1), // the tail
+        ("bytes=-777".to_string(), n - 777, n - 1), // a suffix
+        (format!("bytes={}-{}", n - 5, n + 1000), n - 5, n - 1), // end clamped
+        (format!("bytes={}-{}", m, 2 * m - 1), m, 2 * m - 1), // exactly one chunk
+    ];
+    for pass in 0..2 {
+        for (h, s, e) in &cases {
+            let r = shoal.get_range(&format!("{b}/obj"), h).await;
+            assert_eq!(r.status(), 206, "{h} pass {pass}");
+            assert_eq!(
+                r.headers()["content-range"],
+                format!("bytes {s}-{e}/{n}").as_str(),
+                "{h}"
+            );
+            assert_eq!(
+                r.headers()["content-length"],
+                (e - s + 1).to_string().as_str()
+            );
+            let got = body(r).await;
+            assert!(got == want[*s..=*e], "{h} pass {pass}: bytes differ");
+        }
+    }
+    let r = shoal
+        .get_range(&format!("{b}/obj"), &format!("bytes={n}-"))
+        .await;
+    assert_eq!(r.status(), 416);
+    assert_eq!(
+        r.headers()["content-range"],
+        format!("bytes */{n}").as_str()
+    );
+    assert!(String::from_utf8(body(r).await)
+        .unwrap()
+        .contains("<Code>InvalidRange</Code>"));
+    shoal.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn warm_get_survives_deletion_at_the_origin() {
+    let g = garage();
+    let c = client(&g.endpoint);
+    let b = bucket(&c, "warm").await;
+    let want = data(2 * MIB + 7, 9);
+    put(&c, &b, "doomed", want.clone()).await;
+    let cfg = config(g);
+    let shoal = Shoal::start(&cfg, s3_origin(&cfg).await).await;
+    assert!(body(shoal.get(&format!("{b}/doomed")).await).await == want);
+    c.delete_object()
+        .bucket(&b)
+        .key("doomed")
+        .send()
+        .await
+        .unwrap();
+    assert!(c
+        .head_object()
+        .bucket(&b)
+        .key("doomed")
+        .send()
+        .await
+        .is_err());
+    let r = shoal.get(&format!("{b}/doomed")).await;
+    assert_eq!(r.status(), 200);
+    assert!(body(r).await == want);
+    shoal.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn concurrent_cold_gets_make_one_origin_get_per_chunk() {
+    let g = garage();
+    let c = client(&g.endpoint);
+    let b = bucket(&c, "herd").await;
+    let want = Arc::new(data(64 * MIB, 77));
+    put(&c, &b, "big", want.to_vec()).await;
+    let cfg = config(g);
+    let origin = Faulty::new(s3_origin(&cfg).await);
+    let shoal = Arc::new(Shoal::start(&cfg, origin.clone()).await);
+    let tasks: Vec<_> = (0..32)
+        .map(|_| {
+            let (s, b, want) = (shoal.clone(), b.clone(), want.clone());
+            tokio::spawn(async move {
+                let r = s.get(&format!("{b}/big")).await;
+                assert_eq!(r.status(), 200);
+                let got = r.bytes().await.unwrap();
+                assert!(got[..] == want[..], "bytes differ");
+            })
+        })
+        .collect();
+    for t in tasks {
+        t.await.unwrap();
+    }
+    let mut gets = origin.gets_for("big");
+    gets.sort();
+    let expected: Vec<(u64, u64)> = (0..64).map(|i| ((i * MIB) as u64, MIB as u64)).collect();
+    assert_eq!(gets, expected, "exactly one origin range GET per chunk");
+    assert_eq!(origin.heads(), 1, "one origin HEAD for 32 clients");
+    Arc::try_unwrap(shoal).ok().unwrap().stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn two_failed_origin_attempts_are_invisible() {
+    let g = garage();
+    let c = client(&g.endpoint);
+    let b = bucket(&c, "flaky").await;
+    let want = data(3 * MIB, 5);
+    put(&c, &b, "flaky", want.clone()).await;
+    let cfg = config(g);
+    let origin = Faulty::new(s3_origin(&cfg).await);
+    {
+        let mut r = origin.rules.lock().unwrap();
+        // The first chunk (before headers) and a later one (after) each fail twice.
+        r.fail_first.insert(("flaky".into(), 0), 2);
+        r.fail_first.insert(("flaky".into(), 2 * MIB as u64), 2);
+    }
+    let shoal = Shoal::start(&cfg, origin.clone()).await;
+    let r = shoal.get(&format!("{b}/flaky")).await;
+    assert_eq!(r.status(), 200);
+    assert!(body(r).await == want);
+    assert_eq!(origin.gets_for("flaky").len(), 3 + 4);
+    shoal.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_stream_cut_mid_chunk_is_resumed_from_the_offset() {
+    let g = garage();
+    let c = client(&g.endpoint);
+    let b = bucket(&c, "cut").await;
+    let want = data(2 * MIB, 6);
+    put(&c, &b, "cut", want.clone()).await;
+    let cfg = config(g);
+    let origin = Faulty::new(s3_origin(&cfg).await);
+    origin
+        .rules
+        .lock()
+        .unwrap()
+        .cut_after
+        .insert("cut".into(), 300_001);
+    let shoal = Shoal::start(&cfg, origin.clone()).await;
+    let r = shoal.get(&format!("{b}/cut")).await;
+    assert_eq!(r.status(), 200);
+    assert!(body(r).await == want);
+    let gets = origin.gets_for("cut");
+    assert!(
+        gets.contains(&(300_001, MIB as u64 - 300_001)),
+        "resumed at the exact offset: {gets:?}"
+    );
+    // The resumed chunk was committed whole: a warm GET needs no origin request.
+    let before = origin.gets_for("cut").len();
+    assert!(body(shoal.get(&format!("{b}/cut")).await).await == want);
+    assert_eq!(origin.gets_for("cut").len(), before);
+    shoal.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_queue_timeout_is_503_slowdown() {
+    let g = garage();
+    let c = client(&g.endpoint);
+    let b = bucket(&c, "queue").await;
+    put(&c, &b, "slow", data(MIB, 1)).await;
+    put(&c, &b, "other", data(1000, 2)).await;
+    let mut cfg = config(g);
+    cfg.fill.origin_concurrency = 1;
+    cfg.fill.queue_timeout = shoal::config::Dur(Duration::from_millis(200));
+    let origin = Faulty::new(s3_origin(&cfg).await);
+    origin
+        .rules
+        .lock()
+        .unwrap()
+        .slow
+        .insert("slow".into(), Duration::from_millis(300));
+    let shoal = Arc::new(Shoal::start(&cfg, origin.clone()).await);
+    let s2 = shoal.clone();
+    let b2 = b.clone();
+    let slow = tokio::spawn(async move { s2.get(&format!("{b2}/slow")).await.status() });
+    // Let the slow fill take the only origin slot.
+    for _ in 0..100 {
+        if !origin.gets_for("slow").is_empty() {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    let r = shoal.get(&format!("{b}/other")).await;
+    assert_eq!(r.status(), 503);
+    assert_eq!(r.headers()["content-type"], "application/xml");
+    let x = String::from_utf8(body(r).await).unwrap();
+    assert!(x.contains("<Code>SlowDown</Code>"), "{x}");
+    slow.abort();
+    Arc::try_unwrap(shoal).ok().unwrap().stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_missing_key_is_404_and_negatively_cached() {
+    let g = garage();
+    let c = client(&g.endpoint);
+    let b = bucket(&c, "missing").await;
+    let cfg = config(g);
+    let origin = Faulty::new(s3_origin(&cfg).await);
+    let shoal = Shoal::start(&cfg, origin.clone()).await;
+    let r = shoal.get(&format!("{b}/nope/not-here")).await;
+    assert_eq!(r.status(), 404);
+    let rid = r.headers()["x-amz-request-id"].to_str().unwrap().to_owned();
+    let x = String::from_utf8(body(r).await).unwrap();
+    assert!(x.contains("<Code>NoSuchKey</Code>"), "{x}");
+    assert!(x.contains(&format!("<RequestId>{rid}</RequestId>")), "{x}");
+    assert!(x.contains("<Key>nope/not-here</Key>"), "{x}");
+    assert_eq!(origin.heads(), 1);
+    let r = shoal.get(&format!("{b}/nope/not-here")).await;
+    assert_eq!(r.status(), 404);
+    assert_eq!(origin.heads(), 1, "the second GET made no origin call");
+    // HEAD gets the status without a body.
+    let r = shoal
+        .http
+        .head(shoal.url(&format!("{b}/nope/not-here")))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 404);
+    assert!(body(r).await.is_empty());
+    shoal.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_missing_etag_is_502_origin_missing_etag() {
+    let g = garage();
+    let c = client(&g.endpoint);
+    let b = bucket(&c, "noetag").await;
+    put(&c, &b, "anon", data(10, 1)).await;
+    let cfg = config(g);
+    let origin = Faulty::new(s3_origin(&cfg).await);
+    origin
+        .rules
+        .lock()
+        .unwrap()
+        .strip_etag
+        .insert("anon".into());
+    let shoal = Shoal::start(&cfg, origin.clone()).await;
+    for _ in 0..2 {
+        let r = shoal.get(&format!("{b}/anon")).await;
+        assert_eq!(r.status(), 502);
+        let x = String::from_utf8(body(r).await).unwrap();
+        assert!(x.contains("<Code>OriginMissingETag</Code>"), "{x}");
+    }
+    assert_eq!(origin.heads(), 1, "negatively cached");
+    assert!(origin.gets_for("anon").is_empty());
+    shoal.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn list_v2_matches_the_origin_page_by_page() {
+    let g = garage();
+    let c = client(&g.endpoint);
+    let b = bucket(&c, "list").await;
+    let keys = [
+        "a.txt",
+        "dir/1",
+        "dir/2",
+        "dir/sub/3",
+        "dir/sub/4",
+        "dir2/x",
+        "e",
+        "f/g/h",
+        "z z",
+        "plus+key",
+    ];
+    for k in keys {
+        put(&c, &b, k, data(3, 1)).await;
+    }
+    let cfg = config(g);
+    let shoal = Shoal::start(&cfg, s3_origin(&cfg).await).await;
+    let via = client(&shoal.base);
+    for (prefix, delim, max) in [
+        (None, None, 3),
+        (None, Some("/"), 2),
+        (Some("dir/"), Some("/"), 1),
+        (Some("dir"), None, 1000),
+        (Some("nothing"), None, 5),
+    ] {
+        let (mut t1, mut t2) = (None::<String>, None::<String>);
+        let mut pages = 0;
+        loop {
+            let req = |cl: &aws_sdk_s3::Client, tok: Option<String>| {
+                cl.list_objects_v2()
+                    .bucket(&b)
+                    .set_prefix(prefix.map(str::to_owned))
+                    .set_delimiter(delim.map(str::to_owned))
+                    .max_keys(max)
+                    .set_continuation_token(tok)
+                    .send()
+            };
+            let o = req(&c, t1.clone()).await.unwrap();
+            let s = req(&via, t2.clone()).await.unwrap();
+            let keys = |x: &aws_sdk_s3::operation::list_objects_v2::ListObjectsV2Output| {
+                x.contents()
+                    .iter()
+                    .map(|o| {
+                        (
+                            o.key().map(str::to_owned),
+                            o.size(),
+                            o.e_tag().map(str::to_owned),
+                        )
+                    })
+                    .collect::<Vec<_>>()
+            };
+            let cps = |x: &aws_sdk_s3::operation::list_objects_v2::ListObjectsV2Output| {
+                x.common_prefixes()
+                    .iter()
+                    .map(|p| p.prefix().map(str::to_owned))
+                    .collect::<Vec<_>>()
+            };
+            assert_eq!(keys(&s), keys(&o), "{prefix:?} {delim:?} {max}");
+            assert_eq!(cps(&s), cps(&o));
+            assert_eq!(s.is_truncated(), o.is_truncated());
+            assert_eq!(s.key_count(), o.key_count());
+            assert_eq!(s.max_keys(), o.max_keys());
+            assert_eq!(s.prefix(), o.prefix());
+            assert_eq!(s.delimiter(), o.delimiter());
+            pages += 1;
+            if o.is_truncated() != Some(true) {
+                break;
+            }
+            t1 = o.next_continuation_token().map(str::to_owned);
+            t2 = s.next_continuation_token().map(str::to_owned);
+            assert!(pages < 20);
+        }
+    }
+    // V1 too.
+    let o = c
+        .list_objects()
+        .bucket(&b)
+        .delimiter("/")
+        .max_keys(2)
+        .send()
+        .await
+        .unwrap();
+    let s = via
+        .list_objects()
+        .bucket(&b)
+        .delimiter("/")
+        .max_keys(2)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(
+        s.contents().iter().map(|x| x.key()).collect::<Vec<_>>(),
+        o.contents().iter().map(|x| x.key()).collect::<Vec<_>>()
+    );
+    assert_eq!(s.next_marker(), o.next_marker());
+    shoal.stop().await;
+}
