@@ -148,8 +148,7 @@ pub struct Tier {
 pub fn chunk_size_for(object_size: u64, base: u64, tiers: &[Tier]) -> u64 {
     tiers
         .iter()
-        .filter(|t| t.min_object_size <= object_size)
-        .next_back()
+        .rfind(|t| t.min_object_size <= object_size)
         .map_or(base, |t| t.chunk_size)
 }
 

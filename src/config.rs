@@ -650,6 +650,7 @@ mod tests {
     }
 
     #[test]
+    #[allow(clippy::result_large_err)] // figment's Jail API fixes the error type
     fn env_nests_with_double_underscore() {
         figment::Jail::expect_with(|jail| {
             jail.set_env("SHOAL_ORIGIN__ENDPOINT", "http://127.0.0.1:3900");

@@ -64,7 +64,7 @@ async fn ranged_gets_match_the_origin_bytes() {
     let shoal = Shoal::start(&cfg, s3_origin(&cfg).await).await;
     let m = MIB;
     let cases: Vec<(String, usize, usize)> = vec![
-        (format!("bytes=10-99"), 10, 99), // inside the first chunk
+        ("bytes=10-99".to_string(), 10, 99), // inside the first chunk
         (format!("bytes={}-{}", m + 5, m + 4000), m + 5, m + 4000), // inside a later chunk
         (format!("bytes={}-{}", m - 10, m + 9), m - 10, m + 9), // across one boundary
         (format!("bytes=100-{}", 3 * m + 5), 100, 3 * m + 5), // across three boundaries

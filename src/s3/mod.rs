@@ -130,7 +130,7 @@ impl Parsed {
     fn unsupported(&self, allowed: &[&str]) -> Option<&str> {
         self.query.iter().map(|(k, _)| k.as_str()).find(|k| {
             let lk = k.to_ascii_lowercase();
-            !(allowed.contains(&k)
+            !(allowed.contains(k)
                 || lk == "x-id"
                 || lk.starts_with("x-amz-")
                 || lk.starts_with("response-"))
@@ -221,7 +221,7 @@ async fn dispatch(st: &S3State, req: Request, rid: &str) -> Result<Response, S3E
         }
         return Ok(xml_response(xml::bucket_list(&st.buckets), head));
     }
-    if !st.buckets.is_empty() && !st.buckets.iter().any(|b| *b == p.bucket) {
+    if !st.buckets.is_empty() && !st.buckets.contains(&p.bucket) {
         return Err(S3Error::access_denied().with("BucketName", p.bucket.clone()));
     }
     if p.key.is_empty() {

@@ -38,8 +38,18 @@ fn elem(out: &mut String, name: &str, value: &str) {
 
 /// ISO 8601 with milliseconds, as S3 writes `LastModified` in listings.
 pub fn iso8601(t: SystemTime) -> String {
-    aws_smithy_types::DateTime::from(t)
-        .fmt(aws_smithy_types::date_time::Format::DateTime)
+    let millis = t
+        .duration_since(SystemTime::UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as i64);
+    let dt = aws_smithy_types::DateTime::from_millis(millis);
+    if millis % 1000 == 0 {
+        // Whole seconds still carry ".000Z", as S3 writes them.
+        let s = dt
+            .fmt(aws_smithy_types::date_time::Format::DateTime)
+            .unwrap_or_default();
+        return s.replace('Z', ".000Z");
+    }
+    dt.fmt(aws_smithy_types::date_time::Format::DateTime)
         .unwrap_or_default()
 }
 
@@ -198,6 +208,10 @@ mod tests {
         assert_eq!(escape("a<b>&\"'"), "a&lt;b&gt;&amp;&quot;&apos;");
         assert_eq!(escape("x\u{1}y"), "x&#x1;y");
         assert_eq!(url_encode("a b+c%/ü"), "a%20b%2Bc%25/%C3%BC");
+        let t = SystemTime::UNIX_EPOCH + std::time::Duration::from_micros(1_700_000_000_123_456);
+        assert_eq!(iso8601(t), "2023-11-14T22:13:20.123Z");
+        let t = SystemTime::UNIX_EPOCH + std::time::Duration::from_secs(1_700_000_000);
+        assert_eq!(iso8601(t), "2023-11-14T22:13:20.000Z");
     }
 
     #[test]

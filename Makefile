@@ -1,0 +1,38 @@
+# Shoal: `make run` starts a demo on a local origin; `make test` installs what the tests
+# need (the Garage S3 server, the client tools) and runs everything.
+
+CARGO ?= cargo
+GARAGE ?= $(shell command -v garage 2>/dev/null || echo $(HOME)/.cargo/bin/garage)
+DEMO := target/demo-origin/demo
+
+.PHONY: run test test-deps lint bench demo-data clean-demo
+
+run: demo-data
+	$(CARGO) run --release -- serve --config config/dev.toml
+
+demo-data:
+	@mkdir -p $(DEMO)/models
+	@test -f $(DEMO)/hello.txt || echo "Hello from Shoal's demo origin." > $(DEMO)/hello.txt
+	@test -f $(DEMO)/models/weights.bin || head -c 20971520 /dev/urandom > $(DEMO)/models/weights.bin
+	@echo "demo origin: $(DEMO) (bucket 'demo')"
+
+test-deps:
+	@if [ ! -x "$(GARAGE)" ]; then \
+		echo "installing the garage S3 server (first time only, a few minutes)"; \
+		$(CARGO) install garage --locked --version 2.5.0; \
+	fi
+
+test: test-deps lint
+	GARAGE_BIN=$(GARAGE) $(CARGO) test --all-targets
+	$(CARGO) test --doc
+
+lint:
+	$(CARGO) fmt --all -- --check
+	$(CARGO) clippy --all-targets -- -D warnings
+	RUSTDOCFLAGS="-D warnings" $(CARGO) doc --no-deps
+
+bench:
+	$(CARGO) bench --bench warm_get
+
+clean-demo:
+	rm -rf target/demo-origin
