@@ -11,7 +11,7 @@ use crate::layer::{
 use crate::object::{require_etag, ChunkService, MetaService, ObjectRef, ObjectService};
 use crate::origin::{LocalOrigin, Origin, OriginRanges, S3Origin};
 use crate::s3::{self, S3State};
-use crate::store::{ChunkStore, MemoryStore};
+use crate::store::{ChunkStore, DiskStore, MemoryStore};
 use axum::routing::get;
 use axum::Router;
 use futures_util::future::BoxFuture;
@@ -45,9 +45,16 @@ pub async fn build_origin(cfg: &Config) -> Result<Arc<dyn Origin>, Error> {
 pub async fn build_store(cfg: &Config) -> Result<Arc<dyn ChunkStore>, Error> {
     match cfg.store.kind {
         StoreKind::Memory => Ok(Arc::new(MemoryStore::new(cfg.store.capacity.0))),
-        StoreKind::Disk => Err(Error::internal(
-            "store.kind = \"disk\" is not available in this build",
-        )),
+        StoreKind::Disk => {
+            let path = cfg
+                .store
+                .path
+                .clone()
+                .ok_or_else(|| Error::internal("store.path is required"))?;
+            let store = DiskStore::open(path, cfg.store.capacity.0)
+                .map_err(|e| Error::Store(format!("cannot open the disk store: {e}").into()))?;
+            Ok(Arc::new(store))
+        }
     }
 }
 

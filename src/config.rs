@@ -464,8 +464,21 @@ impl Config {
     /// Checks every value that serde cannot; the first problem is returned.
     pub fn validate(&self) -> Result<(), ConfigError> {
         let bad = |k: &str, m: String| Err(ConfigError(format!("`{k}`: {m}")));
-        if self.origin.id.trim().is_empty() || self.origin.id.contains('/') {
-            return bad("origin.id", "must be non-empty and contain no `/`".into());
+        // The id names a directory of the disk store: keep it a plain, safe file name.
+        let id_ok = !self.origin.id.is_empty()
+            && self.origin.id.len() <= 64
+            && self.origin.id != "."
+            && self.origin.id != ".."
+            && self
+                .origin
+                .id
+                .bytes()
+                .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.'));
+        if !id_ok {
+            return bad(
+                "origin.id",
+                "must be 1-64 characters of A-Z a-z 0-9 . _ - (and not . or ..)".into(),
+            );
         }
         match self.origin.kind {
             OriginKind::Local => match &self.origin.root {

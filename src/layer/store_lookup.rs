@@ -67,7 +67,7 @@ where
             match store.get(&req.key, req.range.clone()).await {
                 Ok(Some(hit)) => {
                     tracing::trace!(chunk = ?req.key, "store hit");
-                    return Ok(hit);
+                    return Ok(healing(hit, inner, req));
                 }
                 Ok(None) => {}
                 Err(e) => {
@@ -79,6 +79,51 @@ where
             Ok(slice(whole, range))
         })
     }
+}
+
+/// A store hit that, if the store finds damage part-way (a checksum mismatch), continues from
+/// the origin at the exact byte it had reached: the reader gets exact bytes either way.
+fn healing<S, B>(hit: ByteStream, inner: S, req: ChunkRequest) -> ByteStream
+where
+    S: Service<ChunkRequest, Response = B, Error = Error> + Clone + Send + 'static,
+    S::Future: Send,
+    B: Stream<Item = Result<Bytes, Error>> + Send + Unpin + 'static,
+{
+    struct St<S> {
+        body: ByteStream,
+        inner: Option<S>,
+        req: ChunkRequest,
+        delivered: u64,
+    }
+    let st = St {
+        body: hit,
+        inner: Some(inner),
+        req,
+        delivered: 0,
+    };
+    futures_util::stream::unfold(st, |mut st| async move {
+        loop {
+            match st.body.next().await {
+                Some(Ok(b)) => {
+                    st.delivered += b.len() as u64;
+                    return Some((Ok(b), st));
+                }
+                Some(Err(Error::Store(why))) if st.inner.is_some() => {
+                    let inner = st.inner.take()?;
+                    let mut r = st.req.clone();
+                    r.range.start += st.delivered;
+                    tracing::warn!(chunk = ?r.key, %why, at = r.range.start, "store read failed mid-chunk; continuing from the origin");
+                    let range = r.range.clone();
+                    match inner.oneshot(r).await {
+                        Ok(whole) => st.body = slice(whole, range),
+                        Err(e) => return Some((Err(e), st)),
+                    }
+                }
+                other => return other.map(|x| (x, st)),
+            }
+        }
+    })
+    .boxed()
 }
 
 /// The bytes `range` of `body`; an error if `body` ends before `range.end`.

@@ -5,8 +5,10 @@
 //! for). Writes go through a [`ChunkWriter`] that becomes visible only on `commit`, and only if
 //! the written length is the promised one: a half-written chunk is never visible.
 
+mod disk;
 mod memory;
 
+pub use disk::DiskStore;
 pub use memory::MemoryStore;
 
 use crate::chunk::ChunkKey;

@@ -157,9 +157,19 @@ api_bind_addr = "127.0.0.1:{admin}"
             }
         }
     };
-    g(&["layout", "assign", "-z", "dc1", "-c", "4G", &id]).expect("layout assign");
-    g(&["layout", "apply", "--version", "1"]).expect("layout apply");
-    g(&[
+    // The RPC port may open a little after `node id` answers: retry each step until the deadline.
+    let step = |args: &[&str]| loop {
+        match g(args) {
+            Ok(_) => break,
+            Err(e) => {
+                assert!(Instant::now() < deadline, "garage {args:?}: {e}");
+                std::thread::sleep(Duration::from_millis(200));
+            }
+        }
+    };
+    step(&["layout", "assign", "-z", "dc1", "-c", "4G", &id]);
+    step(&["layout", "apply", "--version", "1"]);
+    step(&[
         "key",
         "import",
         "--yes",
@@ -167,9 +177,8 @@ api_bind_addr = "127.0.0.1:{admin}"
         "shoal-test",
         ACCESS_KEY,
         SECRET_KEY,
-    ])
-    .expect("key import");
-    g(&["key", "allow", "--create-bucket", ACCESS_KEY]).expect("key allow");
+    ]);
+    step(&["key", "allow", "--create-bucket", ACCESS_KEY]);
     let endpoint = format!("http://127.0.0.1:{s3}");
     // Wait until the S3 API answers with the key.
     // On a thread of its own: the caller may be inside a tokio runtime already.

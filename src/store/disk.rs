@@ -1,0 +1,619 @@
+//! The disk store: one file per chunk, committed atomically, verified as it is read.
+//!
+//! **Layout.** A chunk lives at `store.path/<origin_id>/<hash>/<index>`, the chunk path of
+//! SPEC §2. File names come from the hash, never from the object key, so no key — however
+//! hostile — can name a file outside the store.
+//!
+//! **Format.** `data ‖ crc32c of each 64 KiB block (LE u32 each) ‖ footer`, the footer being
+//! `magic "SHOALCK1" ‖ data_len u64 ‖ block_size u32 ‖ block_count u32 ‖ crc32c(table) u32 ‖
+//! reserved u32` (32 bytes). Checksums go at the end so a chunk is written in one forward
+//! pass while it streams from the origin. Per-block checksums let a ranged read verify only
+//! the blocks it touches, and let a full read verify each block just before it goes out, so
+//! nothing is ever sent that has not been checked, and nothing needs the whole chunk in memory.
+//!
+//! **Commit.** Bytes go to `.tmp-<index>-<nonce>` in the chunk's own directory; on commit the
+//! footer is written, the file fsynced, renamed to its final name, and the directory fsynced.
+//! A reader (or a restart after a crash at any point) sees either no chunk or a complete one.
+//! Temp files left by a crash are removed by the start-up scan.
+//!
+//! **Eviction.** The index is a moka cache weighted by file size: W-TinyLFU, i.e. a frequency
+//! sketch decides admission and LRU decides eviction. For a cache of large immutable objects
+//! read by many clients this matters: a one-off scan of a huge dataset would flush every hot
+//! model file out of a plain LRU, while TinyLFU only admits a new chunk over a victim that was
+//! used less often. Evicting a chunk unlinks its file; a reader that already has it open keeps
+//! reading the (now nameless) inode undisturbed, so eviction never breaks a reader.
+//!
+//! **Restart.** The index is rebuilt by a background scan. The store is usable at once:
+//! until the scan ends, a lookup that the index does not know opens the chunk's file directly
+//! (its path follows from the key) and adopts it.
+
+use super::{range_ok, ChunkStore, ChunkWriter, StoreError, StoreStats};
+use crate::chunk::ChunkKey;
+use crate::error::Error;
+use crate::origin::ByteStream;
+use async_trait::async_trait;
+use bytes::{Bytes, BytesMut};
+use futures_util::StreamExt;
+use std::fs::File;
+use std::io::Write;
+use std::ops::Range;
+use std::os::unix::fs::FileExt;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::Arc;
+
+const MAGIC: &[u8; 8] = b"SHOALCK1";
+const FOOTER: u64 = 32;
+/// Checksum granularity: small enough that a 4 KiB ranged read verifies little extra, large
+/// enough that the table of a 128 MiB chunk is only 8 KiB.
+pub const BLOCK: u64 = 64 << 10;
+/// Bytes read per disk request on the hit path (whole blocks).
+const READ_AHEAD: u64 = 16 * BLOCK;
+
+/// A chunk's identity as the disk knows it: its store path. The index is keyed by this rather
+/// than by [`ChunkKey`] because the start-up scan can recover paths, not bucket/key/ETag.
+#[derive(Clone, PartialEq, Eq, Hash, Debug)]
+struct ChunkId {
+    origin: Arc<str>,
+    hash: Arc<str>,
+    index: u64,
+}
+
+impl ChunkId {
+    fn of(key: &ChunkKey) -> Self {
+        ChunkId {
+            origin: key.origin_id.clone(),
+            hash: key.object_hash().into(),
+            index: key.index,
+        }
+    }
+
+    fn rel_path(&self) -> PathBuf {
+        PathBuf::from(&*self.origin)
+            .join(&*self.hash)
+            .join(self.index.to_string())
+    }
+}
+
+struct Inner {
+    root: PathBuf,
+    index: moka::sync::Cache<ChunkId, u64>,
+    scanning: AtomicBool,
+    corrupt: AtomicU64,
+    failed_commits: AtomicU64,
+    nonce: AtomicU64,
+}
+
+/// Chunks as files under a directory, bounded by `capacity` bytes. See the module docs.
+#[derive(Clone)]
+pub struct DiskStore {
+    inner: Arc<Inner>,
+}
+
+fn io(e: std::io::Error) -> StoreError {
+    if e.raw_os_error() == Some(28) {
+        StoreError::Full(e.to_string())
+    } else {
+        StoreError::Io(e.to_string())
+    }
+}
+
+struct Footer {
+    data_len: u64,
+    crcs: Vec<u32>,
+}
+
+impl Footer {
+    fn encode(data_len: u64, crcs: &[u32]) -> Vec<u8> {
+        let mut out = Vec::with_capacity(crcs.len() * 4 + FOOTER as usize);
+        for c in crcs {
+            out.extend_from_slice(&c.to_le_bytes());
+        }
+        let table_crc = crc32c::crc32c(&out);
+        out.extend_from_slice(MAGIC);
+        out.extend_from_slice(&data_len.to_le_bytes());
+        out.extend_from_slice(&(BLOCK as u32).to_le_bytes());
+        out.extend_from_slice(&(crcs.len() as u32).to_le_bytes());
+        out.extend_from_slice(&table_crc.to_le_bytes());
+        out.extend_from_slice(&[0; 4]);
+        out
+    }
+
+    /// Reads and checks the footer and checksum table; `None` if the file is not a valid chunk.
+    fn read(f: &File) -> std::io::Result<Option<Footer>> {
+        let size = f.metadata()?.len();
+        if size < FOOTER {
+            return Ok(None);
+        }
+        let mut ft = [0u8; FOOTER as usize];
+        f.read_exact_at(&mut ft, size - FOOTER)?;
+        if &ft[..8] != MAGIC {
+            return Ok(None);
+        }
+        let le64 = |b: &[u8]| u64::from_le_bytes(b.try_into().unwrap_or([0; 8]));
+        let le32 = |b: &[u8]| u32::from_le_bytes(b.try_into().unwrap_or([0; 4]));
+        let data_len = le64(&ft[8..16]);
+        let block = le32(&ft[16..20]) as u64;
+        let n = le32(&ft[20..24]) as u64;
+        let table_crc = le32(&ft[24..28]);
+        if block != BLOCK || n != data_len.div_ceil(BLOCK) || data_len + n * 4 + FOOTER != size {
+            return Ok(None);
+        }
+        let mut table = vec![0u8; (n * 4) as usize];
+        f.read_exact_at(&mut table, data_len)?;
+        if crc32c::crc32c(&table) != table_crc {
+            return Ok(None);
+        }
+        let crcs = table.chunks_exact(4).map(le32).collect();
+        Ok(Some(Footer { data_len, crcs }))
+    }
+}
+
+impl DiskStore {
+    /// Opens (or creates) a store at `root` holding at most `capacity` bytes of chunk files,
+    /// and starts the background scan that rebuilds the index.
+    pub fn open(root: impl Into<PathBuf>, capacity: u64) -> Result<Self, StoreError> {
+        let root = root.into();
+        std::fs::create_dir_all(&root).map_err(io)?;
+        let probe = root.join(".shoal-write-probe");
+        std::fs::write(&probe, b"ok").map_err(io)?;
+        let _ = std::fs::remove_file(&probe);
+        let root2 = root.clone();
+        let index = moka::sync::Cache::builder()
+            .max_capacity(capacity)
+            .weigher(|_k: &ChunkId, size: &u64| u32::try_from(*size).unwrap_or(u32::MAX))
+            .eviction_listener(move |k: Arc<ChunkId>, _v, cause| {
+                use moka::notification::RemovalCause;
+                // Replaced: the same file was committed again. Explicit: the caller removed it
+                // (and the file) itself. Only capacity evictions delete here.
+                if matches!(cause, RemovalCause::Size | RemovalCause::Expired) {
+                    let _ = std::fs::remove_file(root2.join(k.rel_path()));
+                }
+            })
+            .build();
+        let store = DiskStore {
+            inner: Arc::new(Inner {
+                root,
+                index,
+                scanning: AtomicBool::new(true),
+                corrupt: AtomicU64::new(0),
+                failed_commits: AtomicU64::new(0),
+                nonce: AtomicU64::new(0),
+            }),
+        };
+        let s = store.clone();
+        std::thread::Builder::new()
+            .name("shoal-disk-scan".into())
+            .spawn(move || s.scan())
+            .map_err(io)?;
+        Ok(store)
+    }
+
+    /// Whether the start-up scan has finished.
+    pub fn scan_complete(&self) -> bool {
+        !self.inner.scanning.load(Ordering::Acquire)
+    }
+
+    fn path(&self, id: &ChunkId) -> PathBuf {
+        self.inner.root.join(id.rel_path())
+    }
+
+    /// Walks `root/<origin>/<hash>/<file>`: removes temp files and invalid chunks, indexes the
+    /// rest. Runs on its own thread; the store serves while it runs.
+    fn scan(&self) {
+        let started = std::time::Instant::now();
+        let mut found = 0u64;
+        let dirs = |p: &Path| -> Vec<PathBuf> {
+            std::fs::read_dir(p)
+                .map(|rd| rd.flatten().map(|e| e.path()).collect())
+                .unwrap_or_default()
+        };
+        for origin_dir in dirs(&self.inner.root) {
+            let Some(origin_id) = origin_dir
+                .file_name()
+                .and_then(|n| n.to_str())
+                .map(str::to_owned)
+            else {
+                continue;
+            };
+            if !origin_dir.is_dir() {
+                continue;
+            }
+            for obj_dir in dirs(&origin_dir) {
+                let Some(hash) = obj_dir
+                    .file_name()
+                    .and_then(|n| n.to_str())
+                    .map(str::to_owned)
+                else {
+                    continue;
+                };
+                for f in dirs(&obj_dir) {
+                    let name = f.file_name().and_then(|n| n.to_str()).unwrap_or("");
+                    if name.starts_with(".tmp-") {
+                        let _ = std::fs::remove_file(&f);
+                        continue;
+                    }
+                    let Ok(index) = name.parse::<u64>() else {
+                        continue;
+                    };
+                    let valid = File::open(&f)
+                        .and_then(|fh| Ok((Footer::read(&fh)?, fh.metadata()?.len())));
+                    match valid {
+                        Ok((Some(_), size)) => {
+                            let id = ChunkId {
+                                origin: origin_id.as_str().into(),
+                                hash: hash.as_str().into(),
+                                index,
+                            };
+                            if !self.inner.index.contains_key(&id) {
+                                self.inner.index.insert(id, size);
+                            }
+                            found += 1;
+                        }
+                        _ => {
+                            let _ = std::fs::remove_file(&f);
+                        }
+                    }
+                }
+                let _ = std::fs::remove_dir(&obj_dir); // only succeeds when empty
+            }
+        }
+        self.inner.index.run_pending_tasks();
+        self.inner.scanning.store(false, Ordering::Release);
+        tracing::info!(
+            chunks = found,
+            elapsed_ms = started.elapsed().as_millis() as u64,
+            "disk store index rebuilt"
+        );
+    }
+
+    fn drop_corrupt(&self, id: &ChunkId, why: &str) {
+        self.inner.corrupt.fetch_add(1, Ordering::Relaxed);
+        tracing::warn!(chunk = ?id, why, "corrupt chunk dropped; it will be refilled");
+        let _ = std::fs::remove_file(self.path(id));
+        self.inner.index.invalidate(id);
+    }
+
+    /// Opens a chunk file and reads its footer; `Ok(None)` when absent or invalid.
+    fn open_chunk(&self, id: &ChunkId) -> Result<Option<(File, Footer)>, StoreError> {
+        let f = match File::open(self.path(id)) {
+            Ok(f) => f,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+                self.inner.index.invalidate(id);
+                return Ok(None);
+            }
+            Err(e) => return Err(io(e)),
+        };
+        match Footer::read(&f).map_err(io)? {
+            Some(ft) => Ok(Some((f, ft))),
+            None => {
+                self.drop_corrupt(id, "invalid footer");
+                Ok(None)
+            }
+        }
+    }
+}
+
+/// Reads `want` (whole blocks starting at block `first`) and verifies each block; returns the
+/// verified bytes or the index of the first bad block.
+fn read_verified(
+    f: &File,
+    ft: &Footer,
+    first: u64,
+    want: Range<u64>,
+) -> Result<Bytes, Result<u64, std::io::Error>> {
+    let mut buf = BytesMut::zeroed((want.end - want.start) as usize);
+    f.read_exact_at(&mut buf, want.start).map_err(Err)?;
+    for (i, block) in buf.chunks(BLOCK as usize).enumerate() {
+        let b = first + i as u64;
+        if ft.crcs.get(b as usize).copied() != Some(crc32c::crc32c(block)) {
+            return Err(Ok(b));
+        }
+    }
+    Ok(buf.freeze())
+}
+
+struct Reader {
+    store: DiskStore,
+    id: ChunkId,
+    file: Arc<File>,
+    footer: Arc<Footer>,
+    /// Next byte of the range to send, and the range end.
+    pos: u64,
+    end: u64,
+}
+
+impl Reader {
+    /// The next verified piece: whole blocks read, then cut to the range.
+    async fn next(&mut self) -> Option<Result<Bytes, Error>> {
+        if self.pos >= self.end {
+            return None;
+        }
+        let first = self.pos / BLOCK;
+        let lo = first * BLOCK;
+        let hi = (lo + READ_AHEAD)
+            .min(self.end.div_ceil(BLOCK) * BLOCK)
+            .min(self.footer.data_len);
+        let (f, ft) = (self.file.clone(), self.footer.clone());
+        let res = tokio::task::spawn_blocking(move || read_verified(&f, &ft, first, lo..hi)).await;
+        match res {
+            Ok(Ok(buf)) => {
+                let s = (self.pos - lo) as usize;
+                let e = (self.end.min(hi) - lo) as usize;
+                self.pos = self.end.min(hi);
+                Some(Ok(buf.slice(s..e)))
+            }
+            Ok(Err(Ok(bad))) => {
+                self.store
+                    .drop_corrupt(&self.id, &format!("checksum mismatch in block {bad}"));
+                self.pos = self.end;
+                Some(Err(Error::Store("chunk failed its checksum".into())))
+            }
+            Ok(Err(Err(e))) => {
+                self.pos = self.end;
+                Some(Err(Error::Store(format!("chunk read: {e}").into())))
+            }
+            Err(e) => {
+                self.pos = self.end;
+                Some(Err(Error::internal(format!("disk read task: {e}"))))
+            }
+        }
+    }
+}
+
+#[async_trait]
+impl ChunkStore for DiskStore {
+    async fn get(
+        &self,
+        key: &ChunkKey,
+        range: Range<u64>,
+    ) -> Result<Option<ByteStream>, StoreError> {
+        let id = ChunkId::of(key);
+        if self.inner.index.get(&id).is_none() && self.scan_complete() {
+            return Ok(None);
+        }
+        let this = self.clone();
+        let id2 = id.clone();
+        let opened = tokio::task::spawn_blocking(move || this.open_chunk(&id2))
+            .await
+            .map_err(|e| StoreError::Io(e.to_string()))??;
+        let Some((file, footer)) = opened else {
+            return Ok(None);
+        };
+        if !range_ok(&range, footer.data_len) {
+            return Ok(None);
+        }
+        if self.inner.index.get(&id).is_none() {
+            // Found on disk while the start-up scan is still running: adopt it.
+            let size = footer.data_len + footer.crcs.len() as u64 * 4 + FOOTER;
+            self.inner.index.insert(id.clone(), size);
+        }
+        let mut reader = Reader {
+            store: self.clone(),
+            id,
+            file: Arc::new(file),
+            footer: Arc::new(footer),
+            pos: range.start,
+            end: range.end,
+        };
+        // Verify the first piece before answering: damage found here is a plain miss, so the
+        // chunk is refilled and the response never starts with bad bytes.
+        let first = match reader.next().await {
+            None => Bytes::new(),
+            Some(Ok(b)) => b,
+            Some(Err(_)) => return Ok(None),
+        };
+        let rest = futures_util::stream::unfold(reader, |mut r| async move {
+            r.next().await.map(|item| (item, r))
+        });
+        Ok(Some(
+            futures_util::stream::iter([Ok(first)]).chain(rest).boxed(),
+        ))
+    }
+
+    async fn begin(&self, key: &ChunkKey, len: u64) -> Result<Box<dyn ChunkWriter>, StoreError> {
+        let id = ChunkId::of(key);
+        let dir = self
+            .path(&id)
+            .parent()
+            .map(Path::to_path_buf)
+            .ok_or_else(|| StoreError::Io("bad chunk path".into()))?;
+        let nonce = self.inner.nonce.fetch_add(1, Ordering::Relaxed);
+        let tmp = dir.join(format!(".tmp-{}-{}-{nonce}", key.index, std::process::id()));
+        let t2 = tmp.clone();
+        let file = tokio::task::spawn_blocking(move || -> std::io::Result<File> {
+            std::fs::create_dir_all(&dir)?;
+            std::fs::OpenOptions::new()
+                .write(true)
+                .create_new(true)
+                .open(&t2)
+        })
+        .await
+        .map_err(|e| StoreError::Io(e.to_string()))?
+        .map_err(io)?;
+        Ok(Box::new(DiskWriter {
+            store: self.clone(),
+            id,
+            tmp,
+            file: Some(file),
+            promised: len,
+            written: 0,
+            buf: BytesMut::with_capacity(READ_AHEAD as usize),
+            crcs: Vec::with_capacity(len.div_ceil(BLOCK) as usize),
+            block_crc: 0,
+            block_fill: 0,
+        }))
+    }
+
+    fn contains(&self, key: &ChunkKey) -> bool {
+        self.inner.index.contains_key(&ChunkId::of(key))
+    }
+
+    fn stats(&self) -> StoreStats {
+        self.inner.index.run_pending_tasks();
+        StoreStats {
+            used_bytes: self.inner.index.weighted_size(),
+            chunks: self.inner.index.entry_count(),
+            corrupt: self.inner.corrupt.load(Ordering::Relaxed),
+            failed_commits: self.inner.failed_commits.load(Ordering::Relaxed),
+        }
+    }
+}
+
+struct DiskWriter {
+    store: DiskStore,
+    id: ChunkId,
+    tmp: PathBuf,
+    file: Option<File>,
+    promised: u64,
+    written: u64,
+    buf: BytesMut,
+    crcs: Vec<u32>,
+    block_crc: u32,
+    block_fill: u64,
+}
+
+impl DiskWriter {
+    fn checksum(&mut self, mut b: &[u8]) {
+        while !b.is_empty() {
+            let n = ((BLOCK - self.block_fill) as usize).min(b.len());
+            self.block_crc = crc32c::crc32c_append(self.block_crc, &b[..n]);
+            self.block_fill += n as u64;
+            b = &b[n..];
+            if self.block_fill == BLOCK {
+                self.crcs.push(self.block_crc);
+                self.block_crc = 0;
+                self.block_fill = 0;
+            }
+        }
+    }
+
+    async fn flush(&mut self) -> Result<(), StoreError> {
+        let data = self.buf.split().freeze();
+        let Some(file) = self.file.take() else {
+            return Err(StoreError::Io("writer already failed".into()));
+        };
+        let (file, res) = tokio::task::spawn_blocking(move || {
+            let mut f = file;
+            let r = f.write_all(&data);
+            (f, r)
+        })
+        .await
+        .map_err(|e| StoreError::Io(e.to_string()))?;
+        res.map_err(io)?;
+        self.file = Some(file);
+        Ok(())
+    }
+}
+
+#[async_trait]
+impl ChunkWriter for DiskWriter {
+    async fn write(&mut self, bytes: Bytes) -> Result<(), StoreError> {
+        if self.written + bytes.len() as u64 > self.promised {
+            return Err(StoreError::Length {
+                wrote: self.written + bytes.len() as u64,
+                promised: self.promised,
+            });
+        }
+        self.checksum(&bytes);
+        self.written += bytes.len() as u64;
+        self.buf.extend_from_slice(&bytes);
+        if self.buf.len() as u64 >= READ_AHEAD {
+            if let Err(e) = self.flush().await {
+                // This chunk will never commit: count it with the failed commits.
+                self.store
+                    .inner
+                    .failed_commits
+                    .fetch_add(1, Ordering::Relaxed);
+                return Err(e);
+            }
+        }
+        Ok(())
+    }
+
+    async fn commit(mut self: Box<Self>) -> Result<(), StoreError> {
+        let result = async {
+            if self.written != self.promised {
+                return Err(StoreError::Length {
+                    wrote: self.written,
+                    promised: self.promised,
+                });
+            }
+            if self.block_fill > 0 {
+                self.crcs.push(self.block_crc);
+                self.block_fill = 0;
+            }
+            let footer = Footer::encode(self.written, &self.crcs);
+            self.buf.extend_from_slice(&footer);
+            self.flush().await?;
+            let file = self
+                .file
+                .take()
+                .ok_or_else(|| StoreError::Io("no file".into()))?;
+            let (tmp, fin) = (self.tmp.clone(), self.store.path(&self.id));
+            let size = self.written + footer.len() as u64;
+            tokio::task::spawn_blocking(move || -> std::io::Result<()> {
+                file.sync_all()?;
+                drop(file);
+                std::fs::rename(&tmp, &fin)?;
+                if let Some(dir) = fin.parent() {
+                    File::open(dir)?.sync_all()?;
+                }
+                Ok(())
+            })
+            .await
+            .map_err(|e| StoreError::Io(e.to_string()))?
+            .map_err(io)?;
+            self.store.inner.index.insert(self.id.clone(), size);
+            // Evict now, so the bound holds when commit returns.
+            self.store.inner.index.run_pending_tasks();
+            Ok(())
+        }
+        .await;
+        if result.is_err() {
+            self.store
+                .inner
+                .failed_commits
+                .fetch_add(1, Ordering::Relaxed);
+        }
+        result
+    }
+}
+
+impl Drop for DiskWriter {
+    fn drop(&mut self) {
+        // Not committed (or the commit failed before the rename): remove the temp file.
+        // After a successful rename the temp name no longer exists and this is a no-op.
+        let _ = std::fs::remove_file(&self.tmp);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn footer_round_trips_and_rejects_damage() {
+        let dir = tempfile::tempdir().unwrap();
+        let p = dir.path().join("c");
+        let data = vec![7u8; (BLOCK + 10) as usize];
+        let crcs = vec![
+            crc32c::crc32c(&data[..BLOCK as usize]),
+            crc32c::crc32c(&data[BLOCK as usize..]),
+        ];
+        let mut bytes = data.clone();
+        bytes.extend_from_slice(&Footer::encode(data.len() as u64, &crcs));
+        std::fs::write(&p, &bytes).unwrap();
+        let ft = Footer::read(&File::open(&p).unwrap()).unwrap().unwrap();
+        assert_eq!(ft.data_len, data.len() as u64);
+        assert_eq!(ft.crcs, crcs);
+        // A truncated file is not a chunk.
+        std::fs::write(&p, &bytes[..bytes.len() - 1]).unwrap();
+        assert!(Footer::read(&File::open(&p).unwrap()).unwrap().is_none());
+        // A damaged table is not a chunk.
+        let mut bad = bytes.clone();
+        bad[data.len()] ^= 1;
+        std::fs::write(&p, &bad).unwrap();
+        assert!(Footer::read(&File::open(&p).unwrap()).unwrap().is_none());
+    }
+}
