@@ -1,5 +1,5 @@
 # Shoal: `make run` starts a demo on a local origin; `make test` installs what the tests
-# need (the Garage S3 server, the client tools) and runs everything.
+# need (the Garage S3 server, rclone, boto3) and runs everything.
 
 CARGO ?= cargo
 GARAGE ?= $(shell command -v garage 2>/dev/null || echo $(HOME)/.cargo/bin/garage)
@@ -17,6 +17,12 @@ demo-data:
 	@echo "demo origin: $(DEMO) (bucket 'demo')"
 
 test-deps:
+	@command -v rclone >/dev/null 2>&1 || { \
+		echo "installing rclone (client-compatibility tests)"; \
+		apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq rclone >/dev/null; }
+	@python3 -c "import boto3" 2>/dev/null || { \
+		echo "installing boto3 (client-compatibility tests)"; \
+		python3 -m pip install -q boto3; }
 	@if [ ! -x "$(GARAGE)" ]; then \
 		echo "installing the garage S3 server (first time only, a few minutes)"; \
 		$(CARGO) install garage --locked --version 2.5.0; \

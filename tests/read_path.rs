@@ -253,6 +253,7 @@ async fn a_queue_timeout_is_503_slowdown() {
     let x = String::from_utf8(body(r).await).unwrap();
     assert!(x.contains("<Code>SlowDown</Code>"), "{x}");
     slow.abort();
+    let _ = slow.await; // the task owns a handle to the server; let it go first
     Arc::try_unwrap(shoal).ok().unwrap().stop().await;
 }
 

@@ -22,7 +22,7 @@ pub mod retry;
 pub mod singleflight;
 pub mod store_lookup;
 
-pub use limit::{ConcurrencyLimit, ConcurrencyLimitLayer, QueueTimeout};
+pub use limit::{ConcurrencyLimit, ConcurrencyLimitLayer, Permitted, QueueTimeout};
 pub use negative_cache::{NegativeCache, NegativeCacheLayer};
 pub use retry::{RetryPolicy, RetryUntilCommit, RetryUntilCommitLayer};
 pub use singleflight::{Singleflight, SingleflightLayer};

@@ -36,7 +36,7 @@ use tower::{Layer, Service};
 ///
 /// # #[tokio::main(flavor = "current_thread")] async fn main() {
 /// let inner = service_fn(|name: String| async move {
-///     Ok::<_, std::io::Error>(stream::iter(vec![Ok(Bytes::from(name))]))
+///     Ok::<_, String>(stream::iter(vec![Ok(Bytes::from(name))]))
 /// });
 /// let svc = SingleflightLayer::new(|n: &String| n.clone()).layer(inner);
 /// let body = svc.oneshot("hello".to_string()).await.unwrap();

@@ -256,6 +256,26 @@ impl Origin for LocalOrigin {
                     }
                 }
             }
+            let enc = |s: String| {
+                if req.encoding_url {
+                    super::url_encode(&s)
+                } else {
+                    s
+                }
+            };
+            for o in &mut page.contents {
+                o.key = enc(std::mem::take(&mut o.key));
+            }
+            page.common_prefixes = page.common_prefixes.drain(..).map(enc).collect();
+            page.next_marker = page.next_marker.take().map(enc);
+            page.prefix = Some(enc(req.prefix.clone().unwrap_or_default()));
+            page.delimiter = req.delimiter.clone().map(enc);
+            if req.version == ListVersion::V2 {
+                page.start_after = req.start_after.clone().map(enc);
+            } else {
+                page.marker = Some(enc(req.marker.clone().unwrap_or_default()));
+            }
+            page.url_encoded = req.encoding_url;
             page
         })
         .await
@@ -345,6 +365,7 @@ mod tests {
             start_after: None,
             marker: None,
             fetch_owner: false,
+            encoding_url: false,
         };
         let p1 = o.list("bk", &req).await.unwrap();
         assert_eq!(p1.common_prefixes, vec!["a/"]);

@@ -73,6 +73,8 @@ pub struct ListRequest {
     pub marker: Option<String>,
     /// V2 `fetch-owner`.
     pub fetch_owner: bool,
+    /// `encoding-type=url`: the origin URL-encodes keys and echoed values.
+    pub encoding_url: bool,
 }
 
 /// One object of a LIST page.
@@ -105,6 +107,32 @@ pub struct ListPage {
     pub next_continuation_token: Option<String>,
     /// V1: marker for the next page (when a delimiter was given).
     pub next_marker: Option<String>,
+    /// The request's prefix as the origin echoed it.
+    pub prefix: Option<String>,
+    /// `MaxKeys` as the origin echoed it (stores differ on `max-keys=0`).
+    pub max_keys: Option<i32>,
+    /// The request's delimiter as the origin echoed it.
+    pub delimiter: Option<String>,
+    /// V2: the request's start-after as the origin echoed it.
+    pub start_after: Option<String>,
+    /// V1: the request's marker as the origin echoed it.
+    pub marker: Option<String>,
+    /// Keys, prefixes and echoed values are URL-encoded (`encoding-type=url`). The origin's
+    /// own encoding is passed through untouched, so Shoal's listing is the origin's.
+    pub url_encoded: bool,
+}
+
+/// URL-encodes a LIST value for `encoding-type=url` (used where Shoal lists by itself, in the
+/// local origin): RFC 3986 unreserved characters and `/` are kept.
+pub fn url_encode(s: &str) -> String {
+    use percent_encoding::{utf8_percent_encode, AsciiSet, NON_ALPHANUMERIC};
+    const KEEP: &AsciiSet = &NON_ALPHANUMERIC
+        .remove(b'-')
+        .remove(b'_')
+        .remove(b'.')
+        .remove(b'~')
+        .remove(b'/');
+    utf8_percent_encode(s, KEEP).to_string()
 }
 
 /// The origin Shoal fills from.

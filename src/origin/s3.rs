@@ -231,6 +231,9 @@ impl Origin for S3Origin {
     }
 
     async fn list(&self, bucket: &str, req: &ListRequest) -> Result<ListPage, OriginError> {
+        let enc = req
+            .encoding_url
+            .then_some(aws_sdk_s3::types::EncodingType::Url);
         match req.version {
             ListVersion::V2 => {
                 let out = self
@@ -243,6 +246,7 @@ impl Origin for S3Origin {
                     .set_continuation_token(req.continuation_token.clone())
                     .set_start_after(req.start_after.clone())
                     .fetch_owner(req.fetch_owner)
+                    .set_encoding_type(enc)
                     .send()
                     .await
                     .map_err(map_err)?;
@@ -252,6 +256,12 @@ impl Origin for S3Origin {
                     is_truncated: out.is_truncated().unwrap_or(false),
                     next_continuation_token: out.next_continuation_token().map(str::to_owned),
                     next_marker: None,
+                    prefix: out.prefix().map(str::to_owned),
+                    max_keys: out.max_keys(),
+                    delimiter: out.delimiter().map(str::to_owned),
+                    start_after: out.start_after().map(str::to_owned),
+                    marker: None,
+                    url_encoded: out.encoding_type().is_some(),
                 })
             }
             ListVersion::V1 => {
@@ -263,6 +273,7 @@ impl Origin for S3Origin {
                     .set_delimiter(req.delimiter.clone())
                     .max_keys(req.max_keys)
                     .set_marker(req.marker.clone())
+                    .set_encoding_type(enc)
                     .send()
                     .await
                     .map_err(map_err)?;
@@ -272,6 +283,12 @@ impl Origin for S3Origin {
                     is_truncated: out.is_truncated().unwrap_or(false),
                     next_continuation_token: None,
                     next_marker: out.next_marker().map(str::to_owned),
+                    prefix: out.prefix().map(str::to_owned),
+                    max_keys: out.max_keys(),
+                    delimiter: out.delimiter().map(str::to_owned),
+                    start_after: None,
+                    marker: out.marker().map(str::to_owned),
+                    url_encoded: out.encoding_type().is_some(),
                 })
             }
         }

@@ -132,7 +132,14 @@ impl S3Error {
                     "SlowDown",
                     "The origin is throttling requests; please reduce your request rate.",
                 ),
-                OriginError::Transient(_) | OriginError::Protocol(_) | OriginError::Rejected(_) => {
+                // The origin refused the request itself (say, a key it considers invalid):
+                // the client's request is what it objected to.
+                OriginError::Rejected(why) => Self::new(
+                    S::BAD_REQUEST,
+                    "InvalidRequest",
+                    format!("The origin rejected the request: {why}"),
+                ),
+                OriginError::Transient(_) | OriginError::Protocol(_) => {
                     Self::new(
                         S::BAD_GATEWAY,
                         "OriginUnreachable",

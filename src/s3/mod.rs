@@ -27,6 +27,9 @@ use tracing::Instrument;
 
 /// Longest key S3 accepts (bytes of UTF-8).
 const MAX_KEY_LEN: usize = 1024;
+/// Largest header section accepted; S3 answers `RequestHeaderSectionTooLarge` past its limit
+/// too. Signed SDK requests use well under 4 KiB.
+const MAX_HEADER_BYTES: usize = 32 << 10;
 
 /// What the S3 front needs.
 pub struct S3State {
@@ -214,6 +217,18 @@ async fn dispatch(st: &S3State, req: Request, rid: &str) -> Result<Response, S3E
         return Err(S3Error::method_not_allowed(method.as_str()));
     }
     let head = method == Method::HEAD;
+    let header_bytes: usize = req
+        .headers()
+        .iter()
+        .map(|(k, v)| k.as_str().len() + v.len() + 4)
+        .sum();
+    if header_bytes > MAX_HEADER_BYTES {
+        return Err(S3Error::new(
+            StatusCode::BAD_REQUEST,
+            "RequestHeaderSectionTooLarge",
+            format!("Your request header section exceeds the maximum allowed size of {MAX_HEADER_BYTES} bytes."),
+        ));
+    }
     let p = parse(&req, st.domain.as_deref())?;
     if p.bucket.is_empty() {
         if let Some(op) = p.unsupported(&[]) {
@@ -332,13 +347,14 @@ async fn bucket_op(st: &S3State, p: &Parsed, head: bool) -> Result<Response, S3E
         } else {
             None
         },
+        encoding_url: url,
         fetch_owner: p
             .param("fetch-owner")
             .is_some_and(|v| v.eq_ignore_ascii_case("true")),
     };
     let page = st.origin.list(&p.bucket, &req).await.map_err(map)?;
     Ok(xml_response(
-        xml::list_result(&p.bucket, &req, url, &page),
+        xml::list_result(&p.bucket, &req, &page),
         false,
     ))
 }

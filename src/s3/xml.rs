@@ -76,29 +76,12 @@ pub fn error(
     out
 }
 
-/// URL-encodes a LIST value the way S3 does for `encoding-type=url`.
-pub fn url_encode(s: &str) -> String {
-    use percent_encoding::{utf8_percent_encode, AsciiSet, NON_ALPHANUMERIC};
-    const KEEP: &AsciiSet = &NON_ALPHANUMERIC
-        .remove(b'-')
-        .remove(b'_')
-        .remove(b'.')
-        .remove(b'~')
-        .remove(b'/');
-    utf8_percent_encode(s, KEEP).to_string()
-}
-
 /// A `ListBucketResult` (V1 or V2) for `page`, echoing the request's parameters.
-pub fn list_result(bucket: &str, req: &ListRequest, url: bool, page: &ListPage) -> String {
-    let enc = |s: &str| if url { url_encode(s) } else { s.to_owned() };
+pub fn list_result(bucket: &str, req: &ListRequest, page: &ListPage) -> String {
     let mut out = String::from(DECL);
     let _ = write!(out, "<ListBucketResult xmlns=\"{NS}\">");
     elem(&mut out, "Name", bucket);
-    elem(
-        &mut out,
-        "Prefix",
-        &enc(req.prefix.as_deref().unwrap_or("")),
-    );
+    elem(&mut out, "Prefix", page.prefix.as_deref().unwrap_or(""));
     match req.version {
         ListVersion::V2 => {
             if let Some(t) = &req.continuation_token {
@@ -107,28 +90,27 @@ pub fn list_result(bucket: &str, req: &ListRequest, url: bool, page: &ListPage) 
             if let Some(t) = &page.next_continuation_token {
                 elem(&mut out, "NextContinuationToken", t);
             }
-            if let Some(s) = &req.start_after {
-                elem(&mut out, "StartAfter", &enc(s));
+            if let Some(s) = &page.start_after {
+                elem(&mut out, "StartAfter", s);
             }
             let count = page.contents.len() + page.common_prefixes.len();
             elem(&mut out, "KeyCount", &count.to_string());
         }
         ListVersion::V1 => {
-            elem(
-                &mut out,
-                "Marker",
-                &enc(req.marker.as_deref().unwrap_or("")),
-            );
+            if let Some(m) = &page.marker {
+                elem(&mut out, "Marker", m);
+            }
             if let Some(m) = &page.next_marker {
-                elem(&mut out, "NextMarker", &enc(m));
+                elem(&mut out, "NextMarker", m);
             }
         }
     }
-    elem(&mut out, "MaxKeys", &req.max_keys.to_string());
-    if let Some(d) = &req.delimiter {
-        elem(&mut out, "Delimiter", &enc(d));
+    let max_keys = page.max_keys.unwrap_or(req.max_keys);
+    elem(&mut out, "MaxKeys", &max_keys.to_string());
+    if let Some(d) = &page.delimiter {
+        elem(&mut out, "Delimiter", d);
     }
-    if url {
+    if page.url_encoded {
         elem(&mut out, "EncodingType", "url");
     }
     elem(
@@ -138,7 +120,7 @@ pub fn list_result(bucket: &str, req: &ListRequest, url: bool, page: &ListPage) 
     );
     for o in &page.contents {
         out.push_str("<Contents>");
-        elem(&mut out, "Key", &enc(&o.key));
+        elem(&mut out, "Key", &o.key);
         if let Some(t) = o.last_modified {
             elem(&mut out, "LastModified", &iso8601(t));
         }
@@ -161,7 +143,7 @@ pub fn list_result(bucket: &str, req: &ListRequest, url: bool, page: &ListPage) 
     }
     for p in &page.common_prefixes {
         out.push_str("<CommonPrefixes>");
-        elem(&mut out, "Prefix", &enc(p));
+        elem(&mut out, "Prefix", p);
         out.push_str("</CommonPrefixes>");
     }
     out.push_str("</ListBucketResult>");
@@ -207,7 +189,6 @@ mod tests {
     fn escaping_keeps_documents_parseable() {
         assert_eq!(escape("a<b>&\"'"), "a&lt;b&gt;&amp;&quot;&apos;");
         assert_eq!(escape("x\u{1}y"), "x&#x1;y");
-        assert_eq!(url_encode("a b+c%/ü"), "a%20b%2Bc%25/%C3%BC");
         let t = SystemTime::UNIX_EPOCH + std::time::Duration::from_micros(1_700_000_000_123_456);
         assert_eq!(iso8601(t), "2023-11-14T22:13:20.123Z");
         let t = SystemTime::UNIX_EPOCH + std::time::Duration::from_secs(1_700_000_000);
