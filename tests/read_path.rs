@@ -416,3 +416,99 @@ async fn list_v2_matches_the_origin_page_by_page() {
     assert_eq!(s.next_marker(), o.next_marker());
     shoal.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn headers_go_out_before_the_first_chunk_is_complete() {
+    let g = garage();
+    let c = client(&g.endpoint);
+    let b = bucket(&c, "ttfb").await;
+    let want = data(MIB, 12);
+    put(&c, &b, "slow", want.clone()).await;
+    let cfg = config(g);
+    let origin = Faulty::new(s3_origin(&cfg).await);
+    // Every piece of the origin body arrives 40 ms after the previous one.
+    origin
+        .rules
+        .lock()
+        .unwrap()
+        .slow
+        .insert("slow".into(), Duration::from_millis(40));
+    let shoal = Shoal::start(&cfg, origin.clone()).await;
+    let r = shoal.get(&format!("{b}/slow")).await;
+    assert_eq!(r.status(), 200);
+    // Headers are here, yet the chunk is not complete (not committed) at this point.
+    let stats = shoal.running.store.stats();
+    assert_eq!(stats.chunks, 0, "headers waited for the whole chunk");
+    assert!(body(r).await == want);
+    shoal.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_disconnected_client_does_not_cancel_the_fill() {
+    let g = garage();
+    let c = client(&g.endpoint);
+    let b = bucket(&c, "gone").await;
+    let want = data(MIB, 13);
+    put(&c, &b, "obj", want.clone()).await;
+    let cfg = config(g);
+    let origin = Faulty::new(s3_origin(&cfg).await);
+    origin
+        .rules
+        .lock()
+        .unwrap()
+        .slow
+        .insert("obj".into(), Duration::from_millis(10));
+    let shoal = Shoal::start(&cfg, origin.clone()).await;
+    let r = shoal.get(&format!("{b}/obj")).await;
+    assert_eq!(r.status(), 200);
+    drop(r); // the client goes away with the fill in progress
+    for _ in 0..500 {
+        if shoal.running.store.stats().chunks == 1 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    assert_eq!(
+        shoal.running.store.stats().chunks,
+        1,
+        "the fill finished and committed"
+    );
+    origin.rules.lock().unwrap().slow.clear();
+    assert!(body(shoal.get(&format!("{b}/obj")).await).await == want);
+    assert_eq!(origin.gets_for("obj").len(), 1);
+    shoal.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn an_etag_change_before_the_first_byte_serves_the_new_version() {
+    let g = garage();
+    let c = client(&g.endpoint);
+    let b = bucket(&c, "etag").await;
+    let v1 = data(2 * MIB, 1);
+    let v2 = data(2 * MIB, 2);
+    put(&c, &b, "obj", v1.clone()).await;
+    let cfg = config(g);
+    let origin = Faulty::new(s3_origin(&cfg).await);
+    let shoal = Shoal::start(&cfg, origin.clone()).await;
+    // Version 1's metadata and first chunk are cached.
+    let r = shoal.get_range(&format!("{b}/obj"), "bytes=0-9").await;
+    assert!(body(r).await[..] == v1[..10]);
+    assert_eq!(origin.heads(), 1);
+    // The object is replaced; Shoal's cached metadata still says version 1.
+    put(&c, &b, "obj", v2.clone()).await;
+    // The second chunk must be filled: the origin refuses the old ETag (If-Match), Shoal
+    // re-reads the metadata once and serves version 2 — never a mix of the two.
+    let m = MIB;
+    let r = shoal
+        .get_range(&format!("{b}/obj"), &format!("bytes={}-{}", m, m + 99))
+        .await;
+    assert_eq!(r.status(), 206);
+    assert!(
+        body(r).await[..] == v2[m..m + 100],
+        "bytes of the new version"
+    );
+    assert_eq!(origin.heads(), 2, "metadata re-read once");
+    // And a full GET is all version 2.
+    assert!(body(shoal.get(&format!("{b}/obj")).await).await == v2);
+    shoal.stop().await;
+}
