@@ -18,6 +18,7 @@ use bytes::Bytes;
 use futures_util::future::BoxFuture;
 use futures_util::{Stream, StreamExt};
 use std::collections::VecDeque;
+use std::future::Future;
 use std::pin::Pin;
 use std::sync::Arc;
 use std::task::{Context, Poll};
@@ -84,14 +85,14 @@ impl ObjectService {
 
     /// Current metadata of an object (cached; one origin HEAD per key at a time).
     pub async fn head(&self, bucket: &str, key: &str) -> Result<Arc<ObjectMeta>, Error> {
-        let span = tracing::debug_span!("head", bucket, key);
-        let _e = span.enter();
+        use tracing::Instrument;
         self.meta
             .clone()
             .oneshot(ObjectRef {
                 bucket: bucket.into(),
                 key: key.into(),
             })
+            .instrument(tracing::debug_span!("head", bucket, key))
             .await
     }
 
@@ -150,6 +151,7 @@ impl ObjectService {
             current: Some(current),
             depth: self.readahead,
             failed: false,
+            span: tracing::Span::current(),
         }
         .boxed())
     }
@@ -163,6 +165,8 @@ struct Readahead {
     current: Option<ByteStream>,
     depth: usize,
     failed: bool,
+    /// The request's span: chunk opens run in it although hyper polls the body elsewhere.
+    span: tracing::Span,
 }
 
 impl Readahead {
@@ -177,8 +181,9 @@ impl Readahead {
                 break;
             };
             let svc = self.chunks.clone();
+            let task = tracing::Instrument::instrument(svc.oneshot(r), self.span.clone());
             self.pending
-                .push_back(AbortOnDropHandle::new(tokio::spawn(svc.oneshot(r))));
+                .push_back(AbortOnDropHandle::new(tokio::spawn(task)));
         }
     }
 }
@@ -230,8 +235,6 @@ impl Stream for Readahead {
         }
     }
 }
-
-use std::future::Future;
 
 /// Turns an origin HEAD answer into cacheable metadata: no ETag means no version to pin, which
 /// is an error of its own (negatively cached, SPEC §1.4).

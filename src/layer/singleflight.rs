@@ -203,12 +203,14 @@ where
         let fut = inner.call(req);
         let flights = self.flights.clone();
         let f2 = flight.clone();
-        self.tasks.spawn(async move {
+        // The detached leader stays in the span of the request that started it.
+        let task = async move {
             match fut.await {
                 Ok(body) => drive(body, f2, (flights, key)).await,
                 Err(e) => finish(&f2, Err(e), (flights, key)),
             }
-        });
+        };
+        self.tasks.spawn(tracing::Instrument::in_current_span(task));
         Box::pin(async move { Ok(Joined::new(flight)) })
     }
 }

@@ -63,21 +63,25 @@ where
     fn call(&mut self, req: ChunkRequest) -> Self::Future {
         let store = self.store.clone();
         let inner = self.inner.clone();
-        Box::pin(async move {
-            match store.get(&req.key, req.range.clone()).await {
-                Ok(Some(hit)) => {
-                    tracing::trace!(chunk = ?req.key, "store hit");
-                    return Ok(healing(hit, inner, req));
+        let span = tracing::debug_span!("chunk", chunk = ?req.key, range = ?req.range);
+        Box::pin(tracing::Instrument::instrument(
+            async move {
+                match store.get(&req.key, req.range.clone()).await {
+                    Ok(Some(hit)) => {
+                        tracing::trace!(chunk = ?req.key, "store hit");
+                        return Ok(healing(hit, inner, req));
+                    }
+                    Ok(None) => {}
+                    Err(e) => {
+                        tracing::warn!(chunk = ?req.key, error = %e, "store read failed; refilling")
+                    }
                 }
-                Ok(None) => {}
-                Err(e) => {
-                    tracing::warn!(chunk = ?req.key, error = %e, "store read failed; refilling")
-                }
-            }
-            let range = req.range.clone();
-            let whole = inner.oneshot(req).await?;
-            Ok(slice(whole, range))
-        })
+                let range = req.range.clone();
+                let whole = inner.oneshot(req).await?;
+                Ok(slice(whole, range))
+            },
+            span,
+        ))
     }
 }
 

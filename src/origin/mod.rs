@@ -245,13 +245,16 @@ impl tower::Service<RangeRequest> for OriginRanges {
 
     fn call(&mut self, r: RangeRequest) -> Self::Future {
         let origin = self.origin.clone();
-        Box::pin(async move {
-            let span = tracing::debug_span!("origin_get", bucket = %r.bucket, key = %r.key, offset = r.offset, len = r.len);
-            let _e = span.enter();
-            origin
-                .get_range(&r.bucket, &r.key, &r.etag, r.offset, r.len)
-                .await
-                .map_err(Error::Origin)
-        })
+        use tracing::Instrument;
+        let span = tracing::debug_span!("origin_get", bucket = %r.bucket, key = %r.key, offset = r.offset, len = r.len);
+        Box::pin(
+            async move {
+                origin
+                    .get_range(&r.bucket, &r.key, &r.etag, r.offset, r.len)
+                    .await
+                    .map_err(Error::Origin)
+            }
+            .instrument(span),
+        )
     }
 }
