@@ -457,6 +457,36 @@ async fn typed_errors_from_the_rust_sdk() {
         .await
         .unwrap_err();
     assert_eq!(e.raw_response().unwrap().status().as_u16(), 304);
+    // ListBuckets without an allowlist: what the origin credentials can see.
+    let names = |c: &Client| {
+        let c = c.clone();
+        async move {
+            let mut v: Vec<String> = c
+                .list_buckets()
+                .send()
+                .await
+                .unwrap()
+                .buckets()
+                .iter()
+                .filter_map(|b| b.name().map(str::to_owned))
+                .collect();
+            v.sort();
+            v
+        }
+    };
+    // Other tests create buckets meanwhile: the origin's list before ⊆ Shoal's ⊆ after.
+    let before = names(&f.origin).await;
+    let mine = names(&f.via).await;
+    let after = names(&f.origin).await;
+    assert!(mine.contains(&f.bucket));
+    assert!(
+        before.iter().all(|b| mine.contains(b)),
+        "{before:?} ⊄ {mine:?}"
+    );
+    assert!(
+        mine.iter().all(|b| after.contains(b)),
+        "{mine:?} ⊄ {after:?}"
+    );
     // Writes: MethodNotAllowed. Unsupported reads: NotImplemented, naming the operation.
     let e = f
         .via

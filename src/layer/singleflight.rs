@@ -136,6 +136,10 @@ where
 struct FlightState<E> {
     parts: Vec<Bytes>,
     end: Option<Result<(), E>>,
+    /// The leader went away without an end (it panicked, or its task was cancelled at
+    /// shutdown). Readers then see the stream stop early, which length checks downstream turn
+    /// into an error: never a hang, never a stream that looks complete.
+    abandoned: bool,
     wakers: Vec<Waker>,
 }
 
@@ -150,6 +154,7 @@ impl<E> Flight<E> {
             state: Mutex::new(FlightState {
                 parts: Vec::new(),
                 end: None,
+                abandoned: false,
                 wakers: Vec::new(),
             }),
         }
@@ -201,13 +206,15 @@ where
         let clone = self.inner.clone();
         let mut inner = std::mem::replace(&mut self.inner, clone);
         let fut = inner.call(req);
-        let flights = self.flights.clone();
-        let f2 = flight.clone();
+        let leader = Leader {
+            flight: flight.clone(),
+            entry: Some((self.flights.clone(), key)),
+        };
         // The detached leader stays in the span of the request that started it.
         let task = async move {
             match fut.await {
-                Ok(body) => drive(body, f2, (flights, key)).await,
-                Err(e) => finish(&f2, Err(e), (flights, key)),
+                Ok(body) => drive(body, leader).await,
+                Err(e) => leader.finish(Err(e)),
             }
         };
         self.tasks.spawn(tracing::Instrument::in_current_span(task));
@@ -215,40 +222,56 @@ where
     }
 }
 
-async fn drive<B, E, Q>(mut body: B, flight: Arc<Flight<E>>, entry: (Flights<Q, E>, Q))
+/// The leader's hold on its flight and its map entry; finishing (or dropping) releases both.
+struct Leader<Q: std::hash::Hash + Eq, E> {
+    flight: Arc<Flight<E>>,
+    entry: Option<(Flights<Q, E>, Q)>,
+}
+
+impl<Q: std::hash::Hash + Eq, E> Leader<Q, E> {
+    fn forget(&mut self) {
+        if let Some((flights, key)) = self.entry.take() {
+            let mut map = flights.lock().unwrap_or_else(|p| p.into_inner());
+            if map.get(&key).is_some_and(|f| Arc::ptr_eq(f, &self.flight)) {
+                map.remove(&key);
+            }
+        }
+    }
+
+    fn finish(mut self, end: Result<(), E>) {
+        if end.is_err() {
+            // Leave the map first: nobody may join a flight that is known to have failed.
+            self.forget();
+            self.flight.update(|st| st.end = Some(end));
+        } else {
+            self.flight.update(|st| st.end = Some(end));
+            self.forget();
+        }
+    }
+}
+
+impl<Q: std::hash::Hash + Eq, E> Drop for Leader<Q, E> {
+    fn drop(&mut self) {
+        if self.entry.is_some() {
+            self.forget();
+            self.flight.update(|st| st.abandoned = true);
+        }
+    }
+}
+
+async fn drive<B, E, Q>(mut body: B, leader: Leader<Q, E>)
 where
     B: Stream<Item = Result<Bytes, E>> + Unpin,
     Q: std::hash::Hash + Eq,
 {
     let end = loop {
         match body.next().await {
-            Some(Ok(b)) => flight.update(|st| st.parts.push(b)),
+            Some(Ok(b)) => leader.flight.update(|st| st.parts.push(b)),
             Some(Err(e)) => break Err(e),
             None => break Ok(()),
         }
     };
-    finish(&flight, end, entry);
-}
-
-fn finish<E, Q: std::hash::Hash + Eq>(
-    flight: &Arc<Flight<E>>,
-    end: Result<(), E>,
-    entry: (Flights<Q, E>, Q),
-) {
-    let forget = |(flights, key): (Flights<Q, E>, Q)| {
-        let mut map = flights.lock().unwrap_or_else(|p| p.into_inner());
-        if map.get(&key).is_some_and(|f| Arc::ptr_eq(f, flight)) {
-            map.remove(&key);
-        }
-    };
-    if end.is_err() {
-        // Leave the map first: nobody may join a flight that is known to have failed.
-        forget(entry);
-        flight.update(|st| st.end = Some(end));
-    } else {
-        flight.update(|st| st.end = Some(end));
-        forget(entry);
-    }
+    leader.finish(end);
 }
 
 /// A reader of a shared flight: every piece from the first, then the end.
@@ -289,6 +312,10 @@ impl<E: Clone> Stream for Joined<E> {
             Some(Err(e)) => {
                 this.done = true;
                 Poll::Ready(Some(Err(e.clone())))
+            }
+            None if st.abandoned => {
+                this.done = true;
+                Poll::Ready(None)
             }
             None => {
                 if !st.wakers.iter().any(|w| w.will_wake(cx.waker())) {
@@ -397,6 +424,33 @@ mod tests {
         let mut b = svc.clone().oneshot(1).await.unwrap();
         assert_eq!(b.next().await.unwrap().unwrap(), "ok");
         assert_eq!(calls.load(Ordering::SeqCst), 2);
+    }
+
+    #[tokio::test]
+    async fn a_panicking_leader_ends_the_readers_instead_of_hanging_them() {
+        let inner = service_fn(|_k: u32| async move {
+            let s: Body = Box::pin(stream::unfold(0, |i| async move {
+                if i == 1 {
+                    panic!("leader bug");
+                }
+                Some((Ok(Bytes::from_static(b"x")), i + 1))
+            }));
+            Ok::<_, String>(s)
+        });
+        let svc = SingleflightLayer::new(|k: &u32| *k).layer(inner);
+        let mut a = svc.clone().oneshot(1).await.unwrap();
+        let got = tokio::time::timeout(Duration::from_secs(5), async {
+            let mut n = 0;
+            while let Some(x) = a.next().await {
+                x.unwrap();
+                n += 1;
+            }
+            n
+        })
+        .await
+        .expect("readers must not hang");
+        assert_eq!(got, 1);
+        assert_eq!(svc.in_flight(), 0, "the key was released");
     }
 
     fn tokio_stream_from(mut rx: mpsc::UnboundedReceiver<Bytes>) -> impl Stream<Item = Bytes> {

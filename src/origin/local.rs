@@ -286,6 +286,18 @@ impl Origin for LocalOrigin {
         self.bucket_dir(bucket).map(|_| ())
     }
 
+    async fn list_buckets(&self) -> Result<Vec<String>, OriginError> {
+        let mut names: Vec<String> = std::fs::read_dir(&self.root)
+            .map_err(io_err)?
+            .flatten()
+            .filter(|e| e.path().is_dir())
+            .filter_map(|e| e.file_name().into_string().ok())
+            .filter(|n| !n.starts_with('.'))
+            .collect();
+        names.sort();
+        Ok(names)
+    }
+
     fn region(&self) -> &str {
         "local"
     }

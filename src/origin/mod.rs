@@ -159,6 +159,9 @@ pub trait Origin: Send + Sync + 'static {
     /// Whether the bucket exists and can be read.
     async fn head_bucket(&self, bucket: &str) -> Result<(), OriginError>;
 
+    /// The buckets the origin credentials can see (ListBuckets when no allowlist is set).
+    async fn list_buckets(&self) -> Result<Vec<String>, OriginError>;
+
     /// The region Shoal reports for GetBucketLocation.
     fn region(&self) -> &str;
 }
@@ -183,6 +186,9 @@ impl<T: Origin + ?Sized> Origin for Arc<T> {
     }
     async fn head_bucket(&self, bucket: &str) -> Result<(), OriginError> {
         (**self).head_bucket(bucket).await
+    }
+    async fn list_buckets(&self) -> Result<Vec<String>, OriginError> {
+        (**self).list_buckets().await
     }
     fn region(&self) -> &str {
         (**self).region()

@@ -304,6 +304,15 @@ impl Origin for S3Origin {
         }
     }
 
+    async fn list_buckets(&self) -> Result<Vec<String>, OriginError> {
+        let out = self.client.list_buckets().send().await.map_err(map_err)?;
+        Ok(out
+            .buckets()
+            .iter()
+            .filter_map(|b| b.name().map(str::to_owned))
+            .collect())
+    }
+
     fn region(&self) -> &str {
         &self.region
     }

@@ -45,7 +45,30 @@ pub struct S3State {
 
 /// The S3 router.
 pub fn router(state: Arc<S3State>) -> Router {
-    Router::new().fallback(handle).with_state(state)
+    guard_panics(Router::new().fallback(handle).with_state(state))
+}
+
+/// Turns a panic in a handler into 500 `InternalError` instead of a dropped connection (a
+/// bug must still get an S3 answer, SPEC §1.4).
+pub fn guard_panics(router: Router) -> Router {
+    router.layer(tower_http::catch_panic::CatchPanicLayer::custom(
+        |_panic: Box<dyn std::any::Any + Send>| {
+            let rid = request_id();
+            tracing::error!(request_id = %rid, "handler panicked");
+            let e = S3Error::new(
+                StatusCode::INTERNAL_SERVER_ERROR,
+                "InternalError",
+                "We encountered an internal error. Please try again.",
+            );
+            let mut r = error_response(&e, false, "", &rid);
+            if let Ok(v) = HeaderValue::from_str(&rid) {
+                r.headers_mut().insert("x-amz-request-id", v);
+            }
+            r.headers_mut()
+                .insert(http::header::SERVER, HeaderValue::from_static("Shoal"));
+            r
+        },
+    ))
 }
 
 /// A request id: unique per process run, 16 hex digits like S3's.
@@ -234,7 +257,15 @@ async fn dispatch(st: &S3State, req: Request, rid: &str) -> Result<Response, S3E
         if let Some(op) = p.unsupported(&[]) {
             return Err(S3Error::not_implemented(&format!("The `{op}` operation")));
         }
-        return Ok(xml_response(xml::bucket_list(&st.buckets), head));
+        let names = if st.buckets.is_empty() {
+            st.origin
+                .list_buckets()
+                .await
+                .map_err(|e| S3Error::from_error(&Error::Origin(e), "", ""))?
+        } else {
+            st.buckets.clone()
+        };
+        return Ok(xml_response(xml::bucket_list(&names), head));
     }
     if !st.buckets.is_empty() && !st.buckets.contains(&p.bucket) {
         return Err(S3Error::access_denied().with("BucketName", p.bucket.clone()));
@@ -484,6 +515,25 @@ mod tests {
         assert!(decode("%4", false).is_err());
         assert!(decode("%ff", false).is_err());
         assert_eq!(decode("%E2%9C%93", false).unwrap(), "✓");
+    }
+
+    #[tokio::test]
+    async fn a_panicking_handler_is_a_500_internal_error() {
+        use tower::ServiceExt;
+        let app = guard_panics(Router::new().fallback(|| async {
+            if true {
+                panic!("bug");
+            }
+            "unreachable"
+        }));
+        let r = app
+            .oneshot(http::Request::new(Body::empty()))
+            .await
+            .unwrap();
+        assert_eq!(r.status(), 500);
+        assert!(r.headers().contains_key("x-amz-request-id"));
+        let body = axum::body::to_bytes(r.into_body(), 1 << 16).await.unwrap();
+        assert!(String::from_utf8_lossy(&body).contains("<Code>InternalError</Code>"));
     }
 
     #[test]

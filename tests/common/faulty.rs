@@ -135,6 +135,10 @@ impl Origin for Faulty {
         self.inner.head_bucket(bucket).await
     }
 
+    async fn list_buckets(&self) -> Result<Vec<String>, OriginError> {
+        self.inner.list_buckets().await
+    }
+
     fn region(&self) -> &str {
         self.inner.region()
     }
