@@ -17,6 +17,15 @@ use std::task::{Context, Poll};
 use tower::{Layer, Service, ServiceExt};
 
 /// Applies [`StoreLookup`] with a shared store.
+///
+/// ```
+/// use shoal::layer::StoreLookupLayer;
+/// use shoal::store::MemoryStore;
+/// use std::sync::Arc;
+/// // Hits come from a 64 MiB memory store; misses go to the service below.
+/// let layer = StoreLookupLayer::new(Arc::new(MemoryStore::new(64 << 20)));
+/// # let _ = layer;
+/// ```
 #[derive(Clone)]
 pub struct StoreLookupLayer {
     store: Arc<dyn ChunkStore>,
