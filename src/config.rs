@@ -183,6 +183,9 @@ pub struct OriginConfig {
     pub buckets: Vec<String>,
     /// Directory served by the `local` origin.
     pub root: Option<PathBuf>,
+    /// How long the origin may take to answer a request (and how long a body may stall);
+    /// past it the request counts as a transient failure and is retried or resumed.
+    pub timeout: Dur,
 }
 
 impl fmt::Debug for OriginConfig {
@@ -201,6 +204,7 @@ impl fmt::Debug for OriginConfig {
             )
             .field("buckets", &self.buckets)
             .field("root", &self.root)
+            .field("timeout", &self.timeout)
             .finish()
     }
 }
@@ -217,6 +221,7 @@ impl Default for OriginConfig {
             secret_access_key: None,
             buckets: Vec::new(),
             root: None,
+            timeout: Dur(Duration::from_secs(30)),
         }
     }
 }
@@ -510,6 +515,9 @@ impl Config {
                     );
                 }
             }
+        }
+        if self.origin.timeout.0.is_zero() {
+            return bad("origin.timeout", "must be > 0".into());
         }
         if self.origin.region.trim().is_empty() {
             return bad("origin.region", "must not be empty".into());

@@ -17,14 +17,29 @@ use aws_sdk_s3::Client;
 use futures_util::StreamExt;
 use std::time::{Duration, SystemTime};
 
-/// How long an origin body may stall before it counts as broken (and is resumed).
-const BODY_IDLE_TIMEOUT: Duration = Duration::from_secs(30);
+/// Bounds the wait for an origin's answer (status and headers) by `origin.timeout`. An origin
+/// that accepts the connection and then says nothing is a transient failure, retried like one.
+async fn answer<T, E>(
+    timeout: Duration,
+    fut: impl std::future::Future<Output = Result<T, SdkError<E>>>,
+) -> Result<T, OriginError>
+where
+    E: ProvideErrorMetadata + std::fmt::Debug,
+{
+    match tokio::time::timeout(timeout, fut).await {
+        Ok(r) => r.map_err(map_err),
+        Err(_) => Err(OriginError::Transient(format!(
+            "origin did not answer within {timeout:?}"
+        ))),
+    }
+}
 
 /// An origin reached through aws-sdk-s3.
 #[derive(Clone, Debug)]
 pub struct S3Origin {
     client: Client,
     region: String,
+    timeout: Duration,
 }
 
 impl S3Origin {
@@ -52,6 +67,11 @@ impl S3Origin {
         let shared = loader.load().await;
         let mut b = aws_sdk_s3::config::Builder::from(&shared)
             .force_path_style(cfg.force_path_style)
+            .timeout_config(
+                aws_sdk_s3::config::timeout::TimeoutConfig::builder()
+                    .connect_timeout(Duration::from_secs(5))
+                    .build(),
+            )
             // Many S3-compatible stores reject or mangle the newer default checksums.
             .request_checksum_calculation(
                 aws_sdk_s3::config::RequestChecksumCalculation::WhenRequired,
@@ -65,6 +85,7 @@ impl S3Origin {
         Ok(S3Origin {
             client: Client::from_conf(b.build()),
             region: cfg.region.clone(),
+            timeout: cfg.timeout.0,
         })
     }
 
@@ -130,14 +151,11 @@ fn prefixes(p: &[aws_sdk_s3::types::CommonPrefix]) -> Vec<String> {
 #[async_trait]
 impl Origin for S3Origin {
     async fn head(&self, bucket: &str, key: &str) -> Result<ObjectMeta, OriginError> {
-        let out = self
-            .client
-            .head_object()
-            .bucket(bucket)
-            .key(key)
-            .send()
-            .await
-            .map_err(map_err)?;
+        let out = answer(
+            self.timeout,
+            self.client.head_object().bucket(bucket).key(key).send(),
+        )
+        .await?;
         let mut user_metadata: Vec<(String, String)> = out
             .metadata()
             .map(|m| {
@@ -176,22 +194,23 @@ impl Origin for S3Origin {
             return Ok(futures_util::stream::empty().boxed());
         }
         let end = offset + len - 1;
-        let out = self
-            .client
-            .get_object()
-            .bucket(bucket)
-            .key(key)
-            .range(format!("bytes={offset}-{end}"))
-            .if_match(format!("\"{etag}\""))
-            .customize()
-            // RetryUntilCommitLayer owns retries of fills; SDK retries underneath it would
-            // multiply the attempts and hide them from the budget.
-            .config_override(
-                aws_sdk_s3::config::Builder::default().retry_config(RetryConfig::disabled()),
-            )
-            .send()
-            .await
-            .map_err(map_err)?;
+        let out = answer(
+            self.timeout,
+            self.client
+                .get_object()
+                .bucket(bucket)
+                .key(key)
+                .range(format!("bytes={offset}-{end}"))
+                .if_match(format!("\"{etag}\""))
+                .customize()
+                // RetryUntilCommitLayer owns retries of fills; SDK retries underneath it would
+                // multiply the attempts and hide them from the budget.
+                .config_override(
+                    aws_sdk_s3::config::Builder::default().retry_config(RetryConfig::disabled()),
+                )
+                .send(),
+        )
+        .await?;
         // The answer must be exactly the range we asked for.
         let want = format!("bytes {offset}-{end}/");
         match out.content_range() {
@@ -209,8 +228,9 @@ impl Origin for S3Origin {
             )));
         }
         let body = out.body;
-        let stream = futures_util::stream::unfold(body, |mut body| async move {
-            match tokio::time::timeout(BODY_IDLE_TIMEOUT, body.next()).await {
+        let idle = self.timeout;
+        let stream = futures_util::stream::unfold(body, move |mut body| async move {
+            match tokio::time::timeout(idle, body.next()).await {
                 Ok(Some(Ok(b))) => Some((Ok(b), body)),
                 Ok(Some(Err(e))) => Some((
                     Err(Error::Origin(OriginError::Transient(format!(
@@ -236,20 +256,21 @@ impl Origin for S3Origin {
             .then_some(aws_sdk_s3::types::EncodingType::Url);
         match req.version {
             ListVersion::V2 => {
-                let out = self
-                    .client
-                    .list_objects_v2()
-                    .bucket(bucket)
-                    .set_prefix(req.prefix.clone())
-                    .set_delimiter(req.delimiter.clone())
-                    .max_keys(req.max_keys)
-                    .set_continuation_token(req.continuation_token.clone())
-                    .set_start_after(req.start_after.clone())
-                    .fetch_owner(req.fetch_owner)
-                    .set_encoding_type(enc)
-                    .send()
-                    .await
-                    .map_err(map_err)?;
+                let out = answer(
+                    self.timeout,
+                    self.client
+                        .list_objects_v2()
+                        .bucket(bucket)
+                        .set_prefix(req.prefix.clone())
+                        .set_delimiter(req.delimiter.clone())
+                        .max_keys(req.max_keys)
+                        .set_continuation_token(req.continuation_token.clone())
+                        .set_start_after(req.start_after.clone())
+                        .fetch_owner(req.fetch_owner)
+                        .set_encoding_type(enc)
+                        .send(),
+                )
+                .await?;
                 Ok(ListPage {
                     contents: out.contents().iter().map(list_entry).collect(),
                     common_prefixes: prefixes(out.common_prefixes()),
@@ -265,18 +286,19 @@ impl Origin for S3Origin {
                 })
             }
             ListVersion::V1 => {
-                let out = self
-                    .client
-                    .list_objects()
-                    .bucket(bucket)
-                    .set_prefix(req.prefix.clone())
-                    .set_delimiter(req.delimiter.clone())
-                    .max_keys(req.max_keys)
-                    .set_marker(req.marker.clone())
-                    .set_encoding_type(enc)
-                    .send()
-                    .await
-                    .map_err(map_err)?;
+                let out = answer(
+                    self.timeout,
+                    self.client
+                        .list_objects()
+                        .bucket(bucket)
+                        .set_prefix(req.prefix.clone())
+                        .set_delimiter(req.delimiter.clone())
+                        .max_keys(req.max_keys)
+                        .set_marker(req.marker.clone())
+                        .set_encoding_type(enc)
+                        .send(),
+                )
+                .await?;
                 Ok(ListPage {
                     contents: out.contents().iter().map(list_entry).collect(),
                     common_prefixes: prefixes(out.common_prefixes()),
@@ -295,9 +317,14 @@ impl Origin for S3Origin {
     }
 
     async fn head_bucket(&self, bucket: &str) -> Result<(), OriginError> {
-        match self.client.head_bucket().bucket(bucket).send().await {
+        match answer(
+            self.timeout,
+            self.client.head_bucket().bucket(bucket).send(),
+        )
+        .await
+        {
             Ok(_) => Ok(()),
-            Err(e) => Err(match map_err(e) {
+            Err(e) => Err(match e {
                 OriginError::NotFound => OriginError::NoSuchBucket,
                 other => other,
             }),
@@ -305,7 +332,7 @@ impl Origin for S3Origin {
     }
 
     async fn list_buckets(&self) -> Result<Vec<String>, OriginError> {
-        let out = self.client.list_buckets().send().await.map_err(map_err)?;
+        let out = answer(self.timeout, self.client.list_buckets().send()).await?;
         Ok(out
             .buckets()
             .iter()
@@ -315,5 +342,37 @@ impl Origin for S3Origin {
 
     fn region(&self) -> &str {
         &self.region
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn a_silent_origin_is_a_transient_failure_not_a_hang() {
+        // Accepts connections and never answers.
+        let l = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = l.local_addr().unwrap();
+        let keep = tokio::spawn(async move {
+            let mut held = Vec::new();
+            while let Ok((s, _)) = l.accept().await {
+                held.push(s);
+            }
+        });
+        let cfg = OriginConfig {
+            endpoint: Some(format!("http://{addr}")),
+            force_path_style: true,
+            access_key_id: Some("k".into()),
+            secret_access_key: Some("s".into()),
+            timeout: crate::config::Dur(Duration::from_millis(300)),
+            ..OriginConfig::default()
+        };
+        let o = S3Origin::new(&cfg).await.unwrap();
+        let started = std::time::Instant::now();
+        let e = o.get_range("b", "k", "e", 0, 10).await.err();
+        assert!(matches!(e, Some(OriginError::Transient(_))), "{e:?}");
+        assert!(started.elapsed() < Duration::from_secs(20));
+        keep.abort();
     }
 }
