@@ -160,3 +160,71 @@ impl S3Error {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The table of SPEC §1.4, row by row.
+    #[test]
+    fn errors_map_to_the_spec_table() {
+        let o = |e: OriginError| S3Error::from_error(&Error::Origin(e), "b", "k");
+        let cases = [
+            (o(OriginError::NotFound), 404, "NoSuchKey"),
+            (o(OriginError::NoSuchBucket), 404, "NoSuchBucket"),
+            (
+                o(OriginError::Unauthorized("x".into())),
+                502,
+                "OriginUnauthorized",
+            ),
+            (o(OriginError::MissingEtag), 502, "OriginMissingETag"),
+            (
+                o(OriginError::Transient("x".into())),
+                502,
+                "OriginUnreachable",
+            ),
+            (
+                o(OriginError::Protocol("x".into())),
+                502,
+                "OriginUnreachable",
+            ),
+            (o(OriginError::Throttled("x".into())), 503, "SlowDown"),
+            // The origin objected to the request itself: a client error, not a gateway one.
+            (
+                o(OriginError::Rejected("bad key".into())),
+                400,
+                "InvalidRequest",
+            ),
+            (
+                S3Error::from_error(
+                    &Error::SlowDown(std::time::Duration::from_secs(5)),
+                    "b",
+                    "k",
+                ),
+                503,
+                "SlowDown",
+            ),
+            (
+                S3Error::from_error(&Error::internal("bug"), "b", "k"),
+                500,
+                "InternalError",
+            ),
+            (S3Error::invalid_range(10), 416, "InvalidRange"),
+            (
+                S3Error::precondition_failed("If-Match"),
+                412,
+                "PreconditionFailed",
+            ),
+            (S3Error::method_not_allowed("PUT"), 405, "MethodNotAllowed"),
+            (S3Error::not_implemented("x"), 501, "NotImplemented"),
+            (S3Error::access_denied(), 403, "AccessDenied"),
+        ];
+        for (e, status, code) in cases {
+            assert_eq!((e.status.as_u16(), e.code), (status, code), "{e:?}");
+        }
+        let r = S3Error::invalid_range(10);
+        assert!(r
+            .headers
+            .contains(&("content-range", "bytes */10".to_string())));
+    }
+}
