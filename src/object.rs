@@ -53,13 +53,6 @@ pub struct ObjectService {
     readahead: usize,
 }
 
-/// How an object is read.
-#[derive(Debug, Clone)]
-pub struct Plan {
-    /// Chunk size for this object.
-    pub chunk_size: u64,
-}
-
 impl ObjectService {
     /// Builds the service. `invalidate` forgets cached metadata of an object (called when the
     /// origin says the ETag changed).

@@ -60,13 +60,7 @@ pub fn guard_panics(router: Router) -> Router {
                 "InternalError",
                 "We encountered an internal error. Please try again.",
             );
-            let mut r = error_response(&e, false, "", &rid);
-            if let Ok(v) = HeaderValue::from_str(&rid) {
-                r.headers_mut().insert("x-amz-request-id", v);
-            }
-            r.headers_mut()
-                .insert(http::header::SERVER, HeaderValue::from_static("Shoal"));
-            r
+            stamp(error_response(&e, false, "", &rid), &rid)
         },
     ))
 }
@@ -200,14 +194,11 @@ async fn handle(State(st): State<Arc<S3State>>, req: Request) -> Response {
     let method = req.method().clone();
     let resource = req.uri().path().to_owned();
     let span = tracing::info_span!("s3", request_id = %rid, method = %method, path = %resource);
-    let result = dispatch(&st, req, &rid).instrument(span.clone()).await;
-    let mut resp =
-        result.unwrap_or_else(|e| error_response(&e, method == Method::HEAD, &resource, &rid));
-    let h = resp.headers_mut();
-    if let Ok(v) = HeaderValue::from_str(&rid) {
-        h.insert("x-amz-request-id", v);
-    }
-    h.insert(http::header::SERVER, HeaderValue::from_static("Shoal"));
+    let result = dispatch(&st, req).instrument(span.clone()).await;
+    let resp = stamp(
+        result.unwrap_or_else(|e| error_response(&e, method == Method::HEAD, &resource, &rid)),
+        &rid,
+    );
     span.in_scope(|| {
         tracing::info!(
             status = resp.status().as_u16(),
@@ -215,6 +206,16 @@ async fn handle(State(st): State<Arc<S3State>>, req: Request) -> Response {
             "request"
         )
     });
+    resp
+}
+
+/// Adds the headers every answer carries: `x-amz-request-id` and `Server: Shoal`.
+fn stamp(mut resp: Response, rid: &str) -> Response {
+    let h = resp.headers_mut();
+    if let Ok(v) = HeaderValue::from_str(rid) {
+        h.insert("x-amz-request-id", v);
+    }
+    h.insert(http::header::SERVER, HeaderValue::from_static("Shoal"));
     resp
 }
 
@@ -234,7 +235,7 @@ fn error_response(e: &S3Error, head: bool, resource: &str, rid: &str) -> Respons
         .unwrap_or_else(|_| Response::new(Body::empty()))
 }
 
-async fn dispatch(st: &S3State, req: Request, rid: &str) -> Result<Response, S3Error> {
+async fn dispatch(st: &S3State, req: Request) -> Result<Response, S3Error> {
     let method = req.method().clone();
     if !matches!(method, Method::GET | Method::HEAD) {
         return Err(S3Error::method_not_allowed(method.as_str()));
@@ -283,7 +284,6 @@ async fn dispatch(st: &S3State, req: Request, rid: &str) -> Result<Response, S3E
     if let Some(op) = p.unsupported(&[]) {
         return Err(S3Error::not_implemented(&format!("GetObject with `?{op}`")));
     }
-    let _ = rid;
     object_op(st, &p, req.headers(), head).await
 }
 
