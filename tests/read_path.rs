@@ -174,12 +174,9 @@ async fn two_failed_origin_attempts_are_invisible() {
     put(&c, &b, "flaky", want.clone()).await;
     let cfg = config(g);
     let origin = Faulty::new(s3_origin(&cfg).await);
-    {
-        let mut r = origin.rules.lock().unwrap();
-        // The first chunk (before headers) and a later one (after) each fail twice.
-        r.fail_first.insert(("flaky".into(), 0), 2);
-        r.fail_first.insert(("flaky".into(), 2 * MIB as u64), 2);
-    }
+    // The first chunk (before headers) and a later one (after) each fail twice.
+    origin.fail_first("flaky", 0, 2);
+    origin.fail_first("flaky", 2 * MIB as u64, 2);
     let shoal = Shoal::start(&cfg, origin.clone()).await;
     let r = shoal.get(&format!("{b}/flaky")).await;
     assert_eq!(r.status(), 200);
@@ -197,12 +194,7 @@ async fn a_stream_cut_mid_chunk_is_resumed_from_the_offset() {
     put(&c, &b, "cut", want.clone()).await;
     let cfg = config(g);
     let origin = Faulty::new(s3_origin(&cfg).await);
-    origin
-        .rules
-        .lock()
-        .unwrap()
-        .cut_after
-        .insert("cut".into(), 300_001);
+    origin.cut_after("cut", 300_001);
     let shoal = Shoal::start(&cfg, origin.clone()).await;
     let r = shoal.get(&format!("{b}/cut")).await;
     assert_eq!(r.status(), 200);
@@ -230,12 +222,7 @@ async fn a_queue_timeout_is_503_slowdown() {
     cfg.fill.origin_concurrency = 1;
     cfg.fill.queue_timeout = shoal::config::Dur(Duration::from_millis(200));
     let origin = Faulty::new(s3_origin(&cfg).await);
-    origin
-        .rules
-        .lock()
-        .unwrap()
-        .slow
-        .insert("slow".into(), Duration::from_millis(300));
+    origin.slow("slow", Some(Duration::from_millis(300)));
     let shoal = Arc::new(Shoal::start(&cfg, origin.clone()).await);
     let s2 = shoal.clone();
     let b2 = b.clone();
@@ -296,12 +283,7 @@ async fn a_missing_etag_is_502_origin_missing_etag() {
     put(&c, &b, "anon", data(10, 1)).await;
     let cfg = config(g);
     let origin = Faulty::new(s3_origin(&cfg).await);
-    origin
-        .rules
-        .lock()
-        .unwrap()
-        .strip_etag
-        .insert("anon".into());
+    origin.strip_etag("anon");
     let shoal = Shoal::start(&cfg, origin.clone()).await;
     for _ in 0..2 {
         let r = shoal.get(&format!("{b}/anon")).await;
@@ -427,12 +409,7 @@ async fn headers_go_out_before_the_first_chunk_is_complete() {
     let cfg = config(g);
     let origin = Faulty::new(s3_origin(&cfg).await);
     // Every piece of the origin body arrives 40 ms after the previous one.
-    origin
-        .rules
-        .lock()
-        .unwrap()
-        .slow
-        .insert("slow".into(), Duration::from_millis(40));
+    origin.slow("slow", Some(Duration::from_millis(40)));
     let shoal = Shoal::start(&cfg, origin.clone()).await;
     let r = shoal.get(&format!("{b}/slow")).await;
     assert_eq!(r.status(), 200);
@@ -452,12 +429,7 @@ async fn a_disconnected_client_does_not_cancel_the_fill() {
     put(&c, &b, "obj", want.clone()).await;
     let cfg = config(g);
     let origin = Faulty::new(s3_origin(&cfg).await);
-    origin
-        .rules
-        .lock()
-        .unwrap()
-        .slow
-        .insert("obj".into(), Duration::from_millis(10));
+    origin.slow("obj", Some(Duration::from_millis(10)));
     let shoal = Shoal::start(&cfg, origin.clone()).await;
     let r = shoal.get(&format!("{b}/obj")).await;
     assert_eq!(r.status(), 200);
@@ -473,7 +445,7 @@ async fn a_disconnected_client_does_not_cancel_the_fill() {
         1,
         "the fill finished and committed"
     );
-    origin.rules.lock().unwrap().slow.clear();
+    origin.slow("obj", None);
     assert!(body(shoal.get(&format!("{b}/obj")).await).await == want);
     assert_eq!(origin.gets_for("obj").len(), 1);
     shoal.stop().await;

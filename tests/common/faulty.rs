@@ -50,6 +50,34 @@ impl Faulty {
             .collect()
     }
 
+    /// Delay every piece of `key`'s bodies by `d` (`None` to stop).
+    pub fn slow(&self, key: &str, d: Option<Duration>) {
+        let mut r = self.rules.lock().unwrap();
+        match d {
+            Some(d) => r.slow.insert(key.into(), d),
+            None => r.slow.remove(key),
+        };
+    }
+
+    /// The next body of `key` breaks after `n` bytes.
+    pub fn cut_after(&self, key: &str, n: u64) {
+        self.rules.lock().unwrap().cut_after.insert(key.into(), n);
+    }
+
+    /// `key`'s HEAD answers without an ETag.
+    pub fn strip_etag(&self, key: &str) {
+        self.rules.lock().unwrap().strip_etag.insert(key.into());
+    }
+
+    /// The next `n` range GETs of `key` at `offset` fail (transiently).
+    pub fn fail_first(&self, key: &str, offset: u64, n: u32) {
+        self.rules
+            .lock()
+            .unwrap()
+            .fail_first
+            .insert((key.into(), offset), n);
+    }
+
     pub fn heads(&self) -> usize {
         self.heads.load(Ordering::SeqCst)
     }
