@@ -155,6 +155,20 @@ impl Running {
         }
     }
 
+    /// Waits (at most `limit`) until no fill is running: every chunk a finished response
+    /// asked for is then committed or given up. Responses end when their last byte is sent,
+    /// which can be a moment before the fill behind them has committed.
+    pub async fn fills_settled(&self, limit: Duration) -> bool {
+        let deadline = tokio::time::Instant::now() + limit;
+        while !self.fills.is_empty() {
+            if tokio::time::Instant::now() >= deadline {
+                return false;
+            }
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+        true
+    }
+
     /// Resolves when a stop was requested (by `shutdown` or a signal handler).
     pub async fn stopped(&self) {
         self.stop.cancelled().await
