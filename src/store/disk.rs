@@ -11,7 +11,7 @@
 //! the blocks it touches, and let a full read verify each block just before it goes out, so
 //! nothing is ever sent that has not been checked, and nothing needs the whole chunk in memory.
 //!
-//! **Commit.** Bytes go to `.tmp-<index>-<nonce>` in the chunk's own directory; on commit the
+//! **Commit.** Bytes go to `.tmp-<instance>-<index>-<n>` in the chunk's own directory; on commit the
 //! footer is written, the file fsynced, renamed to its final name, and the directory fsynced.
 //! A reader (or a restart after a crash at any point) sees either no chunk or a complete one.
 //! Temp files left by a crash are removed by the start-up scan.
@@ -82,6 +82,9 @@ struct Inner {
     corrupt: AtomicU64,
     failed_commits: AtomicU64,
     nonce: AtomicU64,
+    /// Names this opening of the store in its temp files, so the start-up scan removes the
+    /// temp files of earlier runs (crashes) but never those of fills already running now.
+    instance: String,
 }
 
 /// Chunks as files under a directory, bounded by `capacity` bytes. See the module docs.
@@ -96,6 +99,19 @@ fn io(e: std::io::Error) -> StoreError {
     } else {
         StoreError::Io(e.to_string())
     }
+}
+
+/// A tag unique to this opening of the store (process id, time, and hasher randomness).
+fn instance_tag() -> String {
+    use std::hash::{BuildHasher, Hasher};
+    let mut h = std::collections::hash_map::RandomState::new().build_hasher();
+    h.write_u32(std::process::id());
+    h.write_u128(
+        std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_nanos()),
+    );
+    format!("{:016x}", h.finish())
 }
 
 struct Footer {
@@ -179,6 +195,7 @@ impl DiskStore {
                 corrupt: AtomicU64::new(0),
                 failed_commits: AtomicU64::new(0),
                 nonce: AtomicU64::new(0),
+                instance: instance_tag(),
             }),
         };
         let s = store.clone();
@@ -203,6 +220,7 @@ impl DiskStore {
     fn scan(&self) {
         let started = std::time::Instant::now();
         let mut found = 0u64;
+        let own_tmp = format!(".tmp-{}-", self.inner.instance);
         let dirs = |p: &Path| -> Vec<PathBuf> {
             std::fs::read_dir(p)
                 .map(|rd| rd.flatten().map(|e| e.path()).collect())
@@ -229,7 +247,7 @@ impl DiskStore {
                 };
                 for f in dirs(&obj_dir) {
                     let name = f.file_name().and_then(|n| n.to_str()).unwrap_or("");
-                    if name.starts_with(".tmp-") {
+                    if name.starts_with(".tmp-") && !name.starts_with(&own_tmp) {
                         let _ = std::fs::remove_file(&f);
                         continue;
                     }
@@ -419,14 +437,25 @@ impl ChunkStore for DiskStore {
             .map(Path::to_path_buf)
             .ok_or_else(|| StoreError::Io("bad chunk path".into()))?;
         let nonce = self.inner.nonce.fetch_add(1, Ordering::Relaxed);
-        let tmp = dir.join(format!(".tmp-{}-{}-{nonce}", key.index, std::process::id()));
+        let tmp = dir.join(format!(
+            ".tmp-{}-{}-{nonce}",
+            self.inner.instance, key.index
+        ));
         let t2 = tmp.clone();
         let file = tokio::task::spawn_blocking(move || -> std::io::Result<File> {
-            std::fs::create_dir_all(&dir)?;
-            std::fs::OpenOptions::new()
-                .write(true)
-                .create_new(true)
-                .open(&t2)
+            let create = || {
+                std::fs::create_dir_all(&dir)?;
+                std::fs::OpenOptions::new()
+                    .write(true)
+                    .create_new(true)
+                    .open(&t2)
+            };
+            // The start-up scan removes empty chunk directories; if it removed this one
+            // between the two calls above, make it again.
+            match create() {
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => create(),
+                other => other,
+            }
         })
         .await
         .map_err(|e| StoreError::Io(e.to_string()))?
@@ -591,6 +620,48 @@ impl Drop for DiskWriter {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// Regression: the start-up scan runs while the store already serves, and it used to
+    /// delete the temp file of a fill in progress, so that fill's commit failed.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn the_scan_leaves_running_fills_alone() {
+        let dir = tempfile::tempdir().unwrap();
+        let s = DiskStore::open(dir.path(), 1 << 30).unwrap();
+        let key = ChunkKey {
+            origin_id: "o".into(),
+            bucket: "b".into(),
+            key: "k".into(),
+            etag: "e".into(),
+            chunk_size: 1 << 20,
+            index: 3,
+        };
+        let mut w = s.begin(&key, 10).await.unwrap();
+        w.write(Bytes::from_static(b"01234")).await.unwrap();
+        // A scan now (as one running at start-up would be) must not take the temp file.
+        let s2 = s.clone();
+        tokio::task::spawn_blocking(move || s2.scan())
+            .await
+            .unwrap();
+        w.write(Bytes::from_static(b"56789")).await.unwrap();
+        w.commit().await.expect("commit after a scan");
+        let mut got = Vec::new();
+        let mut st = s.get(&key, 0..10).await.unwrap().expect("committed");
+        while let Some(b) = st.next().await {
+            got.extend_from_slice(&b.unwrap());
+        }
+        assert_eq!(got, b"0123456789");
+        // A temp file of another (crashed) run is removed by the scan.
+        let stale = dir
+            .path()
+            .join(ChunkId::of(&key).rel_path())
+            .with_file_name(".tmp-deadbeef-3-0");
+        std::fs::write(&stale, b"partial").unwrap();
+        let s3 = s.clone();
+        tokio::task::spawn_blocking(move || s3.scan())
+            .await
+            .unwrap();
+        assert!(!stale.exists());
+    }
 
     #[test]
     fn footer_round_trips_and_rejects_damage() {
