@@ -163,6 +163,11 @@ impl Footer {
         let crcs = table.chunks_exact(4).map(le32).collect();
         Ok(Some(Footer { data_len, crcs }))
     }
+
+    /// Size of the whole chunk file: data, checksum table and footer (the index weight).
+    fn file_size(&self) -> u64 {
+        self.data_len + self.crcs.len() as u64 * 4 + FOOTER
+    }
 }
 
 impl DiskStore {
@@ -254,17 +259,15 @@ impl DiskStore {
                     let Ok(index) = name.parse::<u64>() else {
                         continue;
                     };
-                    let valid = File::open(&f)
-                        .and_then(|fh| Ok((Footer::read(&fh)?, fh.metadata()?.len())));
-                    match valid {
-                        Ok((Some(_), size)) => {
+                    match File::open(&f).and_then(|fh| Footer::read(&fh)) {
+                        Ok(Some(footer)) => {
                             let id = ChunkId {
                                 origin: origin_id.as_str().into(),
                                 hash: hash.as_str().into(),
                                 index,
                             };
                             if !self.inner.index.contains_key(&id) {
-                                self.inner.index.insert(id, size);
+                                self.inner.index.insert(id, footer.file_size());
                             }
                             found += 1;
                         }
@@ -387,7 +390,9 @@ impl ChunkStore for DiskStore {
         range: Range<u64>,
     ) -> Result<Option<ByteStream>, StoreError> {
         let id = ChunkId::of(key);
-        if self.inner.index.get(&id).is_none() && self.scan_complete() {
+        // One lookup per read: each `get` also counts as a use for TinyLFU's frequency sketch.
+        let indexed = self.inner.index.get(&id).is_some();
+        if !indexed && self.scan_complete() {
             return Ok(None);
         }
         let this = self.clone();
@@ -401,10 +406,9 @@ impl ChunkStore for DiskStore {
         if !range_ok(&range, footer.data_len) {
             return Ok(None);
         }
-        if self.inner.index.get(&id).is_none() {
+        if !indexed {
             // Found on disk while the start-up scan is still running: adopt it.
-            let size = footer.data_len + footer.crcs.len() as u64 * 4 + FOOTER;
-            self.inner.index.insert(id.clone(), size);
+            self.inner.index.insert(id.clone(), footer.file_size());
         }
         let mut reader = Reader {
             store: self.clone(),
