@@ -17,7 +17,7 @@ use axum::routing::get;
 use axum::Router;
 use bytes::Bytes;
 use futures_util::stream::{self, BoxStream, StreamExt};
-use shoal::layer::{ConcurrencyLimitLayer, QueueTimeout, SingleflightLayer};
+use shoal::layer::{ConcurrencyLimitLayer, QueueTimeout, Queued, Released, SingleflightLayer};
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
@@ -35,6 +35,19 @@ impl From<QueueTimeout> for RenderError {
     }
 }
 
+/// Singleflight buffers are never released early here (no durable copy), so this never
+/// happens; the layer still needs to be able to say it.
+impl From<Released> for RenderError {
+    fn from(_: Released) -> Self {
+        RenderError::Busy
+    }
+}
+
+/// A render request: urgent, with the limit layer's default queue timeout.
+#[derive(Clone)]
+struct Render(String);
+impl Queued for Render {}
+
 impl std::fmt::Display for RenderError {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.write_str("busy")
@@ -49,14 +62,14 @@ type Body2 = BoxStream<'static, Result<Bytes, RenderError>>;
 fn renderer(
     renders: Arc<AtomicUsize>,
 ) -> impl Service<
-    String,
+    Render,
     Response = impl futures_util::Stream<Item = Result<Bytes, RenderError>> + Send + 'static,
     Error = RenderError,
     Future = impl Send,
 > + Clone
        + Send
        + 'static {
-    let render = tower::service_fn(move |name: String| {
+    let render = tower::service_fn(move |Render(name): Render| {
         renders.fetch_add(1, Ordering::SeqCst);
         async move {
             let body: Body2 = stream::iter(0..5)
@@ -75,7 +88,7 @@ fn renderer(
         .layer(ConcurrencyLimitLayer::new(2, Duration::from_secs(1)))
         .service(render)
         .map_response(|b| -> Body2 { b.boxed() });
-    SingleflightLayer::new(|name: &String| name.clone()).layer(limited)
+    SingleflightLayer::new(|r: &Render| r.0.clone()).layer(limited)
 }
 
 #[tokio::main]
@@ -87,7 +100,7 @@ async fn main() {
         get(move |Path(name): Path<String>| {
             let svc = svc.clone();
             async move {
-                match svc.oneshot(name).await {
+                match svc.oneshot(Render(name)).await {
                     Ok(body) => Body::from_stream(body).into_response(),
                     Err(RenderError::Busy) => StatusCode::SERVICE_UNAVAILABLE.into_response(),
                 }

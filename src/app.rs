@@ -1,20 +1,25 @@
 //! Wiring: origin, store, the two stacks, the listeners, and shutdown.
 
+use crate::budget::Budget;
 use crate::chunk::ChunkRequest;
 use crate::config::{Config, OriginKind, StoreKind};
 use crate::error::{Error, ShoalClassify};
-use crate::fill::Fill;
+use crate::fill::{Fill, FillBody, FillConfig};
+use crate::layer::store_lookup::OriginService;
 use crate::layer::{
     ConcurrencyLimitLayer, NegativeCacheLayer, RetryPolicy, RetryUntilCommitLayer,
     SingleflightLayer, StoreLookupLayer,
 };
-use crate::object::{require_etag, ChunkService, MetaService, ObjectRef, ObjectService};
-use crate::origin::{LocalOrigin, Origin, OriginRanges, S3Origin};
+use crate::object::{
+    require_etag, ChunkService, InvalidateFn, MetaService, ObjectRef, ObjectService, ReadPolicy,
+};
+use crate::origin::{ByteStream, LocalOrigin, Origin, OriginRanges, S3Origin};
 use crate::s3::{self, S3State};
+use crate::server::Limits;
 use crate::store::{ChunkStore, DiskStore, MemoryStore};
 use axum::routing::get;
 use axum::Router;
-use futures_util::future::BoxFuture;
+use futures_util::StreamExt;
 use http::StatusCode;
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -24,7 +29,7 @@ use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use tower::util::BoxCloneSyncService;
-use tower::{Layer, ServiceBuilder};
+use tower::{Layer, ServiceBuilder, ServiceExt};
 
 /// Builds the origin named by the config.
 pub async fn build_origin(cfg: &Config) -> Result<Arc<dyn Origin>, Error> {
@@ -58,11 +63,13 @@ pub async fn build_store(cfg: &Config) -> Result<Arc<dyn ChunkStore>, Error> {
     }
 }
 
-/// The chunk stack of DESIGN.md, top to bottom.
+/// The chunk stack of DESIGN.md, top to bottom, sharing `budget` for every byte it holds
+/// outside the store.
 pub fn chunk_stack(
     cfg: &Config,
     origin: Arc<dyn Origin>,
     store: Arc<dyn ChunkStore>,
+    budget: Budget,
     tasks: TaskTracker,
 ) -> ChunkService {
     let retry = &cfg.fill.retry;
@@ -81,11 +88,29 @@ pub fn chunk_stack(
             ShoalClassify,
         ))
         .service(OriginRanges::new(origin));
-    let fill = Fill::new(origin_stack, store.clone());
-    let stack = ServiceBuilder::new()
-        .layer(StoreLookupLayer::new(store))
-        .layer(SingleflightLayer::new(|r: &ChunkRequest| r.key.clone()).with_tracker(tasks))
-        .service(fill);
+    let direct: OriginService = BoxCloneSyncService::new(
+        origin_stack
+            .clone()
+            .map_response(|b| -> ByteStream { b.boxed() }),
+    );
+    let fill = Fill::new(
+        origin_stack,
+        store.clone(),
+        FillConfig {
+            budget,
+            queue_timeout: cfg.fill.queue_timeout.0,
+            write_timeout: cfg.store.write_timeout.0,
+            tasks: tasks.clone(),
+        },
+    );
+    let flights = SingleflightLayer::new(|r: &ChunkRequest| r.key.clone())
+        .with_tracker(tasks)
+        .durable_when(|b: &FillBody| b.is_durable())
+        .layer(fill);
+    let progress = flights.progress();
+    let stack = StoreLookupLayer::new(store)
+        .direct_ranges(direct, progress)
+        .layer(flights);
     BoxCloneSyncService::new(stack)
 }
 
@@ -94,6 +119,7 @@ pub fn object_service(
     cfg: &Config,
     origin: Arc<dyn Origin>,
     store: Arc<dyn ChunkStore>,
+    budget: Budget,
     tasks: TaskTracker,
 ) -> ObjectService {
     let o = origin.clone();
@@ -110,19 +136,27 @@ pub fn object_service(
         .max_entries(cfg.metadata.max_entries)
         .layer(head);
     let handle = cached.clone();
-    let invalidate = Arc::new(move |r: ObjectRef| -> BoxFuture<'static, ()> {
+    let invalidate: InvalidateFn = Arc::new(move |r: ObjectRef, etag: Arc<str>| {
         let h = handle.clone();
-        Box::pin(async move { h.invalidate(&r).await })
+        Box::pin(async move {
+            h.invalidate_if(r, |v| matches!(v, Ok(m) if *m.etag == *etag))
+                .await
+        })
     });
     let meta: MetaService = BoxCloneSyncService::new(cached);
     ObjectService::new(
         cfg.origin.id.as_str().into(),
         meta,
         invalidate,
-        chunk_stack(cfg, origin, store.clone(), tasks),
+        chunk_stack(cfg, origin, store.clone(), budget, tasks.clone()),
         cfg.chunk.size.0,
         cfg.chunk.tiers(),
-        cfg.chunk.readahead,
+        ReadPolicy {
+            readahead: cfg.chunk.readahead,
+            readahead_bytes: cfg.chunk.readahead_bytes.0,
+            progress_timeout: cfg.fill.retry.max_total.0,
+        },
+        tasks,
     )
 }
 
@@ -134,6 +168,8 @@ pub struct Running {
     pub ops_addr: SocketAddr,
     /// The chunk store (tests inspect it).
     pub store: Arc<dyn ChunkStore>,
+    /// The byte budget (tests check that every byte comes back).
+    pub budget: Budget,
     stop: CancellationToken,
     servers: TaskTracker,
     fills: TaskTracker,
@@ -193,7 +229,14 @@ pub async fn start_with(
     store: Arc<dyn ChunkStore>,
 ) -> Result<Running, Error> {
     let fills = TaskTracker::new();
-    let objects = object_service(cfg, origin.clone(), store.clone(), fills.clone());
+    let budget = Budget::new(cfg.fill.buffer_budget.0);
+    let objects = object_service(
+        cfg,
+        origin.clone(),
+        store.clone(),
+        budget.clone(),
+        fills.clone(),
+    );
     let state = Arc::new(S3State {
         objects,
         origin,
@@ -218,15 +261,16 @@ pub async fn start_with(
     let servers = TaskTracker::new();
 
     let s3_app = s3::router(state);
-    let s = stop.clone();
-    servers.spawn(async move {
-        let r = axum::serve(s3_listener, s3_app)
-            .with_graceful_shutdown(s.cancelled_owned())
-            .await;
-        if let Err(e) = r {
-            tracing::error!(error = %e, "S3 listener failed");
-        }
-    });
+    let limits = Limits {
+        max_connections: cfg.server.max_connections,
+        http2_max_streams: cfg.server.http2_max_streams,
+    };
+    servers.spawn(crate::server::serve(
+        s3_listener,
+        s3_app,
+        limits,
+        stop.clone(),
+    ));
     let r2 = ready.clone();
     let ops_app = Router::new()
         .route("/healthz", get(|| async { "ok" }))
@@ -258,6 +302,7 @@ pub async fn start_with(
         s3_addr,
         ops_addr,
         store,
+        budget,
         stop,
         servers,
         fills,

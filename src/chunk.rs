@@ -10,6 +10,7 @@
 //! The store path is orca's, bit for bit (SPEC §2), so tools and test vectors carry over:
 //! `origin_id/hex(sha256(LP(origin_id)‖LP(bucket)‖LP(key)‖LP(etag)‖LE64(chunk_size)))/index`.
 
+use crate::layer::gate::{Priority, Queued, Wait};
 use sha2::{Digest, Sha256};
 use std::fmt;
 use std::ops::Range;
@@ -113,22 +114,43 @@ pub struct ChunkRequest {
     pub object_size: u64,
     /// Wanted bytes of the chunk; `0..expected_len` for all of it.
     pub range: Range<u64>,
+    /// `None` (urgent: a client waits for these bytes now) or a cell that says whether this
+    /// is still readahead; readahead waits behind urgent work and is cancelled when unwanted.
+    pub priority: Option<Priority>,
+    /// How long a fill for this request may wait for memory and an origin slot.
+    pub wait: Wait,
 }
 
 impl ChunkRequest {
-    /// A request for the whole chunk.
+    /// An urgent request for the whole chunk.
     pub fn whole(key: ChunkKey, object_size: u64) -> Self {
         let len = key.expected_len(object_size);
         ChunkRequest {
             key,
             object_size,
             range: 0..len,
+            priority: None,
+            wait: Wait::Default,
         }
     }
 
     /// The chunk's exact length.
     pub fn chunk_len(&self) -> u64 {
         self.key.expected_len(self.object_size)
+    }
+
+    /// Whether this is (still) readahead rather than a client's current need.
+    pub fn is_speculative(&self) -> bool {
+        self.priority.as_ref().is_some_and(|p| !p.is_urgent())
+    }
+}
+
+impl Queued for ChunkRequest {
+    fn priority(&self) -> Option<&Priority> {
+        self.priority.as_ref()
+    }
+    fn wait(&self) -> Wait {
+        self.wait
     }
 }
 

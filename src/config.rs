@@ -139,6 +139,12 @@ pub struct ServerConfig {
     pub domain: Option<String>,
     /// Bound on graceful shutdown: in-flight responses get this long to finish after SIGTERM.
     pub shutdown_grace: Dur,
+    /// Open client connections at most; a connection past the cap is answered 503 `SlowDown`
+    /// and closed, never silently dropped.
+    pub max_connections: usize,
+    /// Concurrent HTTP/2 streams per connection; further streams are refused (`REFUSED_STREAM`,
+    /// which clients retry).
+    pub http2_max_streams: u32,
 }
 
 impl Default for ServerConfig {
@@ -147,6 +153,8 @@ impl Default for ServerConfig {
             listen: ([0, 0, 0, 0], 9000).into(),
             domain: None,
             shutdown_grace: Dur(Duration::from_secs(30)),
+            max_connections: 4096,
+            http2_max_streams: 256,
         }
     }
 }
@@ -221,7 +229,7 @@ impl Default for OriginConfig {
             secret_access_key: None,
             buckets: Vec::new(),
             root: None,
-            timeout: Dur(Duration::from_secs(30)),
+            timeout: Dur(Duration::from_secs(10)),
         }
     }
 }
@@ -246,6 +254,9 @@ pub struct StoreConfig {
     pub capacity: ByteSize,
     /// Directory of the disk store.
     pub path: Option<PathBuf>,
+    /// Longest a single store call (open, write, commit) of a chunk writer may take before the
+    /// chunk is given up (not committed); readers never wait for it.
+    pub write_timeout: Dur,
 }
 
 impl Default for StoreConfig {
@@ -254,6 +265,7 @@ impl Default for StoreConfig {
             kind: StoreKind::Memory,
             capacity: ByteSize(1 << 30),
             path: None,
+            write_timeout: Dur(Duration::from_secs(30)),
         }
     }
 }
@@ -276,6 +288,8 @@ pub struct ChunkConfig {
     pub size: ByteSize,
     /// Chunks fetched ahead of the one being sent on a multi-chunk GET.
     pub readahead: usize,
+    /// Bytes fetched ahead at most, per GET (whichever of the two limits is smaller wins).
+    pub readahead_bytes: ByteSize,
     /// Larger chunks for larger objects; strictly ascending by `min_object_size`.
     pub tiers: Vec<TierConfig>,
 }
@@ -285,6 +299,7 @@ impl Default for ChunkConfig {
         ChunkConfig {
             size: ByteSize(8 << 20),
             readahead: 8,
+            readahead_bytes: ByteSize(64 << 20),
             tiers: vec![
                 TierConfig {
                     min_object_size: ByteSize(1 << 30),
@@ -322,7 +337,8 @@ pub struct RetryConfig {
     pub backoff_initial: Dur,
     /// Backoff cap.
     pub backoff_max: Dur,
-    /// Total time budget for one fill's retries.
+    /// Time a fill may go without progress (a received byte resets it); must leave room for
+    /// a retry after an `origin.timeout`.
     pub max_total: Dur,
 }
 
@@ -332,7 +348,7 @@ impl Default for RetryConfig {
             attempts: 3,
             backoff_initial: Dur(Duration::from_millis(100)),
             backoff_max: Dur(Duration::from_secs(2)),
-            max_total: Dur(Duration::from_secs(5)),
+            max_total: Dur(Duration::from_secs(30)),
         }
     }
 }
@@ -345,6 +361,9 @@ pub struct FillConfig {
     pub origin_concurrency: usize,
     /// How long a fill waits for an origin slot before the client gets 503 SlowDown.
     pub queue_timeout: Dur,
+    /// Bytes held outside the store (fill buffers, readahead, pieces on their way to a store
+    /// writer), for the whole process. Fills wait for it, then answer 503 SlowDown.
+    pub buffer_budget: ByteSize,
     /// Retry budget.
     pub retry: RetryConfig,
 }
@@ -354,6 +373,7 @@ impl Default for FillConfig {
         FillConfig {
             origin_concurrency: 64,
             queue_timeout: Dur(Duration::from_secs(5)),
+            buffer_budget: ByteSize(1 << 30),
             retry: RetryConfig::default(),
         }
     }
@@ -533,6 +553,15 @@ impl Config {
         if self.store.capacity.0 == 0 {
             return bad("store.capacity", "must be > 0".into());
         }
+        if self.store.write_timeout.0.is_zero() {
+            return bad("store.write_timeout", "must be > 0".into());
+        }
+        if self.server.max_connections == 0 {
+            return bad("server.max_connections", "must be ≥ 1".into());
+        }
+        if self.server.http2_max_streams == 0 {
+            return bad("server.http2_max_streams", "must be ≥ 1".into());
+        }
         if self.store.kind == StoreKind::Disk && self.store.path.is_none() {
             return bad(
                 "store.path",
@@ -579,6 +608,39 @@ impl Config {
                 "must be ≥ fill.retry.backoff_initial".into(),
             );
         }
+        // The budget exists for timeouts and stalls: an origin that goes silent is noticed
+        // after `origin.timeout`, and there must still be time for another attempt then.
+        let need = self.origin.timeout.0 + self.fill.retry.backoff_initial.0;
+        if self.fill.retry.attempts > 1 && self.fill.retry.max_total.0 < need {
+            return bad(
+                "fill.retry.max_total",
+                format!(
+                    "{} leaves no retry after an origin timeout of {}; make it at least {} \
+                     (origin.timeout + fill.retry.backoff_initial)",
+                    humantime::format_duration(self.fill.retry.max_total.0),
+                    humantime::format_duration(self.origin.timeout.0),
+                    humantime::format_duration(need),
+                ),
+            );
+        }
+        let largest = self
+            .chunk
+            .tiers
+            .iter()
+            .map(|t| t.chunk_size.0)
+            .chain([self.chunk.size.0])
+            .max()
+            .unwrap_or(self.chunk.size.0);
+        if self.fill.buffer_budget.0 < largest {
+            return bad(
+                "fill.buffer_budget",
+                format!(
+                    "{} cannot hold one chunk of the largest size in use ({})",
+                    self.fill.buffer_budget,
+                    ByteSize(largest)
+                ),
+            );
+        }
         if self.metadata.max_entries == 0 {
             return bad("metadata.max_entries", "must be ≥ 1".into());
         }
@@ -615,6 +677,32 @@ mod tests {
         assert!(ByteSize::parse("").is_err());
         assert!(ByteSize::parse("-1 MiB").is_err());
         assert_eq!(ByteSize(8 << 20).to_string(), "8 MiB");
+    }
+
+    #[test]
+    fn the_retry_budget_must_cover_an_origin_timeout() {
+        // Regression: with origin.timeout 30 s and max_total 5 s, a stalled body was detected
+        // only after the budget was spent, so it was never resumed.
+        let e = from_toml("[origin]\ntimeout = \"30s\"\n[fill.retry]\nmax_total = \"5s\"")
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("fill.retry.max_total"), "{e}");
+        let d = Config::default();
+        assert!(d.fill.retry.max_total.0 >= d.origin.timeout.0 + d.fill.retry.backoff_initial.0);
+        // One attempt means no retries, by choice: nothing to cover.
+        assert!(from_toml("[fill.retry]\nattempts = 1\nmax_total = \"1s\"").is_ok());
+    }
+
+    #[test]
+    fn the_budget_must_hold_the_largest_chunk() {
+        let e = from_toml("[fill]\nbuffer_budget = \"100 MiB\"")
+            .unwrap_err()
+            .to_string();
+        assert!(
+            e.contains("fill.buffer_budget") && e.contains("128 MiB"),
+            "{e}"
+        );
+        assert!(from_toml("[fill]\nbuffer_budget = \"100 MiB\"\n[chunk]\ntiers = []").is_ok());
     }
 
     #[test]

@@ -55,6 +55,23 @@ pub enum Error {
     /// A bug; reported as 500, never as a panic.
     #[error("internal error: {0}")]
     Internal(Arc<str>),
+    /// A chunk fill released its buffer because the chunk is now in the store; the reader
+    /// continues from the store at this byte of the chunk. Handled inside the read path
+    /// (`StoreLookup`); never shown to a client.
+    #[error("chunk buffer released at byte {0}; continue from the store")]
+    Released(u64),
+}
+
+impl From<crate::layer::singleflight::Released> for Error {
+    fn from(r: crate::layer::singleflight::Released) -> Self {
+        Error::Released(r.at)
+    }
+}
+
+impl From<crate::layer::gate::GateTimeout> for Error {
+    fn from(t: crate::layer::gate::GateTimeout) -> Self {
+        Error::SlowDown(t.0)
+    }
 }
 
 impl Error {
@@ -108,7 +125,7 @@ impl Classify<Error> for ShoalClassify {
         match e {
             Error::Origin(o) => self.classify(o),
             Error::SlowDown(_) => Class::Final,
-            Error::Store(_) | Error::Internal(_) => Class::Final,
+            Error::Store(_) | Error::Internal(_) | Error::Released(_) => Class::Final,
         }
     }
 }

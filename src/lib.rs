@@ -12,11 +12,17 @@
 //!   chunks:   StoreLookup ▸ Singleflight ▸ Fill ▸ ConcurrencyLimit ▸ RetryUntilCommit ▸ origin GET
 //! ```
 //!
+//! Memory is a resource like origin slots: every byte held outside the store is charged to one
+//! process-wide [`budget::Budget`], and both are queued for through a [`layer::Gate`] that
+//! serves a client's current chunk before anybody's readahead.
+
+//!
 //! See `SPEC.md` for the behaviour contract and `DESIGN.md` for the shape of the code.
 
 #![warn(missing_docs)]
 
 pub mod app;
+pub mod budget;
 pub mod chunk;
 pub mod config;
 pub mod error;
@@ -25,6 +31,7 @@ pub mod layer;
 pub mod object;
 pub mod origin;
 pub mod s3;
+pub mod server;
 pub mod store;
 pub mod telemetry;
 

@@ -6,13 +6,21 @@
 //! only cut the response short (SPEC §1.4). Waiting for first bytes — not for the whole first
 //! chunk — keeps time to first byte close to the origin's own.
 //!
-//! Readahead asks the chunk stack for up to `chunk.readahead` chunks past the one being sent.
-//! Asking is what starts a fill (the fill itself runs detached in the singleflight layer), so
-//! the origin works on the next chunks while the current one streams out; order is kept by
-//! consuming the answers strictly in index order.
+//! **Readahead** asks the chunk stack for up to `chunk.readahead` chunks (and at most
+//! `chunk.readahead_bytes`) past the one being sent, as *speculative* requests: their fills
+//! wait behind every client's current chunk for memory and origin slots, and they are
+//! cancelled if this GET goes away before reaching them. When the reader reaches a chunk its
+//! request is raised to urgent in place. If that readahead failed or was refused meanwhile, the
+//! chunk is simply asked for again, urgently: readahead can never cut a response short by
+//! itself.
+//!
+//! **Versions.** An origin that says the object changed (ETag mismatch) or is gone (404) while
+//! any chunk is read makes Shoal forget its cached metadata for that version at once, so the
+//! next request sees the new version instead of failing until `metadata.ttl` runs out.
 
 use crate::chunk::{chunk_size_for, slices, ChunkKey, ChunkRequest, Tier};
 use crate::error::{Error, OriginError};
+use crate::layer::gate::{Priority, Wait};
 use crate::origin::{ByteStream, ObjectMeta};
 use bytes::Bytes;
 use futures_util::future::BoxFuture;
@@ -22,7 +30,9 @@ use std::future::Future;
 use std::pin::Pin;
 use std::sync::Arc;
 use std::task::{Context, Poll};
-use tokio_util::task::AbortOnDropHandle;
+use std::time::Duration;
+use tokio::time::{Instant, Sleep};
+use tokio_util::task::{AbortOnDropHandle, TaskTracker};
 use tower::util::BoxCloneSyncService;
 use tower::ServiceExt;
 
@@ -41,29 +51,48 @@ pub struct ObjectRef {
 /// The metadata stack, type-erased: `ObjectRef` → metadata with a non-empty ETag.
 pub type MetaService = BoxCloneSyncService<ObjectRef, Arc<ObjectMeta>, Error>;
 
+/// Forgets an object's cached metadata if it still describes the version with this ETag.
+pub type InvalidateFn = Arc<dyn Fn(ObjectRef, Arc<str>) -> BoxFuture<'static, ()> + Send + Sync>;
+
+/// How GETs read ahead and how long their chunks may wait.
+#[derive(Clone, Debug)]
+pub struct ReadPolicy {
+    /// Chunks read ahead of the one being sent (`chunk.readahead`).
+    pub readahead: usize,
+    /// Bytes read ahead at most (`chunk.readahead_bytes`).
+    pub readahead_bytes: u64,
+    /// How long a chunk after the first may take to start once the reader needs it
+    /// (`fill.retry.max_total`: the time a response may go without progress).
+    pub progress_timeout: Duration,
+}
+
 /// Plans and streams object reads over the chunk stack.
 #[derive(Clone)]
 pub struct ObjectService {
     origin_id: Arc<str>,
     meta: MetaService,
-    invalidate: Arc<dyn Fn(ObjectRef) -> BoxFuture<'static, ()> + Send + Sync>,
+    invalidate: InvalidateFn,
     chunks: ChunkService,
     base_chunk: u64,
     tiers: Arc<[Tier]>,
-    readahead: usize,
+    policy: ReadPolicy,
+    tasks: TaskTracker,
 }
 
 impl ObjectService {
-    /// Builds the service. `invalidate` forgets cached metadata of an object (called when the
-    /// origin says the ETag changed).
+    /// Builds the service. `invalidate` forgets cached metadata of an object version (called
+    /// when the origin says the ETag changed or the object is gone); `tasks` owns the short
+    /// tasks this spawns (readahead opens, invalidations).
+    #[allow(clippy::too_many_arguments)]
     pub fn new(
         origin_id: Arc<str>,
         meta: MetaService,
-        invalidate: Arc<dyn Fn(ObjectRef) -> BoxFuture<'static, ()> + Send + Sync>,
+        invalidate: InvalidateFn,
         chunks: ChunkService,
         base_chunk: u64,
         tiers: Vec<Tier>,
-        readahead: usize,
+        policy: ReadPolicy,
+        tasks: TaskTracker,
     ) -> Self {
         ObjectService {
             origin_id,
@@ -72,7 +101,8 @@ impl ObjectService {
             chunks,
             base_chunk,
             tiers: tiers.into(),
-            readahead,
+            policy,
+            tasks,
         }
     }
 
@@ -89,12 +119,15 @@ impl ObjectService {
             .await
     }
 
-    /// Forgets cached metadata of an object.
-    pub async fn invalidate(&self, bucket: &str, key: &str) {
-        (self.invalidate)(ObjectRef {
-            bucket: bucket.into(),
-            key: key.into(),
-        })
+    /// Forgets cached metadata of an object if it still holds the version `etag`.
+    pub async fn invalidate(&self, bucket: &str, key: &str, etag: &str) {
+        (self.invalidate)(
+            ObjectRef {
+                bucket: bucket.into(),
+                key: key.into(),
+            },
+            etag.into(),
+        )
         .await
     }
 
@@ -112,7 +145,7 @@ impl ObjectService {
         let bucket: Arc<str> = bucket.into();
         let key: Arc<str> = key.into();
         let etag: Arc<str> = meta.etag.as_str().into();
-        let mut reqs: VecDeque<ChunkRequest> = slices(start, end, chunk_size, meta.size)
+        let mut todo: VecDeque<ChunkRequest> = slices(start, end, chunk_size, meta.size)
             .into_iter()
             .map(|s| ChunkRequest {
                 key: ChunkKey {
@@ -125,59 +158,163 @@ impl ObjectService {
                 },
                 object_size: meta.size,
                 range: s.range,
+                priority: None,
+                wait: Wait::Default,
             })
             .collect();
-        let Some(first) = reqs.pop_front() else {
+        let version = Version {
+            object: ObjectRef {
+                bucket: bucket.clone(),
+                key: key.clone(),
+            },
+            etag,
+            invalidate: self.invalidate.clone(),
+            tasks: self.tasks.clone(),
+        };
+        let Some(first) = todo.pop_front() else {
             return Ok(futures_util::stream::empty().boxed());
         };
-        let mut body = self.chunks.clone().oneshot(first).await?;
-        let head = match body.next().await {
-            Some(Ok(b)) => b,
-            Some(Err(e)) => return Err(e),
-            None => Bytes::new(),
+        let first = async {
+            let mut body = self.chunks.clone().oneshot(first).await?;
+            match body.next().await {
+                Some(Ok(b)) => Ok((b, body)),
+                Some(Err(e)) => Err(e),
+                None => Ok((Bytes::new(), body)),
+            }
         };
-        let current: ByteStream = futures_util::stream::iter([Ok(head)]).chain(body).boxed();
+        let (head, body) = first.await.inspect_err(|e| version.saw(e))?;
+        let depth = self
+            .policy
+            .readahead
+            .min((self.policy.readahead_bytes / chunk_size.max(1)) as usize);
         Ok(Readahead {
             chunks: self.chunks.clone(),
-            todo: reqs,
-            pending: VecDeque::new(),
-            current: Some(current),
-            depth: self.readahead,
+            todo,
+            ahead: VecDeque::new(),
+            depth,
+            current: Some(Current {
+                stream: futures_util::stream::iter([Ok(head)]).chain(body).boxed(),
+                retry: None,
+                started: true,
+                deadline: None,
+            }),
+            opening: None,
             failed: false,
+            progress_timeout: self.policy.progress_timeout,
+            version,
+            tasks: self.tasks.clone(),
             span: tracing::Span::current(),
         }
         .boxed())
     }
 }
 
-/// Streams chunks in order while up to `depth` later chunks are being opened.
+/// The object version a GET reads, and how to forget it when the origin says it is gone.
+struct Version {
+    object: ObjectRef,
+    etag: Arc<str>,
+    invalidate: InvalidateFn,
+    tasks: TaskTracker,
+}
+
+impl Version {
+    /// Reacts to a chunk error: a changed or missing object invalidates its metadata.
+    fn saw(&self, e: &Error) {
+        if matches!(
+            e,
+            Error::Origin(OriginError::EtagChanged | OriginError::NotFound)
+        ) {
+            tracing::info!(
+                bucket = %self.object.bucket, key = %self.object.key,
+                "object changed or vanished at the origin; forgetting its metadata"
+            );
+            self.tasks
+                .spawn((self.invalidate)(self.object.clone(), self.etag.clone()));
+        }
+    }
+}
+
+/// A readahead request in flight: its cell (raised when the reader gets there) and the task
+/// that opened it.
+struct Ahead {
+    req: ChunkRequest,
+    priority: Priority,
+    open: AbortOnDropHandle<Result<ByteStream, Error>>,
+}
+
+/// The chunk being sent.
+struct Current {
+    stream: ByteStream,
+    /// For a chunk that came from readahead: the request to repeat, urgently, if it fails
+    /// before its first byte.
+    retry: Option<ChunkRequest>,
+    /// Whether it has produced a byte.
+    started: bool,
+    /// Until its first byte: when to give up waiting.
+    deadline: Option<Pin<Box<Sleep>>>,
+}
+
+/// Streams chunks in order while later ones are read ahead.
 struct Readahead {
     chunks: ChunkService,
     todo: VecDeque<ChunkRequest>,
-    pending: VecDeque<AbortOnDropHandle<Result<ByteStream, Error>>>,
-    current: Option<ByteStream>,
+    ahead: VecDeque<Ahead>,
     depth: usize,
+    current: Option<Current>,
+    /// The next chunk, asked for urgently; resolves to its stream.
+    opening: Option<(BoxFuture<'static, Result<ByteStream, Error>>, ChunkRequest)>,
+    /// A readahead being waited for as it becomes current.
     failed: bool,
+    progress_timeout: Duration,
+    version: Version,
+    tasks: TaskTracker,
     /// The request's span: chunk opens run in it although hyper polls the body elsewhere.
     span: tracing::Span,
 }
 
 impl Readahead {
     fn top_up(&mut self) {
-        let want = if self.current.is_none() {
-            self.depth.max(1)
-        } else {
-            self.depth
-        };
-        while self.pending.len() < want {
-            let Some(r) = self.todo.pop_front() else {
+        while self.ahead.len() < self.depth {
+            let Some(mut r) = self.todo.pop_front() else {
                 break;
             };
-            let svc = self.chunks.clone();
-            let task = tracing::Instrument::instrument(svc.oneshot(r), self.span.clone());
-            self.pending
-                .push_back(AbortOnDropHandle::new(tokio::spawn(task)));
+            let p = Priority::speculative();
+            r.priority = Some(p.clone());
+            r.wait = Wait::Forever;
+            let task = tracing::Instrument::instrument(
+                self.chunks.clone().oneshot(r.clone()),
+                self.span.clone(),
+            );
+            self.ahead.push_back(Ahead {
+                req: r,
+                priority: p,
+                open: AbortOnDropHandle::new(self.tasks.spawn(task)),
+            });
         }
+    }
+
+    fn deadline(&self) -> Option<Pin<Box<Sleep>>> {
+        Some(Box::pin(tokio::time::sleep_until(
+            Instant::now() + self.progress_timeout,
+        )))
+    }
+
+    /// Asks for `r` urgently, as the chunk the reader needs now.
+    fn open_now(&mut self, mut r: ChunkRequest) {
+        r.priority = None;
+        r.wait = Wait::Until(Instant::now() + self.progress_timeout);
+        let fut = tracing::Instrument::instrument(
+            self.chunks.clone().oneshot(r.clone()),
+            self.span.clone(),
+        );
+        self.opening = Some((Box::pin(fut), r));
+    }
+
+    fn fail(&mut self, e: Error) -> Poll<Option<Result<Bytes, Error>>> {
+        self.version.saw(&e);
+        self.failed = true;
+        self.ahead.clear();
+        Poll::Ready(Some(Err(e)))
     }
 }
 
@@ -192,38 +329,90 @@ impl Stream for Readahead {
         loop {
             this.top_up();
             if let Some(cur) = this.current.as_mut() {
-                match cur.poll_next_unpin(cx) {
-                    Poll::Ready(Some(Err(e))) => {
-                        this.failed = true;
-                        return Poll::Ready(Some(Err(e)));
+                match cur.stream.poll_next_unpin(cx) {
+                    Poll::Ready(Some(Ok(b))) => {
+                        cur.started = true;
+                        cur.deadline = None;
+                        return Poll::Ready(Some(Ok(b)));
                     }
-                    Poll::Ready(Some(ok)) => return Poll::Ready(Some(ok)),
-                    Poll::Ready(None) => this.current = None,
+                    Poll::Ready(Some(Err(e))) => {
+                        if let (false, Some(r)) = (cur.started, cur.retry.take()) {
+                            // Readahead that failed (or was refused) before the reader got
+                            // here: ask again, now as the reader's current need.
+                            tracing::debug!(chunk = ?r.key, error = %e, "readahead failed; asking again");
+                            this.current = None;
+                            this.open_now(r);
+                            continue;
+                        }
+                        return this.fail(e);
+                    }
+                    Poll::Ready(None) => {
+                        this.current = None;
+                        continue;
+                    }
+                    Poll::Pending => {
+                        if let Some(d) = cur.deadline.as_mut() {
+                            if d.as_mut().poll(cx).is_ready() {
+                                let waited = this.progress_timeout;
+                                return this.fail(Error::SlowDown(waited));
+                            }
+                        }
+                        return Poll::Pending;
+                    }
+                }
+            }
+            if let Some((fut, _)) = this.opening.as_mut() {
+                match fut.as_mut().poll(cx) {
                     Poll::Pending => return Poll::Pending,
+                    Poll::Ready(Ok(s)) => {
+                        this.opening = None;
+                        this.current = Some(Current {
+                            stream: s,
+                            retry: None,
+                            started: false,
+                            deadline: this.deadline(),
+                        });
+                        continue;
+                    }
+                    Poll::Ready(Err(e)) => {
+                        this.opening = None;
+                        return this.fail(e);
+                    }
+                }
+            }
+            if let Some(front) = this.ahead.front_mut() {
+                // The reader is here: this chunk is urgent from now on, wherever it waits.
+                front.priority.raise();
+                let res = match Pin::new(&mut front.open).poll(cx) {
+                    Poll::Pending => return Poll::Pending,
+                    Poll::Ready(r) => r,
+                };
+                let Some(a) = this.ahead.pop_front() else {
+                    continue;
+                };
+                match res {
+                    Ok(Ok(s)) => {
+                        this.current = Some(Current {
+                            stream: s,
+                            retry: Some(a.req),
+                            started: false,
+                            deadline: this.deadline(),
+                        })
+                    }
+                    Ok(Err(e)) => {
+                        tracing::debug!(chunk = ?a.req.key, error = %e, "readahead failed; asking again");
+                        this.open_now(a.req);
+                    }
+                    Err(join) => {
+                        tracing::debug!(chunk = ?a.req.key, error = %join, "readahead task failed; asking again");
+                        this.open_now(a.req);
+                    }
                 }
                 continue;
             }
-            let Some(front) = this.pending.front_mut() else {
-                return Poll::Ready(None);
-            };
-            match Pin::new(front).poll(cx) {
-                Poll::Pending => return Poll::Pending,
-                Poll::Ready(res) => {
-                    this.pending.pop_front();
-                    match res {
-                        Ok(Ok(s)) => this.current = Some(s),
-                        Ok(Err(e)) => {
-                            this.failed = true;
-                            return Poll::Ready(Some(Err(e)));
-                        }
-                        Err(join) => {
-                            this.failed = true;
-                            return Poll::Ready(Some(Err(Error::internal(format!(
-                                "chunk task failed: {join}"
-                            )))));
-                        }
-                    }
-                }
+            match this.todo.pop_front() {
+                Some(r) => this.open_now(r),
+                None => return Poll::Ready(None),
             }
         }
     }

@@ -3,7 +3,7 @@
 use bytes::Bytes;
 use futures_util::StreamExt;
 use shoal::chunk::ChunkKey;
-use shoal::store::{ChunkStore, DiskStore, MemoryStore, StoreError};
+use shoal::store::{ChunkStore, Committed, DiskStore, MemoryStore, StoreError};
 use std::sync::Arc;
 
 fn key(name: &str, index: u64) -> ChunkKey {
@@ -36,7 +36,7 @@ async fn read(s: &dyn ChunkStore, k: &ChunkKey, r: std::ops::Range<u64>) -> Opti
     Some(out)
 }
 
-async fn put(s: &dyn ChunkStore, k: &ChunkKey, data: &[u8]) -> Result<(), StoreError> {
+async fn put(s: &dyn ChunkStore, k: &ChunkKey, data: &[u8]) -> Result<Committed, StoreError> {
     let mut w = s.begin(k, data.len() as u64).await?;
     for piece in data.chunks(7919) {
         w.write(Bytes::copy_from_slice(piece)).await?;
@@ -54,7 +54,7 @@ async fn conformance(s: Arc<dyn ChunkStore>, capacity: u64) {
 
     // Commit, then full and ranged reads.
     let data = bytes_for(&k, 300_000);
-    put(&*s, &k, &data).await.unwrap();
+    assert_eq!(put(&*s, &k, &data).await.unwrap(), Committed::Kept);
     assert!(s.contains(&k));
     assert_eq!(read(&*s, &k, 0..300_000).await.unwrap(), data);
     for r in [
@@ -132,6 +132,59 @@ async fn conformance(s: Arc<dyn ChunkStore>, capacity: u64) {
         t.await.expect("no panic");
     }
     assert!(s.stats().used_bytes <= capacity);
+}
+
+/// A full store of chunks that are read often declines a chunk nobody has read (W-TinyLFU
+/// admission), says so, and does not serve it; the hot chunks stay.
+async fn admission(s: Arc<dyn ChunkStore>, per_chunk: u64) {
+    let hot: Vec<ChunkKey> = (0..5).map(|i| key("hot", i)).collect();
+    for k in &hot {
+        assert_eq!(
+            put(&*s, k, &bytes_for(k, per_chunk as usize))
+                .await
+                .unwrap(),
+            Committed::Kept
+        );
+    }
+    for _ in 0..4 {
+        for k in &hot {
+            assert!(read(&*s, k, 0..10).await.is_some());
+        }
+    }
+    let cold = key("cold", 0);
+    let got = put(&*s, &cold, &bytes_for(&cold, per_chunk as usize))
+        .await
+        .unwrap();
+    assert_eq!(
+        got,
+        Committed::Refused,
+        "a one-off chunk must not evict hot ones"
+    );
+    assert!(!s.contains(&cold));
+    assert!(read(&*s, &cold, 0..10).await.is_none());
+    assert_eq!(s.stats().refused, 1);
+    for k in &hot {
+        assert!(s.contains(k), "hot chunk {k:?} was evicted");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn stores_decline_one_off_chunks_when_full_of_hot_ones() {
+    admission(Arc::new(MemoryStore::new(1_000_000)), 200_000).await;
+    let dir = tempfile::tempdir().unwrap();
+    // A disk chunk of 200 000 bytes is a 200 048-byte file (checksums and footer).
+    let s = DiskStore::open(dir.path(), 5 * 200_048).unwrap();
+    admission(Arc::new(s), 200_000).await;
+    // The refused chunk's file is unlinked (by the unlink thread): only the hot ones remain.
+    let mut on_disk = u64::MAX;
+    for _ in 0..200 {
+        on_disk = du(dir.path());
+        if on_disk <= 5 * 200_048 {
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+    }
+    assert_eq!(on_disk, 5 * 200_048);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]

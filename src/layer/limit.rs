@@ -6,19 +6,22 @@
 //! layer moves the permit into the response stream and releases it when the stream ends, fails
 //! or is dropped.
 //!
-//! Waiting is bounded too: a call that cannot get a permit within the queue timeout fails with
+//! Waiting is fair and prioritised (a [`Gate`]): urgent requests go before speculative ones
+//! (readahead), a speculative request can be promoted while it waits, and speculation never
+//! takes the last quarter of the slots. Waiting is bounded too: a call that cannot get a slot
+//! before its deadline ([`Queued::wait`], else the layer's queue timeout) fails with
 //! [`QueueTimeout`], which Shoal answers as 503 `SlowDown` — a signal every S3 SDK backs off
-//! and retries on. That is why the permit is taken in the call's future rather than in
+//! and retries on. That is why the slot is taken in the call's future rather than in
 //! `poll_ready`: `poll_ready` has no deadline, and a caller parked there would wait forever.
 
+use super::gate::{Gate, GatePermit, Queued, Wait};
 use bytes::Bytes;
 use futures_util::future::BoxFuture;
 use futures_util::Stream;
 use std::pin::Pin;
-use std::sync::Arc;
 use std::task::{Context, Poll};
 use std::time::Duration;
-use tokio::sync::{OwnedSemaphorePermit, Semaphore};
+use tokio::time::Instant;
 use tower::{Layer, Service, ServiceExt};
 
 /// No permit became free within the queue timeout.
@@ -37,22 +40,28 @@ pub struct QueueTimeout(pub Duration);
 /// ```
 #[derive(Clone, Debug)]
 pub struct ConcurrencyLimitLayer {
-    permits: Arc<Semaphore>,
+    gate: Gate,
     queue_timeout: Duration,
 }
 
 impl ConcurrencyLimitLayer {
-    /// `max` concurrent bodies; callers wait at most `queue_timeout` for a slot.
+    /// `max` concurrent bodies; callers wait at most `queue_timeout` for a slot (unless the
+    /// request names its own deadline).
     pub fn new(max: usize, queue_timeout: Duration) -> Self {
         ConcurrencyLimitLayer {
-            permits: Arc::new(Semaphore::new(max)),
+            gate: Gate::new(max as u64),
             queue_timeout,
         }
     }
 
     /// Free slots right now.
     pub fn available(&self) -> usize {
-        self.permits.available_permits()
+        self.gate.available() as usize
+    }
+
+    /// Callers waiting for a slot right now.
+    pub fn queued(&self) -> usize {
+        self.gate.queued()
     }
 }
 
@@ -61,7 +70,7 @@ impl<S> Layer<S> for ConcurrencyLimitLayer {
     fn layer(&self, inner: S) -> Self::Service {
         ConcurrencyLimit {
             inner,
-            permits: self.permits.clone(),
+            gate: self.gate.clone(),
             queue_timeout: self.queue_timeout,
         }
     }
@@ -71,7 +80,7 @@ impl<S> Layer<S> for ConcurrencyLimitLayer {
 #[derive(Clone, Debug)]
 pub struct ConcurrencyLimit<S> {
     inner: S,
-    permits: Arc<Semaphore>,
+    gate: Gate,
     queue_timeout: Duration,
 }
 
@@ -80,7 +89,7 @@ where
     S: Service<Req> + Clone + Send + 'static,
     S::Future: Send,
     S::Error: From<QueueTimeout> + Send,
-    Req: Send + 'static,
+    Req: Queued + Send + 'static,
 {
     type Response = Permitted<S::Response>;
     type Error = S::Error;
@@ -93,15 +102,15 @@ where
     }
 
     fn call(&mut self, req: Req) -> Self::Future {
-        let permits = self.permits.clone();
-        let qt = self.queue_timeout;
+        let deadline = match req.wait() {
+            Wait::Default => Some(Instant::now() + self.queue_timeout),
+            Wait::Until(t) => Some(t),
+            Wait::Forever => None,
+        };
+        let wait = self.gate.acquire(1, req.priority().cloned(), deadline);
         let inner = self.inner.clone();
         Box::pin(async move {
-            let permit = match tokio::time::timeout(qt, permits.acquire_owned()).await {
-                Ok(Ok(p)) => p,
-                // Timed out, or the semaphore was closed (never done here): either way no slot.
-                _ => return Err(QueueTimeout(qt).into()),
-            };
+            let permit = wait.await.map_err(|t| QueueTimeout(t.0))?;
             let body = inner.oneshot(req).await?;
             Ok(Permitted {
                 body,
@@ -114,7 +123,7 @@ where
 /// A response stream that holds a permit until it ends, fails or is dropped.
 pub struct Permitted<B> {
     body: B,
-    permit: Option<OwnedSemaphorePermit>,
+    permit: Option<GatePermit>,
 }
 
 impl<B, E> Stream for Permitted<B>
@@ -134,6 +143,7 @@ where
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::layer::gate::Priority;
     use futures_util::{stream, StreamExt};
     use tower::service_fn;
 
@@ -147,15 +157,30 @@ mod tests {
         }
     }
 
+    #[derive(Clone, Default)]
+    struct Req(Option<Priority>);
+    impl Queued for Req {
+        fn priority(&self) -> Option<&Priority> {
+            self.0.as_ref()
+        }
+        fn wait(&self) -> Wait {
+            if self.0.as_ref().is_some_and(|p| !p.is_urgent()) {
+                Wait::Forever
+            } else {
+                Wait::Default
+            }
+        }
+    }
+
     fn svc() -> impl Service<
-        u8,
+        Req,
         Response = impl Stream<Item = Result<Bytes, E>> + Unpin,
         Error = E,
         Future = impl Send,
     > + Clone
            + Send
            + 'static {
-        service_fn(|_: u8| async {
+        service_fn(|_: Req| async {
             Ok::<_, E>(stream::iter(vec![
                 Ok(Bytes::from_static(b"a")),
                 Ok(Bytes::from_static(b"b")),
@@ -167,23 +192,42 @@ mod tests {
     async fn permit_is_held_until_the_body_ends() {
         let layer = ConcurrencyLimitLayer::new(1, Duration::from_millis(50));
         let s = layer.layer(svc());
-        let mut body = s.clone().oneshot(1).await.unwrap();
+        let mut body = s.clone().oneshot(Req::default()).await.unwrap();
         assert_eq!(layer.available(), 0);
         // Headers are in, the body is not: a second call must time out.
-        assert_eq!(s.clone().oneshot(2).await.err(), Some(E::Timeout));
+        assert_eq!(
+            s.clone().oneshot(Req::default()).await.err(),
+            Some(E::Timeout)
+        );
         while body.next().await.is_some() {}
         assert_eq!(layer.available(), 1);
-        assert!(s.clone().oneshot(3).await.is_ok());
+        assert!(s.clone().oneshot(Req::default()).await.is_ok());
     }
 
     #[tokio::test]
     async fn dropping_the_body_frees_the_permit() {
         let layer = ConcurrencyLimitLayer::new(1, Duration::from_secs(5));
         let s = layer.layer(svc());
-        let body = s.clone().oneshot(1).await.unwrap();
-        let waiter = tokio::spawn(s.clone().oneshot(2));
+        let body = s.clone().oneshot(Req::default()).await.unwrap();
+        let waiter = tokio::spawn(s.clone().oneshot(Req::default()));
         tokio::time::sleep(Duration::from_millis(20)).await;
         drop(body);
         assert!(waiter.await.unwrap().is_ok());
+    }
+
+    #[tokio::test]
+    async fn urgent_calls_overtake_queued_speculative_ones() {
+        let layer = ConcurrencyLimitLayer::new(1, Duration::from_secs(5));
+        let s = layer.layer(svc());
+        let body = s.clone().oneshot(Req::default()).await.unwrap();
+        let spec = tokio::spawn(s.clone().oneshot(Req(Some(Priority::speculative()))));
+        tokio::time::sleep(Duration::from_millis(10)).await;
+        let urgent = tokio::spawn(s.clone().oneshot(Req::default()));
+        tokio::time::sleep(Duration::from_millis(10)).await;
+        drop(body);
+        let won = urgent.await.unwrap().unwrap();
+        assert!(!spec.is_finished(), "speculation waits behind urgent work");
+        drop(won);
+        assert!(spec.await.unwrap().is_ok());
     }
 }

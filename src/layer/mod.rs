@@ -1,31 +1,36 @@
 //! The tower layers of the read path, each usable on its own.
 //!
-//! Every layer here is a public, generic `tower::Layer`. None of them knows what S3 is: they
-//! depend only on the small traits below ([`KeyOf`], [`Resumable`]) and on
+//! The generic layers here are public `tower::Layer`s that do not know what S3 is: they
+//! depend only on the small traits below ([`KeyOf`], [`Resumable`], [`Queued`]) and on
 //! [`Classify`](crate::error::Classify), so another axum app can put, say, the
-//! [`SingleflightLayer`] in front of its own byte-streaming service.
+//! [`SingleflightLayer`] in front of its own byte-streaming service. [`Gate`] is the fair,
+//! prioritised queue they share. [`StoreLookupLayer`] is the exception: it is Shoal's chunk
+//! reader and knows Shoal's store and requests.
 //!
 //! Shoal's chunk stack, top to bottom:
 //!
 //! ```text
-//! StoreLookup      hit → stream from the store
+//! StoreLookup      hit → stream from the store; follow the fill; continue from either at the byte
 //! Singleflight     one fill per chunk key; joiners read the leader's buffer as it grows
-//! Fill (core)      tee the origin stream into the store, commit on verified completion
-//! ConcurrencyLimit origin permit held until the body ends; queue timeout → SlowDown
+//! Fill (core)      reserve budget, cut charged pieces, feed a store writer, commit on completion
+//! ConcurrencyLimit origin permit held until the body ends; urgent first; deadline → SlowDown
 //! RetryUntilCommit retry before the first byte, resume by offset after it
-//! Origin           ranged GET pinned by If-Match
+//! Origin           ranged GET pinned by If-Match; every answer verified
+
 //! ```
 
+pub mod gate;
 pub mod limit;
 pub mod negative_cache;
 pub mod retry;
 pub mod singleflight;
 pub mod store_lookup;
 
+pub use gate::{Gate, Priority, Queued, Wait};
 pub use limit::{ConcurrencyLimit, ConcurrencyLimitLayer, Permitted, QueueTimeout};
 pub use negative_cache::{NegativeCache, NegativeCacheLayer};
 pub use retry::{RetryPolicy, RetryUntilCommit, RetryUntilCommitLayer};
-pub use singleflight::{Singleflight, SingleflightLayer};
+pub use singleflight::{Durability, Released, Singleflight, SingleflightLayer};
 pub use store_lookup::{StoreLookup, StoreLookupLayer};
 
 use std::hash::Hash;

@@ -163,6 +163,27 @@ where
     pub async fn invalidate(&self, key: &K::Key) {
         self.cache.invalidate(key).await;
     }
+
+    /// Forgets `key` only if its cached answer satisfies `stale`, atomically with respect to
+    /// other writers of the key. Used to drop the metadata of one object version without
+    /// dropping a newer answer another request has stored meanwhile.
+    pub async fn invalidate_if(
+        &self,
+        key: K::Key,
+        stale: impl FnOnce(&Result<S::Response, S::Error>) -> bool,
+    ) {
+        use moka::ops::compute::Op;
+        self.cache
+            .entry(key)
+            .and_compute_with(|e| {
+                let op = match e {
+                    Some(entry) if stale(entry.value()) => Op::Remove,
+                    _ => Op::Nop,
+                };
+                std::future::ready(op)
+            })
+            .await;
+    }
 }
 
 impl<S, K, Req> Service<Req> for NegativeCache<S, K, Req>
@@ -266,5 +287,10 @@ mod tests {
         assert_eq!(n.load(Ordering::SeqCst), 1);
         svc.invalidate(&5).await;
         assert_eq!(svc.clone().oneshot(5).await, Ok(2));
+        // Conditional: only an entry that still holds the stale answer goes.
+        svc.invalidate_if(5, |v| *v == Ok(1)).await;
+        assert_eq!(svc.clone().oneshot(5).await, Ok(2), "a newer answer stays");
+        svc.invalidate_if(5, |v| *v == Ok(2)).await;
+        assert_eq!(svc.clone().oneshot(5).await, Ok(99));
     }
 }

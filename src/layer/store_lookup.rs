@@ -1,12 +1,32 @@
-//! `StoreLookupLayer`: answer from the chunk store when it can, else ask the stack below.
+//! `StoreLookupLayer`: Shoal's chunk reader. It answers from the chunk store when it can and
+//! otherwise follows the fill below, moving between the two at the exact byte reached.
 //!
-//! The stack below always produces whole chunks (that is what gets filled and shared); this
-//! layer cuts the requested range out of them, so a 4 KiB ranged read of a cached chunk reads
-//! 4 KiB from the store and a cold one still fills the whole chunk once for everybody.
+//! This layer is specific to Shoal (it knows [`ChunkRequest`] and [`ChunkStore`]); the generic,
+//! reusable layers are the others in [`crate::layer`].
+//!
+//! A read of `range` in one chunk is a small state machine:
+//!
+//! - **Store** — the chunk is committed: stream it from the store. A store that fails part-way
+//!   (a checksum mismatch on disk, a chunk evicted from memory under a slow reader) is not an
+//!   error for the client: the read continues from the fill below at the byte it reached.
+//! - **Flight** — not committed: join (or start) the fill below and stream its buffer as it
+//!   grows. When the fill commits, it releases its buffer ([`Error::Released`]); the read then
+//!   continues from the store at its exact byte, so a slow reader never pins a finished chunk
+//!   in memory.
+//! - **Direct** — a small range deep inside a cold chunk (a Parquet footer, `bytes=-8` of a
+//!   large file): waiting for the fill to reach it would cost the whole prefix, so the client's
+//!   bytes come straight from the origin (the same verified, retried, rate-limited origin
+//!   stack) while the chunk is filled in the background for the next reader. Time to first
+//!   byte is then the origin's own, at the price of one extra origin request for those bytes.
+//!
+//! Readahead asks with a *speculative* request: no I/O happens then, the store is only checked
+//! for presence and a fill is joined or started at low priority. The returned stream does its
+//! work when it is first polled, by which time the reader has raised the request's priority.
 
-use crate::chunk::ChunkRequest;
+use crate::chunk::{ChunkKey, ChunkRequest};
 use crate::error::Error;
-use crate::origin::ByteStream;
+use crate::layer::singleflight::Progress;
+use crate::origin::{ByteStream, RangeRequest};
 use crate::store::ChunkStore;
 use bytes::Bytes;
 use futures_util::future::BoxFuture;
@@ -14,7 +34,20 @@ use futures_util::{Stream, StreamExt};
 use std::ops::Range;
 use std::sync::Arc;
 use std::task::{Context, Poll};
+use tower::util::BoxCloneSyncService;
 use tower::{Layer, Service, ServiceExt};
+
+/// A cold read that starts at least this far into a chunk (and this far ahead of a running
+/// fill) is served straight from the origin. About what an S3 stream delivers in the time of
+/// one request's first byte, so joining the fill would at least double time to first byte.
+pub const DIRECT_RANGE_AFTER: u64 = 1 << 20;
+
+/// The origin stack, type-erased: verified, retried, rate-limited ranged reads.
+pub type OriginService = BoxCloneSyncService<RangeRequest, ByteStream, Error>;
+
+/// How many times one read may switch sources (store → fill → store…) before giving up; a
+/// healthy read switches at most twice.
+const MAX_SWITCHES: u32 = 4;
 
 /// Applies [`StoreLookup`] with a shared store.
 ///
@@ -29,12 +62,29 @@ use tower::{Layer, Service, ServiceExt};
 #[derive(Clone)]
 pub struct StoreLookupLayer {
     store: Arc<dyn ChunkStore>,
+    direct: Option<Direct>,
+}
+
+#[derive(Clone)]
+struct Direct {
+    origin: OriginService,
+    progress: Progress<ChunkKey>,
 }
 
 impl StoreLookupLayer {
     /// Looks chunks up in `store`.
     pub fn new(store: Arc<dyn ChunkStore>) -> Self {
-        StoreLookupLayer { store }
+        StoreLookupLayer {
+            store,
+            direct: None,
+        }
+    }
+
+    /// Serves cold ranges deep inside a chunk straight from `origin` (see the module docs);
+    /// `progress` tells how far a running fill of a chunk has got.
+    pub fn direct_ranges(mut self, origin: OriginService, progress: Progress<ChunkKey>) -> Self {
+        self.direct = Some(Direct { origin, progress });
+        self
     }
 }
 
@@ -44,15 +94,136 @@ impl<S> Layer<S> for StoreLookupLayer {
         StoreLookup {
             inner,
             store: self.store.clone(),
+            direct: self.direct.clone(),
         }
     }
 }
 
-/// Serves hits from the store and slices misses. See the module docs.
+/// Serves hits from the store and follows fills. See the module docs.
 #[derive(Clone)]
 pub struct StoreLookup<S> {
     inner: S,
     store: Arc<dyn ChunkStore>,
+    direct: Option<Direct>,
+}
+
+/// Where a read gets its next bytes from.
+enum Src {
+    /// Not decided yet: the store if it has the chunk, else the fill.
+    Open { skip_store: bool },
+    /// A stream positioned at the read's next byte.
+    Reading(ByteStream),
+}
+
+struct Follow<S> {
+    inner: S,
+    store: Arc<dyn ChunkStore>,
+    req: ChunkRequest,
+    pos: u64,
+    end: u64,
+    src: Src,
+    switches: u32,
+    done: bool,
+}
+
+impl<S, B> Follow<S>
+where
+    S: Service<ChunkRequest, Response = B, Error = Error> + Clone + Send + 'static,
+    S::Future: Send,
+    B: Stream<Item = Result<Bytes, Error>> + Send + Unpin + 'static,
+{
+    async fn open(&mut self, skip_store: bool) -> Result<ByteStream, Error> {
+        self.switches += 1;
+        if self.switches > MAX_SWITCHES {
+            return Err(Error::internal(format!(
+                "chunk {:?}: no source could serve byte {}",
+                self.req.key, self.pos
+            )));
+        }
+        let range = self.pos..self.end;
+        if !skip_store {
+            match self.store.get(&self.req.key, range.clone()).await {
+                Ok(Some(s)) => return Ok(s),
+                Ok(None) => {}
+                Err(e) => {
+                    tracing::warn!(chunk = ?self.req.key, error = %e, "store read failed; refilling")
+                }
+            }
+        }
+        let whole = ChunkRequest {
+            range: 0..self.req.chunk_len(),
+            ..self.req.clone()
+        };
+        let joined = self.inner.clone().oneshot(whole).await?;
+        Ok(slice(joined, range))
+    }
+
+    async fn next(&mut self) -> Option<Result<Bytes, Error>> {
+        loop {
+            if self.done || self.pos >= self.end {
+                return None;
+            }
+            let s = match &mut self.src {
+                Src::Open { skip_store } => {
+                    let skip = *skip_store;
+                    match self.open(skip).await {
+                        Ok(s) => {
+                            self.src = Src::Reading(s);
+                            continue;
+                        }
+                        Err(e) => {
+                            self.done = true;
+                            return Some(Err(e));
+                        }
+                    }
+                }
+                Src::Reading(s) => s,
+            };
+            match s.next().await {
+                Some(Ok(b)) => {
+                    self.pos += b.len() as u64;
+                    return Some(Ok(b));
+                }
+                // The fill committed and let go of its buffer: the store has the rest.
+                Some(Err(Error::Released(_))) => self.src = Src::Open { skip_store: false },
+                // The store failed part-way: damaged or evicted. Continue from the fill.
+                Some(Err(Error::Store(why))) => {
+                    tracing::warn!(chunk = ?self.req.key, %why, at = self.pos, "store read failed mid-chunk; continuing from the origin");
+                    self.src = Src::Open { skip_store: true };
+                }
+                Some(Err(e)) => {
+                    self.done = true;
+                    return Some(Err(e));
+                }
+                None => {
+                    self.done = true;
+                    return Some(Err(Error::internal(format!(
+                        "chunk source ended at byte {} of {}",
+                        self.pos, self.end
+                    ))));
+                }
+            }
+        }
+    }
+}
+
+fn follow<S, B>(inner: S, store: Arc<dyn ChunkStore>, req: ChunkRequest, src: Src) -> ByteStream
+where
+    S: Service<ChunkRequest, Response = B, Error = Error> + Clone + Send + 'static,
+    S::Future: Send,
+    B: Stream<Item = Result<Bytes, Error>> + Send + Unpin + 'static,
+{
+    let f = Follow {
+        inner,
+        store,
+        pos: req.range.start,
+        end: req.range.end,
+        req,
+        src,
+        switches: 0,
+        done: false,
+    };
+    futures_util::stream::unfold(f, |mut f| async move { f.next().await.map(|x| (x, f)) }).boxed()
 }
 
 impl<S, B> Service<ChunkRequest> for StoreLookup<S>
@@ -72,74 +243,91 @@ where
     fn call(&mut self, req: ChunkRequest) -> Self::Future {
         let store = self.store.clone();
         let inner = self.inner.clone();
+        let direct = self.direct.clone();
         let span = tracing::debug_span!("chunk", chunk = ?req.key, range = ?req.range);
         Box::pin(tracing::Instrument::instrument(
             async move {
+                let whole = || ChunkRequest {
+                    range: 0..req.chunk_len(),
+                    ..req.clone()
+                };
+                if req.is_speculative() {
+                    // Readahead: no I/O now. A present chunk is read when the reader gets
+                    // there; a missing one is filled (or joined) at low priority.
+                    if store.contains(&req.key) {
+                        let src = Src::Open { skip_store: false };
+                        return Ok(follow(inner, store, req, src));
+                    }
+                    let joined = inner.clone().oneshot(whole()).await?;
+                    let src = Src::Reading(slice(joined, req.range.clone()));
+                    return Ok(follow(inner, store, req, src));
+                }
                 match store.get(&req.key, req.range.clone()).await {
                     Ok(Some(hit)) => {
-                        tracing::trace!(chunk = ?req.key, "store hit");
-                        return Ok(healing(hit, inner, req));
+                        tracing::trace!("store hit");
+                        return Ok(follow(inner, store, req, Src::Reading(hit)));
                     }
                     Ok(None) => {}
-                    Err(e) => {
-                        tracing::warn!(chunk = ?req.key, error = %e, "store read failed; refilling")
-                    }
+                    Err(e) => tracing::warn!(error = %e, "store read failed; refilling"),
                 }
-                let range = req.range.clone();
-                let whole = inner.oneshot(req).await?;
-                Ok(slice(whole, range))
+                if let Some(d) = direct.filter(|d| far_ahead(d, &req)) {
+                    return serve_direct(d, inner, req).await;
+                }
+                let joined = inner.clone().oneshot(whole()).await?;
+                let src = Src::Reading(slice(joined, req.range.clone()));
+                Ok(follow(inner, store, req, src))
             },
             span,
         ))
     }
 }
 
-/// A store hit that, if the store finds damage part-way (a checksum mismatch), continues from
-/// the origin at the exact byte it had reached: the reader gets exact bytes either way.
-fn healing<S, B>(hit: ByteStream, inner: S, req: ChunkRequest) -> ByteStream
+/// Whether the read starts far enough into a cold chunk (and ahead of any running fill) that
+/// the origin answers it sooner than the fill would reach it.
+fn far_ahead(d: &Direct, req: &ChunkRequest) -> bool {
+    req.range.start >= DIRECT_RANGE_AFTER
+        && d.progress
+            .of(&req.key)
+            .is_none_or(|got| got + DIRECT_RANGE_AFTER <= req.range.start)
+}
+
+/// Starts (or joins) the chunk's fill in the background and streams the client's own range
+/// straight from the origin stack.
+async fn serve_direct<S, B>(d: Direct, inner: S, req: ChunkRequest) -> Result<ByteStream, Error>
 where
     S: Service<ChunkRequest, Response = B, Error = Error> + Clone + Send + 'static,
     S::Future: Send,
     B: Stream<Item = Result<Bytes, Error>> + Send + Unpin + 'static,
 {
-    struct St<S> {
-        body: ByteStream,
-        inner: Option<S>,
-        req: ChunkRequest,
-        delivered: u64,
-    }
-    let st = St {
-        body: hit,
-        inner: Some(inner),
-        req,
-        delivered: 0,
+    tracing::debug!(
+        at = req.range.start,
+        "cold range deep in a chunk: reading it directly"
+    );
+    let k = &req.key;
+    let range = RangeRequest {
+        bucket: k.bucket.clone(),
+        key: k.key.clone(),
+        etag: k.etag.clone(),
+        object_size: req.object_size,
+        offset: k.offset() + req.range.start,
+        len: req.range.end - req.range.start,
+        priority: req.priority.clone(),
+        wait: req.wait,
     };
-    futures_util::stream::unfold(st, |mut st| async move {
-        loop {
-            match st.body.next().await {
-                Some(Ok(b)) => {
-                    st.delivered += b.len() as u64;
-                    return Some((Ok(b), st));
-                }
-                Some(Err(Error::Store(why))) if st.inner.is_some() => {
-                    let inner = st.inner.take()?;
-                    let mut r = st.req.clone();
-                    r.range.start += st.delivered;
-                    tracing::warn!(chunk = ?r.key, %why, at = r.range.start, "store read failed mid-chunk; continuing from the origin");
-                    let range = r.range.clone();
-                    match inner.oneshot(r).await {
-                        Ok(whole) => st.body = slice(whole, range),
-                        Err(e) => return Some((Err(e), st)),
-                    }
-                }
-                other => return other.map(|x| (x, st)),
-            }
-        }
-    })
-    .boxed()
+    let whole = ChunkRequest {
+        range: 0..req.chunk_len(),
+        ..req.clone()
+    };
+    // An urgent fill runs to the end whether or not anybody reads it: the handle can go.
+    let (fill, bytes) = tokio::join!(inner.oneshot(whole), d.origin.oneshot(range));
+    if let Err(e) = fill {
+        tracing::debug!(error = %e, "background fill of a directly read chunk did not start");
+    }
+    bytes
 }
 
-/// The bytes `range` of `body`; an error if `body` ends before `range.end`.
+/// The bytes `range` of `body`; an error if `body` ends before `range.end`. Errors of `body`
+/// (including [`Error::Released`]) are passed on as they are.
 pub fn slice<B>(body: B, range: Range<u64>) -> ByteStream
 where
     B: Stream<Item = Result<Bytes, Error>> + Send + Unpin + 'static,

@@ -5,7 +5,9 @@
 //! inode/size/mtime stamp, so it is computed once per version), so editing a file always makes
 //! a new ETag, and a ranged read checks the ETag it was pinned to.
 
-use super::{ByteStream, ListEntry, ListPage, ListRequest, ListVersion, ObjectMeta, Origin};
+use super::{
+    ListEntry, ListPage, ListRequest, ListVersion, ObjectMeta, Origin, RangeAnswer, RangeRequest,
+};
 use crate::error::{Error, OriginError};
 use async_trait::async_trait;
 use futures_util::StreamExt;
@@ -155,32 +157,35 @@ impl Origin for LocalOrigin {
         })
     }
 
-    async fn get_range(
-        &self,
-        bucket: &str,
-        key: &str,
-        etag: &str,
-        offset: u64,
-        len: u64,
-    ) -> Result<ByteStream, OriginError> {
-        let path = self.file(bucket, key)?;
+    async fn get_range(&self, r: &RangeRequest) -> Result<RangeAnswer, OriginError> {
+        let path = self.file(&r.bucket, &r.key)?;
         let (meta, current) = self.etag(&path).await?;
-        if current != etag {
+        if current != *r.etag {
             return Err(OriginError::EtagChanged);
         }
-        if offset.saturating_add(len) > meta.len() {
+        if r.offset.saturating_add(r.len) > meta.len() {
             return Err(OriginError::Rejected(
                 "range past the end of the file".into(),
             ));
         }
         let mut f = tokio::fs::File::open(&path).await.map_err(io_err)?;
-        f.seek(std::io::SeekFrom::Start(offset))
+        f.seek(std::io::SeekFrom::Start(r.offset))
             .await
             .map_err(io_err)?;
-        let reader = f.take(len);
+        let reader = f.take(r.len);
         let stream = tokio_util::io::ReaderStream::with_capacity(reader, 256 << 10)
-            .map(|r| r.map_err(|e| Error::Origin(io_err(e))));
-        Ok(stream.boxed())
+            .map(|x| x.map_err(|e| Error::Origin(io_err(e))));
+        Ok(RangeAnswer {
+            etag: Some(current),
+            content_range: Some(format!(
+                "bytes {}-{}/{}",
+                r.offset,
+                r.offset + r.len - 1,
+                meta.len()
+            )),
+            content_length: Some(r.len),
+            body: stream.boxed(),
+        })
     }
 
     async fn list(&self, bucket: &str, req: &ListRequest) -> Result<ListPage, OriginError> {
@@ -332,9 +337,10 @@ mod tests {
         let m1 = o.head("b", "k").await.unwrap();
         assert_eq!(m1.size, 11);
         let got: Vec<u8> = o
-            .get_range("b", "k", &m1.etag, 6, 5)
+            .get_range(&RangeRequest::new("b", "k", &m1.etag, 11, 6, 5))
             .await
             .unwrap()
+            .body
             .map(|b| b.unwrap().to_vec())
             .concat()
             .await;
@@ -344,7 +350,9 @@ mod tests {
         let m2 = o.head("b", "k").await.unwrap();
         assert_ne!(m1.etag, m2.etag);
         assert_eq!(
-            o.get_range("b", "k", &m1.etag, 0, 1).await.err(),
+            o.get_range(&RangeRequest::new("b", "k", &m1.etag, 11, 0, 1))
+                .await
+                .err(),
             Some(OriginError::EtagChanged)
         );
     }

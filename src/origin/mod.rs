@@ -11,9 +11,11 @@ pub use local::LocalOrigin;
 pub use s3::S3Origin;
 
 use crate::error::{Error, OriginError};
+use crate::layer::gate::{Priority, Queued, Wait};
 use async_trait::async_trait;
 use bytes::Bytes;
 use futures_util::stream::BoxStream;
+use futures_util::StreamExt;
 use std::sync::Arc;
 use std::time::SystemTime;
 
@@ -141,17 +143,11 @@ pub trait Origin: Send + Sync + 'static {
     /// Metadata of the current version of an object.
     async fn head(&self, bucket: &str, key: &str) -> Result<ObjectMeta, OriginError>;
 
-    /// `len` bytes at `offset` of the version whose ETag is `etag`. An implementation must
-    /// answer [`OriginError::EtagChanged`] if the object no longer has that ETag, and must never
-    /// return bytes other than exactly the requested range.
-    async fn get_range(
-        &self,
-        bucket: &str,
-        key: &str,
-        etag: &str,
-        offset: u64,
-        len: u64,
-    ) -> Result<ByteStream, OriginError>;
+    /// The bytes `req` asks for, of the version whose ETag is `req.etag`, pinned with
+    /// `If-Match` where the origin supports it. The answer carries what the origin said about
+    /// itself (ETag, `Content-Range`, length); [`verify`] checks it before any byte is used, so
+    /// an implementation reports, it does not judge.
+    async fn get_range(&self, req: &RangeRequest) -> Result<RangeAnswer, OriginError>;
 
     /// One LIST page.
     async fn list(&self, bucket: &str, req: &ListRequest) -> Result<ListPage, OriginError>;
@@ -171,15 +167,8 @@ impl<T: Origin + ?Sized> Origin for Arc<T> {
     async fn head(&self, bucket: &str, key: &str) -> Result<ObjectMeta, OriginError> {
         (**self).head(bucket, key).await
     }
-    async fn get_range(
-        &self,
-        bucket: &str,
-        key: &str,
-        etag: &str,
-        offset: u64,
-        len: u64,
-    ) -> Result<ByteStream, OriginError> {
-        (**self).get_range(bucket, key, etag, offset, len).await
+    async fn get_range(&self, req: &RangeRequest) -> Result<RangeAnswer, OriginError> {
+        (**self).get_range(req).await
     }
     async fn list(&self, bucket: &str, req: &ListRequest) -> Result<ListPage, OriginError> {
         (**self).list(bucket, req).await
@@ -204,10 +193,48 @@ pub struct RangeRequest {
     pub key: Arc<str>,
     /// The version; the origin must refuse if the object no longer has it.
     pub etag: Arc<str>,
+    /// Size of that version: the total an origin's `Content-Range` must state.
+    pub object_size: u64,
     /// First byte.
     pub offset: u64,
     /// Byte count.
     pub len: u64,
+    /// Urgent (a client waits) or speculative (readahead); decides the queue for a slot.
+    pub priority: Option<Priority>,
+    /// How long the request may wait for an origin slot.
+    pub wait: Wait,
+}
+
+impl RangeRequest {
+    /// An urgent read of `len` bytes at `offset` of the version `etag` (of `object_size` bytes).
+    pub fn new(
+        bucket: &str,
+        key: &str,
+        etag: &str,
+        object_size: u64,
+        offset: u64,
+        len: u64,
+    ) -> Self {
+        RangeRequest {
+            bucket: bucket.into(),
+            key: key.into(),
+            etag: etag.into(),
+            object_size,
+            offset,
+            len,
+            priority: None,
+            wait: Wait::Default,
+        }
+    }
+}
+
+impl Queued for RangeRequest {
+    fn priority(&self) -> Option<&Priority> {
+        self.priority.as_ref()
+    }
+    fn wait(&self) -> Wait {
+        self.wait
+    }
 }
 
 impl crate::layer::Resumable for RangeRequest {
@@ -224,7 +251,89 @@ impl crate::layer::Resumable for RangeRequest {
     }
 }
 
-/// The origin as a tower service of ranged reads: the bottom of the chunk stack.
+/// What an origin answered to a ranged read, before it is trusted.
+pub struct RangeAnswer {
+    /// The ETag of the bytes in the body (quotes allowed).
+    pub etag: Option<String>,
+    /// `Content-Range` as sent; `None` for an answer without one (200).
+    pub content_range: Option<String>,
+    /// `Content-Length` as sent.
+    pub content_length: Option<u64>,
+    /// The bytes.
+    pub body: ByteStream,
+}
+
+impl std::fmt::Debug for RangeAnswer {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("RangeAnswer")
+            .field("etag", &self.etag)
+            .field("content_range", &self.content_range)
+            .field("content_length", &self.content_length)
+            .finish_non_exhaustive()
+    }
+}
+
+/// Parses `bytes S-E/T` (T may be `*`, returned as `None`).
+fn parse_content_range(v: &str) -> Option<(u64, u64, Option<u64>)> {
+    let rest = v.trim().strip_prefix("bytes ")?;
+    let (span, total) = rest.split_once('/')?;
+    let (s, e) = span.split_once('-')?;
+    let total = match total.trim() {
+        "*" => None,
+        t => Some(t.parse().ok()?),
+    };
+    Some((s.trim().parse().ok()?, e.trim().parse().ok()?, total))
+}
+
+/// Checks an origin's answer against the request: the ETag must be the pinned one, and the
+/// `Content-Range` start, end and total and the length must be exactly what was asked.
+///
+/// Any mismatch is reported as [`OriginError::EtagChanged`]: whatever the cause (an origin or a
+/// proxy that ignores `If-Match`, an object overwritten with another size, a store that
+/// ignores `Range`), these bytes are not the pinned version's bytes at this offset, and the
+/// only safe move is to forget the cached metadata and read the object afresh. Trusting the
+/// answer instead would commit another version's bytes under this version's key, forever.
+pub fn verify(req: &RangeRequest, a: &RangeAnswer) -> Result<(), OriginError> {
+    let changed = |why: String| {
+        tracing::warn!(
+            bucket = %req.bucket, key = %req.key, offset = req.offset, len = req.len,
+            "origin answer does not match the pinned version: {why}"
+        );
+        Err(OriginError::EtagChanged)
+    };
+    let etag = a
+        .etag
+        .as_deref()
+        .map(|e| e.trim().trim_start_matches("W/").trim_matches('"'));
+    if etag != Some(&*req.etag) {
+        return changed(format!("ETag {:?}, pinned {:?}", a.etag, req.etag));
+    }
+    let end = req.offset + req.len - 1;
+    match a.content_range.as_deref() {
+        Some(cr) => match parse_content_range(cr) {
+            Some((s, e, Some(t))) if s == req.offset && e == end && t == req.object_size => {}
+            _ => {
+                return changed(format!(
+                    "Content-Range {cr:?}, asked bytes {}-{end}/{}",
+                    req.offset, req.object_size
+                ))
+            }
+        },
+        // A whole-object answer is acceptable only when the whole object is what was asked.
+        None if req.offset == 0 && req.len == req.object_size => {}
+        None => return changed("no Content-Range on a ranged read".into()),
+    }
+    if a.content_length != Some(req.len) {
+        return changed(format!(
+            "Content-Length {:?}, asked {}",
+            a.content_length, req.len
+        ));
+    }
+    Ok(())
+}
+
+/// The origin as a tower service of ranged reads: the bottom of the chunk stack. Every answer
+/// is [`verify`]-ed here, once, whatever the origin kind.
 #[derive(Clone)]
 pub struct OriginRanges {
     origin: Arc<dyn Origin>,
@@ -255,12 +364,54 @@ impl tower::Service<RangeRequest> for OriginRanges {
         let span = tracing::debug_span!("origin_get", bucket = %r.bucket, key = %r.key, offset = r.offset, len = r.len);
         Box::pin(
             async move {
-                origin
-                    .get_range(&r.bucket, &r.key, &r.etag, r.offset, r.len)
-                    .await
-                    .map_err(Error::Origin)
+                if r.len == 0 {
+                    return Ok(futures_util::stream::empty().boxed());
+                }
+                let answer = origin.get_range(&r).await.map_err(Error::Origin)?;
+                verify(&r, &answer).map_err(Error::Origin)?;
+                Ok(answer.body)
             }
             .instrument(span),
         )
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn req(offset: u64, len: u64, size: u64) -> RangeRequest {
+        RangeRequest::new("b", "k", "abc", size, offset, len)
+    }
+
+    fn ans(etag: Option<&str>, cr: Option<&str>, len: Option<u64>) -> RangeAnswer {
+        RangeAnswer {
+            etag: etag.map(str::to_owned),
+            content_range: cr.map(str::to_owned),
+            content_length: len,
+            body: futures_util::stream::empty().boxed(),
+        }
+    }
+
+    #[test]
+    fn answers_are_checked_field_by_field() {
+        let r = req(10, 5, 100);
+        assert!(verify(&r, &ans(Some("\"abc\""), Some("bytes 10-14/100"), Some(5))).is_ok());
+        let bad = [
+            ans(Some("\"other\""), Some("bytes 10-14/100"), Some(5)), // If-Match ignored
+            ans(None, Some("bytes 10-14/100"), Some(5)),              // no ETag
+            ans(Some("abc"), Some("bytes 10-14/200"), Some(5)),       // another size
+            ans(Some("abc"), Some("bytes 0-4/100"), Some(5)),         // Range ignored
+            ans(Some("abc"), Some("bytes 10-15/100"), Some(6)),       // wrong end
+            ans(Some("abc"), Some("bytes 10-14/*"), Some(5)),         // unknown total
+            ans(Some("abc"), None, Some(100)),                        // whole object
+            ans(Some("abc"), Some("bytes 10-14/100"), Some(4)),       // wrong length
+            ans(Some("abc"), Some("garbage"), Some(5)),
+        ];
+        for a in bad {
+            assert_eq!(verify(&r, &a), Err(OriginError::EtagChanged), "{a:?}");
+        }
+        // The whole object, asked as such, may come without a Content-Range.
+        assert!(verify(&req(0, 100, 100), &ans(Some("abc"), None, Some(100))).is_ok());
     }
 }

@@ -152,7 +152,7 @@ impl S3Error {
                 "SlowDown",
                 "Please reduce your request rate.",
             ),
-            Error::Store(_) | Error::Internal(_) => Self::new(
+            Error::Store(_) | Error::Internal(_) | Error::Released(_) => Self::new(
                 S::INTERNAL_SERVER_ERROR,
                 "InternalError",
                 "We encountered an internal error. Please try again.",

@@ -65,6 +65,21 @@ pub fn guard_panics(router: Router) -> Router {
     ))
 }
 
+/// The answer to a connection over `server.max_connections`: 503 `SlowDown`, which SDKs back
+/// off and retry on, and `Connection: close`.
+pub fn overloaded() -> Response {
+    let rid = request_id();
+    let e = S3Error::new(
+        StatusCode::SERVICE_UNAVAILABLE,
+        "SlowDown",
+        "Please reduce your request rate.",
+    );
+    let mut r = stamp(error_response(&e, false, "", &rid), &rid);
+    r.headers_mut()
+        .insert(http::header::CONNECTION, HeaderValue::from_static("close"));
+    r
+}
+
 /// A request id: unique per process run, 16 hex digits like S3's.
 fn request_id() -> String {
     static NEXT: AtomicU64 = AtomicU64::new(0);
@@ -488,8 +503,10 @@ async fn object_op(
             match st.objects.open(bucket, key, &meta, start, end).await {
                 Ok(s) => Body::from_stream(s),
                 Err(Error::Origin(OriginError::EtagChanged)) if !retried_etag => {
+                    // Nothing was sent yet: read the metadata again (`open` has forgotten the
+                    // old version's) and serve the version the origin has now.
                     tracing::info!(bucket, key, "object changed at origin; re-reading metadata");
-                    st.objects.invalidate(bucket, key).await;
+                    st.objects.invalidate(bucket, key, &meta.etag).await;
                     retried_etag = true;
                     continue;
                 }

@@ -21,13 +21,21 @@
 //! read by many clients this matters: a one-off scan of a huge dataset would flush every hot
 //! model file out of a plain LRU, while TinyLFU only admits a new chunk over a victim that was
 //! used less often. Evicting a chunk unlinks its file; a reader that already has it open keeps
-//! reading the (now nameless) inode undisturbed, so eviction never breaks a reader.
+//! reading the (now nameless) inode undisturbed, so eviction never breaks a reader. Unlinking
+//! a large file can take milliseconds, so it never runs on a runtime thread: evictions,
+//! corrupt chunks and abandoned temp files are handed to one `shoal-disk-unlink` thread.
+//!
+//! **Admission.** TinyLFU can decline a chunk that was just written: when the store is full of
+//! chunks read more often than this one, keeping it would evict something hotter. That is
+//! deliberate (it is what makes the store scan-resistant); the commit reports
+//! [`Committed::Refused`], the file is unlinked, the `refused` counter goes up, and the chunk's
+//! readers are served from the fill's buffer.
 //!
 //! **Restart.** The index is rebuilt by a background scan. The store is usable at once:
 //! until the scan ends, a lookup that the index does not know opens the chunk's file directly
 //! (its path follows from the key) and adopts it.
 
-use super::{range_ok, ChunkStore, ChunkWriter, StoreError, StoreStats};
+use super::{range_ok, ChunkStore, ChunkWriter, Committed, StoreError, StoreStats};
 use crate::chunk::ChunkKey;
 use crate::error::Error;
 use crate::origin::ByteStream;
@@ -75,13 +83,23 @@ impl ChunkId {
     }
 }
 
+/// Work for the unlink thread.
+enum Unlink {
+    /// A chunk file, unless the chunk was committed again meanwhile.
+    Chunk(ChunkId),
+    /// A temp file of a writer that did not commit.
+    Temp(PathBuf),
+}
+
 struct Inner {
     root: PathBuf,
     index: moka::sync::Cache<ChunkId, u64>,
     scanning: AtomicBool,
     corrupt: AtomicU64,
     failed_commits: AtomicU64,
+    refused: AtomicU64,
     nonce: AtomicU64,
+    unlink: std::sync::mpsc::Sender<Unlink>,
     /// Names this opening of the store in its temp files, so the start-up scan removes the
     /// temp files of earlier runs (crashes) but never those of fills already running now.
     instance: String,
@@ -179,16 +197,17 @@ impl DiskStore {
         let probe = root.join(".shoal-write-probe");
         std::fs::write(&probe, b"ok").map_err(io)?;
         let _ = std::fs::remove_file(&probe);
-        let root2 = root.clone();
+        let (unlink, todo) = std::sync::mpsc::channel::<Unlink>();
+        let evicted = unlink.clone();
         let index = moka::sync::Cache::builder()
             .max_capacity(capacity)
             .weigher(|_k: &ChunkId, size: &u64| u32::try_from(*size).unwrap_or(u32::MAX))
             .eviction_listener(move |k: Arc<ChunkId>, _v, cause| {
                 use moka::notification::RemovalCause;
                 // Replaced: the same file was committed again. Explicit: the caller removed it
-                // (and the file) itself. Only capacity evictions delete here.
+                // (and the file) itself. Size covers evictions and refused admissions.
                 if matches!(cause, RemovalCause::Size | RemovalCause::Expired) {
-                    let _ = std::fs::remove_file(root2.join(k.rel_path()));
+                    let _ = evicted.send(Unlink::Chunk((*k).clone()));
                 }
             })
             .build();
@@ -199,10 +218,33 @@ impl DiskStore {
                 scanning: AtomicBool::new(true),
                 corrupt: AtomicU64::new(0),
                 failed_commits: AtomicU64::new(0),
+                refused: AtomicU64::new(0),
                 nonce: AtomicU64::new(0),
+                unlink,
                 instance: instance_tag(),
             }),
         };
+        let weak = Arc::downgrade(&store.inner);
+        let root = store.inner.root.clone();
+        std::thread::Builder::new()
+            .name("shoal-disk-unlink".into())
+            // Ends when the store (the last sender) is dropped.
+            .spawn(move || {
+                for job in todo {
+                    match job {
+                        Unlink::Chunk(id) => {
+                            let again = weak.upgrade().is_some_and(|i| i.index.contains_key(&id));
+                            if !again {
+                                let _ = std::fs::remove_file(root.join(id.rel_path()));
+                            }
+                        }
+                        Unlink::Temp(p) => {
+                            let _ = std::fs::remove_file(p);
+                        }
+                    }
+                }
+            })
+            .map_err(io)?;
         let s = store.clone();
         std::thread::Builder::new()
             .name("shoal-disk-scan".into())
@@ -291,8 +333,8 @@ impl DiskStore {
     fn drop_corrupt(&self, id: &ChunkId, why: &str) {
         self.inner.corrupt.fetch_add(1, Ordering::Relaxed);
         tracing::warn!(chunk = ?id, why, "corrupt chunk dropped; it will be refilled");
-        let _ = std::fs::remove_file(self.path(id));
         self.inner.index.invalidate(id);
+        let _ = self.inner.unlink.send(Unlink::Chunk(id.clone()));
     }
 
     /// Opens a chunk file and reads its footer; `Ok(None)` when absent or invalid.
@@ -468,6 +510,7 @@ impl ChunkStore for DiskStore {
             store: self.clone(),
             id,
             tmp,
+            committed: false,
             file: Some(file),
             promised: len,
             written: 0,
@@ -479,7 +522,10 @@ impl ChunkStore for DiskStore {
     }
 
     fn contains(&self, key: &ChunkKey) -> bool {
-        self.inner.index.contains_key(&ChunkId::of(key))
+        let id = ChunkId::of(key);
+        // Until the start-up scan has indexed everything, a chunk from before the restart may
+        // only be on disk: its path follows from the key, so one stat answers (start-up only).
+        self.inner.index.contains_key(&id) || (!self.scan_complete() && self.path(&id).is_file())
     }
 
     fn stats(&self) -> StoreStats {
@@ -489,6 +535,7 @@ impl ChunkStore for DiskStore {
             chunks: self.inner.index.entry_count(),
             corrupt: self.inner.corrupt.load(Ordering::Relaxed),
             failed_commits: self.inner.failed_commits.load(Ordering::Relaxed),
+            refused: self.inner.refused.load(Ordering::Relaxed),
         }
     }
 }
@@ -497,6 +544,8 @@ struct DiskWriter {
     store: DiskStore,
     id: ChunkId,
     tmp: PathBuf,
+    /// Renamed into place: there is no temp file left to remove.
+    committed: bool,
     file: Option<File>,
     promised: u64,
     written: u64,
@@ -564,7 +613,7 @@ impl ChunkWriter for DiskWriter {
         Ok(())
     }
 
-    async fn commit(mut self: Box<Self>) -> Result<(), StoreError> {
+    async fn commit(mut self: Box<Self>) -> Result<Committed, StoreError> {
         let result = async {
             if self.written != self.promised {
                 return Err(StoreError::Length {
@@ -597,10 +646,18 @@ impl ChunkWriter for DiskWriter {
             .await
             .map_err(|e| StoreError::Io(e.to_string()))?
             .map_err(io)?;
-            self.store.inner.index.insert(self.id.clone(), size);
-            // Evict now, so the bound holds when commit returns.
-            self.store.inner.index.run_pending_tasks();
-            Ok(())
+            self.committed = true;
+            let index = &self.store.inner.index;
+            index.insert(self.id.clone(), size);
+            // Evict (and decide admission) now, so the bound holds when commit returns.
+            index.run_pending_tasks();
+            if index.contains_key(&self.id) {
+                Ok(Committed::Kept)
+            } else {
+                // Declined by TinyLFU; the eviction listener has queued the file's unlink.
+                self.store.inner.refused.fetch_add(1, Ordering::Relaxed);
+                Ok(Committed::Refused)
+            }
         }
         .await;
         if result.is_err() {
@@ -615,9 +672,15 @@ impl ChunkWriter for DiskWriter {
 
 impl Drop for DiskWriter {
     fn drop(&mut self) {
-        // Not committed (or the commit failed before the rename): remove the temp file.
-        // After a successful rename the temp name no longer exists and this is a no-op.
-        let _ = std::fs::remove_file(&self.tmp);
+        // Not committed (or the commit failed before the rename): remove the temp file, on the
+        // unlink thread (a drop may run on a runtime thread).
+        if !self.committed {
+            let _ = self
+                .store
+                .inner
+                .unlink
+                .send(Unlink::Temp(std::mem::take(&mut self.tmp)));
+        }
     }
 }
 

@@ -48,6 +48,19 @@ pub struct StoreStats {
     pub corrupt: u64,
     /// Commits that failed.
     pub failed_commits: u64,
+    /// Complete chunks the admission policy declined to keep (see [`Committed::Refused`]).
+    pub refused: u64,
+}
+
+/// What became of a complete chunk at commit.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Committed {
+    /// The chunk is in the store: readers may continue from it.
+    Kept,
+    /// The store is full of chunks used more often, and its admission policy (W-TinyLFU)
+    /// declined this one. Deliberate: a one-off read must not flush hot chunks. The chunk's
+    /// readers are served from the fill's buffer instead.
+    Refused,
 }
 
 /// Keeps chunks. Implementations must be safe to share across tasks.
@@ -64,8 +77,14 @@ pub trait ChunkStore: Send + Sync + 'static {
     /// Starts writing a chunk of exactly `len` bytes.
     async fn begin(&self, key: &ChunkKey, len: u64) -> Result<Box<dyn ChunkWriter>, StoreError>;
 
-    /// Whether a committed chunk is present (cheap: an index lookup).
+    /// Whether a committed chunk is present (cheap: an index lookup, not counted as a use).
     fn contains(&self, key: &ChunkKey) -> bool;
+
+    /// Whether the store keeps the very `Bytes` it is given (the memory store), so that a
+    /// committed chunk's memory is the store's to account for, not the fill budget's.
+    fn keeps_written_bytes(&self) -> bool {
+        false
+    }
 
     /// Current counters.
     fn stats(&self) -> StoreStats;
@@ -77,7 +96,7 @@ pub trait ChunkWriter: Send {
     /// Appends bytes.
     async fn write(&mut self, bytes: Bytes) -> Result<(), StoreError>;
     /// Makes the chunk visible, atomically, if exactly the promised length was written.
-    async fn commit(self: Box<Self>) -> Result<(), StoreError>;
+    async fn commit(self: Box<Self>) -> Result<Committed, StoreError>;
 }
 
 /// Checks that `range` lies in a chunk of `len` bytes.

@@ -4,7 +4,9 @@ use async_trait::async_trait;
 use bytes::Bytes;
 use futures_util::StreamExt;
 use shoal::error::{Error, OriginError};
-use shoal::origin::{ByteStream, ListPage, ListRequest, ObjectMeta, Origin};
+use shoal::origin::{
+    ByteStream, ListPage, ListRequest, ObjectMeta, Origin, RangeAnswer, RangeRequest,
+};
 use std::collections::{HashMap, HashSet};
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
@@ -20,12 +22,18 @@ pub struct Rules {
     pub slow: HashMap<String, Duration>,
     /// keys whose HEAD answers without an ETag.
     pub strip_etag: HashSet<String>,
+    /// key → delay before every range GET is sent (origin latency).
+    pub latency: HashMap<String, Duration>,
 }
 
 pub struct Faulty {
     inner: Arc<dyn Origin>,
     pub heads: AtomicUsize,
     pub gets: Mutex<Vec<(String, u64, u64)>>,
+    /// Every range GET in order: (key, offset, urgent when issued).
+    pub issued: Mutex<Vec<(String, u64, bool)>>,
+    /// Body bytes the origin delivered, per (key, offset) of the request.
+    pub delivered: Arc<Mutex<HashMap<(String, u64), u64>>>,
     pub rules: Mutex<Rules>,
 }
 
@@ -35,6 +43,8 @@ impl Faulty {
             inner,
             heads: AtomicUsize::new(0),
             gets: Mutex::new(Vec::new()),
+            issued: Mutex::new(Vec::new()),
+            delivered: Arc::default(),
             rules: Mutex::new(Rules::default()),
         })
     }
@@ -64,6 +74,11 @@ impl Faulty {
         self.rules.lock().unwrap().cut_after.insert(key.into(), n);
     }
 
+    /// Every range GET of `key` waits `d` before it reaches the origin.
+    pub fn latency(&self, key: &str, d: Duration) {
+        self.rules.lock().unwrap().latency.insert(key.into(), d);
+    }
+
     /// `key`'s HEAD answers without an ETag.
     pub fn strip_etag(&self, key: &str) {
         self.rules.lock().unwrap().strip_etag.insert(key.into());
@@ -81,6 +96,16 @@ impl Faulty {
     pub fn heads(&self) -> usize {
         self.heads.load(Ordering::SeqCst)
     }
+
+    /// Body bytes delivered for the GET of `key` at `offset` (all such GETs together).
+    pub fn delivered(&self, key: &str, offset: u64) -> u64 {
+        self.delivered
+            .lock()
+            .unwrap()
+            .get(&(key.to_owned(), offset))
+            .copied()
+            .unwrap_or(0)
+    }
 }
 
 #[async_trait]
@@ -94,20 +119,25 @@ impl Origin for Faulty {
         Ok(m)
     }
 
-    async fn get_range(
-        &self,
-        bucket: &str,
-        key: &str,
-        etag: &str,
-        offset: u64,
-        len: u64,
-    ) -> Result<ByteStream, OriginError> {
+    async fn get_range(&self, req: &RangeRequest) -> Result<RangeAnswer, OriginError> {
+        let (key, offset, len) = (&*req.key, req.offset, req.len);
         self.gets
             .lock()
             .unwrap()
             .push((key.to_owned(), offset, len));
+        let urgent = req.priority.as_ref().is_none_or(|p| p.is_urgent());
+        self.issued
+            .lock()
+            .unwrap()
+            .push((key.to_owned(), offset, urgent));
+
+        let latency = self.rules.lock().unwrap().latency.get(key).copied();
+        if let Some(d) = latency {
+            tokio::time::sleep(d).await;
+        }
         let (cut, slow) = {
             let mut r = self.rules.lock().unwrap();
+
             if let Some(n) = r.fail_first.get_mut(&(key.to_owned(), offset)) {
                 if *n > 0 {
                     *n -= 1;
@@ -116,13 +146,23 @@ impl Origin for Faulty {
             }
             (r.cut_after.remove(key), r.slow.get(key).copied())
         };
-        let body = self.inner.get_range(bucket, key, etag, offset, len).await?;
+        let mut answer = self.inner.get_range(req).await?;
+        let body = std::mem::replace(&mut answer.body, futures_util::stream::empty().boxed());
         enum St {
             Go(ByteStream, u64),
             Fail,
             Done,
         }
         let cut_err = || Error::Origin(OriginError::Transient("injected cut".into()));
+        let (tally, tally_key) = (self.delivered.clone(), (key.to_owned(), offset));
+        let body = body
+            .inspect(move |r| {
+                if let Ok(b) = r {
+                    *tally.lock().unwrap().entry(tally_key.clone()).or_insert(0) += b.len() as u64;
+                }
+            })
+            .boxed();
+
         let s = futures_util::stream::unfold(St::Go(body, 0), move |st| async move {
             match st {
                 St::Done => None,
@@ -152,7 +192,8 @@ impl Origin for Faulty {
                 }
             }
         });
-        Ok(s.boxed())
+        answer.body = s.boxed();
+        Ok(answer)
     }
 
     async fn list(&self, bucket: &str, req: &ListRequest) -> Result<ListPage, OriginError> {

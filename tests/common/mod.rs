@@ -3,6 +3,7 @@
 #![allow(dead_code)]
 
 pub mod faulty;
+pub mod proxy;
 
 use aws_sdk_s3::config::{BehaviorVersion, Credentials, Region};
 use aws_sdk_s3::primitives::ByteStream;
@@ -307,6 +308,23 @@ impl Shoal {
         }
     }
 
+    /// Starts Shoal with an explicit store.
+    pub async fn start_with(
+        cfg: &Config,
+        origin: Arc<dyn shoal::origin::Origin>,
+        store: Arc<dyn shoal::store::ChunkStore>,
+    ) -> Shoal {
+        let running = shoal::app::start_with(cfg, origin, store)
+            .await
+            .expect("start shoal");
+        let base = format!("http://{}", running.s3_addr);
+        Shoal {
+            running,
+            http: reqwest::Client::new(),
+            base,
+        }
+    }
+
     pub fn url(&self, path: &str) -> String {
         format!("{}/{}", self.base, path.trim_start_matches('/'))
     }
@@ -326,5 +344,158 @@ impl Shoal {
 
     pub async fn stop(self) {
         self.running.shutdown().await;
+    }
+}
+
+/// Large test data, fast to make: a random 1 MiB block with every MiB stamped with its index
+/// and `seed`, so a byte from the wrong offset or the wrong object is always visible.
+pub fn patterned(len: usize, seed: u64) -> Vec<u8> {
+    const MIB: usize = 1 << 20;
+    static BLOCK: OnceLock<Vec<u8>> = OnceLock::new();
+    let block = BLOCK.get_or_init(|| data(MIB, 0xB10C));
+    let mut out = Vec::with_capacity(len);
+    let mut i = 0u64;
+    while out.len() < len {
+        let mut b = block.clone();
+        b[..8].copy_from_slice(&i.to_le_bytes());
+        b[8..16].copy_from_slice(&seed.to_le_bytes());
+        let take = (len - out.len()).min(MIB);
+        out.extend_from_slice(&b[..take]);
+        i += 1;
+    }
+    out
+}
+
+/// Peak resident memory (VmHWM) of a process, in bytes.
+pub fn peak_rss(pid: u32) -> u64 {
+    let s = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
+    s.lines()
+        .find_map(|l| l.strip_prefix("VmHWM:"))
+        .and_then(|v| v.split_whitespace().next()?.parse::<u64>().ok())
+        .map_or(0, |kib| kib * 1024)
+}
+
+/// The `shoal` binary serving a config, as its own process (so its memory can be measured);
+/// killed when dropped.
+pub struct ShoalProcess {
+    pub child: std::process::Child,
+    pub s3: String,
+    pub ops: String,
+    _dir: tempfile::TempDir,
+}
+
+impl ShoalProcess {
+    /// Starts `shoal serve` with `toml` (which must listen on 127.0.0.1:0 and log JSON).
+    pub fn start(toml: &str) -> ShoalProcess {
+        use std::io::BufRead;
+        let dir = tempfile::tempdir().unwrap();
+        let cfg = dir.path().join("shoal.toml");
+        std::fs::write(&cfg, toml).unwrap();
+        let mut child = Command::new(env!("CARGO_BIN_EXE_shoal"))
+            .args(["serve", "--config"])
+            .arg(&cfg)
+            .env("RUST_LOG", "warn,shoal::app=info")
+            .stdout(Stdio::piped())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("start shoal");
+        let stdout = child.stdout.take().unwrap();
+        let mut lines = std::io::BufReader::new(stdout).lines();
+        let (mut s3, mut ops) = (String::new(), String::new());
+        for line in lines.by_ref() {
+            let line = line.unwrap_or_default();
+            if line.contains("shoal listening") {
+                let field = |name: &str| {
+                    let start = line.find(&format!("\"{name}\":\"")).unwrap() + name.len() + 4;
+                    line[start..].split('"').next().unwrap().to_owned()
+                };
+                s3 = field("s3_addr");
+                ops = field("ops_addr");
+                break;
+            }
+        }
+        assert!(!s3.is_empty(), "shoal did not start");
+        // Keep draining the log so the child never blocks on a full pipe.
+        std::thread::spawn(move || for _ in lines {});
+        ShoalProcess {
+            child,
+            s3: format!("http://{s3}"),
+            ops,
+            _dir: dir,
+        }
+    }
+
+    pub fn peak_rss(&self) -> u64 {
+        peak_rss(self.child.id())
+    }
+}
+
+impl Drop for ShoalProcess {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+impl Shoal {
+    /// Waits until no fill runs, then checks that every byte of the budget came back.
+    pub async fn assert_budget_returns(&self) {
+        assert!(
+            self.running.fills_settled(Duration::from_secs(30)).await,
+            "fills did not settle"
+        );
+        let b = &self.running.budget;
+        for _ in 0..500 {
+            if b.available() == b.total() {
+                return;
+            }
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        panic!(
+            "budget leak: {} of {} bytes still held",
+            b.total() - b.available(),
+            b.total()
+        );
+    }
+}
+
+/// A real store whose writers hang on their first write (a disk that stopped answering).
+pub struct HangingStore {
+    pub inner: Arc<dyn shoal::store::ChunkStore>,
+}
+
+struct HangingWriter;
+
+#[async_trait::async_trait]
+impl shoal::store::ChunkWriter for HangingWriter {
+    async fn write(&mut self, _b: bytes::Bytes) -> Result<(), shoal::store::StoreError> {
+        futures_util::future::pending().await
+    }
+    async fn commit(self: Box<Self>) -> Result<shoal::store::Committed, shoal::store::StoreError> {
+        futures_util::future::pending().await
+    }
+}
+
+#[async_trait::async_trait]
+impl shoal::store::ChunkStore for HangingStore {
+    async fn get(
+        &self,
+        key: &shoal::chunk::ChunkKey,
+        range: std::ops::Range<u64>,
+    ) -> Result<Option<shoal::origin::ByteStream>, shoal::store::StoreError> {
+        self.inner.get(key, range).await
+    }
+    async fn begin(
+        &self,
+        _key: &shoal::chunk::ChunkKey,
+        _len: u64,
+    ) -> Result<Box<dyn shoal::store::ChunkWriter>, shoal::store::StoreError> {
+        Ok(Box::new(HangingWriter))
+    }
+    fn contains(&self, key: &shoal::chunk::ChunkKey) -> bool {
+        self.inner.contains(key)
+    }
+    fn stats(&self) -> shoal::store::StoreStats {
+        self.inner.stats()
     }
 }

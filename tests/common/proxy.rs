@@ -1,0 +1,221 @@
+//! A misbehaving HTTP proxy between Shoal and the real S3 server, for faults that only exist on
+//! the wire: a proxy that drops `If-Match` (and re-signs the request, since `If-Match` is a
+//! signed header — exactly what a careless caching proxy in front of an origin does), and a body
+//! that stops flowing half-way without the connection closing.
+
+use super::{ACCESS_KEY, REGION, SECRET_KEY};
+use bytes::Bytes;
+use futures_util::StreamExt;
+use http_body_util::{BodyExt, Full, StreamBody};
+use hyper::body::{Frame, Incoming};
+use hyper_util::client::legacy::Client;
+use hyper_util::rt::{TokioExecutor, TokioIo};
+use std::convert::Infallible;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::SystemTime;
+use tokio::net::TcpListener;
+use tokio::task::JoinSet;
+
+/// One request the proxy forwarded.
+#[derive(Debug, Clone)]
+pub struct Seen {
+    pub method: String,
+    pub path: String,
+    pub range: Option<String>,
+    pub if_match: Option<String>,
+}
+
+#[derive(Default)]
+struct Rules {
+    strip_if_match: AtomicBool,
+    /// (path substring, bytes): the next matching response body stops after that many bytes
+    /// and never sends more; the connection stays open.
+    stall: Mutex<Option<(String, usize)>>,
+}
+
+pub struct Proxy {
+    pub endpoint: String,
+    rules: Arc<Rules>,
+    seen: Arc<Mutex<Vec<Seen>>>,
+    _tasks: JoinSet<()>,
+}
+
+impl Proxy {
+    /// Starts a proxy on a loopback port the OS picks, forwarding to `upstream`.
+    pub async fn start(upstream: &str) -> Proxy {
+        let l = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let endpoint = format!("http://{}", l.local_addr().unwrap());
+        let rules = Arc::new(Rules::default());
+        let seen = Arc::new(Mutex::new(Vec::new()));
+        let client: Client<_, Full<Bytes>> = Client::builder(TokioExecutor::new()).build_http();
+        let upstream: Arc<str> = upstream.trim_end_matches('/').into();
+        let mut tasks = JoinSet::new();
+        let (r, s) = (rules.clone(), seen.clone());
+        tasks.spawn(async move {
+            let mut conns = JoinSet::new();
+            while let Ok((sock, _)) = l.accept().await {
+                let (r, s, c, u) = (r.clone(), s.clone(), client.clone(), upstream.clone());
+                conns.spawn(async move {
+                    let svc = hyper::service::service_fn(move |req| {
+                        forward(req, r.clone(), s.clone(), c.clone(), u.clone())
+                    });
+                    let _ = hyper::server::conn::http1::Builder::new()
+                        .serve_connection(TokioIo::new(sock), svc)
+                        .await;
+                });
+            }
+        });
+        Proxy {
+            endpoint,
+            rules,
+            seen,
+            _tasks: tasks,
+        }
+    }
+
+    /// Drop `If-Match` from every request from now on (re-signing what is forwarded).
+    pub fn strip_if_match(&self, on: bool) {
+        self.rules.strip_if_match.store(on, Ordering::SeqCst);
+    }
+
+    /// The next response to a request whose path contains `path_part` stalls after `after`
+    /// bytes of body, forever.
+    pub fn stall_next(&self, path_part: &str, after: usize) {
+        *self.rules.stall.lock().unwrap() = Some((path_part.to_owned(), after));
+    }
+
+    pub fn seen(&self) -> Vec<Seen> {
+        self.seen.lock().unwrap().clone()
+    }
+}
+
+type ProxyBody = http_body_util::combinators::BoxBody<Bytes, std::io::Error>;
+
+async fn forward(
+    req: hyper::Request<Incoming>,
+    rules: Arc<Rules>,
+    seen: Arc<Mutex<Vec<Seen>>>,
+    client: Client<hyper_util::client::legacy::connect::HttpConnector, Full<Bytes>>,
+    upstream: Arc<str>,
+) -> Result<hyper::Response<ProxyBody>, Infallible> {
+    let (mut parts, body) = req.into_parts();
+    let body = body
+        .collect()
+        .await
+        .map(|b| b.to_bytes())
+        .unwrap_or_default();
+    let pq = parts
+        .uri
+        .path_and_query()
+        .map(|p| p.as_str().to_owned())
+        .unwrap_or_else(|| "/".into());
+    let header =
+        |h: &hyper::HeaderMap, n: &str| h.get(n).and_then(|v| v.to_str().ok()).map(str::to_owned);
+    seen.lock().unwrap().push(Seen {
+        method: parts.method.to_string(),
+        path: pq.clone(),
+        range: header(&parts.headers, "range"),
+        if_match: header(&parts.headers, "if-match"),
+    });
+    parts.uri = format!("{upstream}{pq}").parse().unwrap();
+    if rules.strip_if_match.load(Ordering::SeqCst) && parts.headers.remove("if-match").is_some() {
+        resign(&mut parts);
+    }
+    let stall = {
+        let mut st = rules.stall.lock().unwrap();
+        match st.as_ref() {
+            Some((p, n)) if parts.method == hyper::Method::GET && pq.contains(p.as_str()) => {
+                let n = *n;
+                *st = None;
+                Some(n)
+            }
+            _ => None,
+        }
+    };
+    let resp = match client
+        .request(hyper::Request::from_parts(parts, Full::new(body)))
+        .await
+    {
+        Ok(r) => r,
+        Err(e) => {
+            let b = Full::new(Bytes::from(e.to_string()))
+                .map_err(|never| match never {})
+                .boxed();
+            let mut r = hyper::Response::new(b);
+            *r.status_mut() = hyper::StatusCode::BAD_GATEWAY;
+            return Ok(r);
+        }
+    };
+    let (parts, body) = resp.into_parts();
+    let data = body.into_data_stream();
+    let frames = futures_util::stream::unfold(
+        (data, stall.unwrap_or(usize::MAX)),
+        |(mut data, left)| async move {
+            if left == 0 {
+                // The stall: nothing more, ever, and the connection stays open.
+                futures_util::future::pending::<()>().await;
+            }
+            match data.next().await? {
+                Ok(mut b) => {
+                    b.truncate(left);
+                    let left = left - b.len();
+                    Some((Ok(Frame::data(b)), (data, left)))
+                }
+                Err(e) => Some((Err(std::io::Error::other(e)), (data, 0))),
+            }
+        },
+    );
+    let body: ProxyBody = BodyExt::boxed(StreamBody::new(frames));
+    Ok(hyper::Response::from_parts(parts, body))
+}
+
+/// Signs the request again with the test credentials, as an S3 client would have signed it
+/// without the removed header.
+fn resign(parts: &mut http::request::Parts) {
+    use aws_sigv4::http_request::{
+        sign, PercentEncodingMode, SignableBody, SignableRequest, SigningSettings,
+        UriPathNormalizationMode,
+    };
+    for h in ["authorization", "x-amz-date"] {
+        parts.headers.remove(h);
+    }
+    let payload = parts
+        .headers
+        .get("x-amz-content-sha256")
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or("UNSIGNED-PAYLOAD")
+        .to_owned();
+    let identity =
+        aws_credential_types::Credentials::new(ACCESS_KEY, SECRET_KEY, None, None, "t").into();
+    let mut settings = SigningSettings::default();
+    settings.percent_encoding_mode = PercentEncodingMode::Single;
+    settings.uri_path_normalization_mode = UriPathNormalizationMode::Disabled;
+    let params = aws_sigv4::sign::v4::SigningParams::builder()
+        .identity(&identity)
+        .region(REGION)
+        .name("s3")
+        .time(SystemTime::now())
+        .settings(settings)
+        .build()
+        .unwrap()
+        .into();
+    let headers: Vec<(String, String)> = parts
+        .headers
+        .iter()
+        .filter_map(|(k, v)| Some((k.as_str().to_owned(), v.to_str().ok()?.to_owned())))
+        .collect();
+    let uri = parts.uri.to_string();
+    let signable = SignableRequest::new(
+        parts.method.as_str(),
+        uri.as_str(),
+        headers.iter().map(|(k, v)| (k.as_str(), v.as_str())),
+        SignableBody::Precomputed(payload),
+    )
+    .unwrap();
+    let (instructions, _) = sign(signable, &params).unwrap().into_parts();
+    let taken = std::mem::replace(parts, http::Request::new(()).into_parts().0);
+    let mut req = http::Request::from_parts(taken, ());
+    instructions.apply_to_request_http1x(&mut req);
+    *parts = req.into_parts().0;
+}
