@@ -37,8 +37,10 @@ lint:
 	$(CARGO) clippy --all-targets -- -D warnings
 	RUSTDOCFLAGS="-D warnings" $(CARGO) doc --no-deps
 
-bench:
-	$(CARGO) bench --bench warm_get
+bench: test-deps
+	$(CARGO) bench --bench warm_get --bench singleflight
+	GARAGE_BIN=$(GARAGE) $(CARGO) bench --bench herd
+
 
 clean-demo:
 	rm -rf target/demo-origin

@@ -338,7 +338,6 @@ struct Flight<E> {
 
 type UnlinkFn<E> = dyn Fn(&Arc<Flight<E>>) -> bool + Send + Sync;
 
-
 impl<E> Flight<E> {
     fn urgent(&self) -> bool {
         self.priority.as_ref().is_none_or(Priority::is_urgent)

@@ -1,0 +1,277 @@
+//! Load benchmarks for the herd-safe read path, against the real S3 server (Garage) on
+//! loopback, each compared as a ratio within one run:
+//!
+//! 1. **memory** — 16 clients reading 16 different 128 MiB objects at ~1 MB/s, a 256 MiB memory
+//!    store and a 256 MiB budget; Shoal runs as its own (release) process. Reports its peak RSS
+//!    against the model's bound, and a fast client's throughput for another cold 128 MiB object
+//!    during the herd vs. on the idle server.
+//! 2. **priority** — time to first byte of a new client while 8 GETs' readahead (64 chunks of
+//!    8 MiB, 200 ms origin latency each) is queued, vs. on the idle server. The 8 readers pause
+//!    inside their first chunk, so everything queued is readahead.
+//! 3. **direct** — time to first byte of `bytes=-8` of a cold 64 MiB chunk through Shoal vs. a
+//!    signed ranged GET of the same bytes straight from the origin.
+//!
+//! `make bench` runs it (`cargo bench --bench herd`); the summary is printed at the end and
+//! written to `target/bench-herd.json`.
+
+#[path = "../tests/common/mod.rs"]
+mod common;
+
+use common::faulty::Faulty;
+use common::*;
+use futures_util::StreamExt;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+const MIB: usize = 1 << 20;
+
+fn median(mut v: Vec<f64>) -> f64 {
+    v.sort_by(|a, b| a.total_cmp(b));
+    v[v.len() / 2]
+}
+
+async fn drain(r: reqwest::Response) -> usize {
+    let mut s = r.bytes_stream();
+    let mut n = 0;
+    while let Some(b) = s.next().await {
+        n += b.expect("body").len();
+    }
+    n
+}
+
+async fn memory(g: &Garage, c: &aws_sdk_s3::Client) -> serde_json_lite::Obj {
+    const OBJ: usize = 128 * MIB;
+    const SLOW: usize = 16;
+    let b = bucket(c, "bench-mem").await;
+    for i in 0..SLOW + 2 {
+        put(c, &b, &format!("o{i}"), patterned(OBJ, i as u64)).await;
+    }
+    let shoal = ShoalProcess::start(&format!(
+        r#"
+[server]
+listen = "127.0.0.1:0"
+[ops]
+listen = "127.0.0.1:0"
+[origin]
+id = "bench"
+endpoint = "{ep}"
+region = "{REGION}"
+force_path_style = true
+access_key_id = "{ACCESS_KEY}"
+secret_access_key = "{SECRET_KEY}"
+[store]
+kind = "memory"
+capacity = "256 MiB"
+[fill]
+buffer_budget = "256 MiB"
+[telemetry]
+log_format = "json"
+"#,
+        ep = g.endpoint
+    ));
+    let http = reqwest::Client::new();
+    let fast = |key: String| {
+        let (http, url) = (http.clone(), format!("{}/{b}/{key}", shoal.s3));
+        async move {
+            let t = Instant::now();
+            let n = drain(http.get(url).send().await.unwrap()).await;
+            assert_eq!(n, OBJ);
+            OBJ as f64 / t.elapsed().as_secs_f64() / 1e6
+        }
+    };
+    let alone = fast(format!("o{}", SLOW + 1)).await;
+    let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let slow: Vec<_> = (0..SLOW)
+        .map(|i| {
+            let (http, url, stop) = (http.clone(), format!("{}/{b}/o{i}", shoal.s3), stop.clone());
+            tokio::spawn(async move {
+                let r = http.get(url).send().await.unwrap();
+                let t = Instant::now();
+                let mut s = r.bytes_stream();
+                let mut got = 0usize;
+                while !stop.load(std::sync::atomic::Ordering::SeqCst) {
+                    match s.next().await {
+                        Some(Ok(p)) => got += p.len(),
+                        _ => break,
+                    }
+                    let due = Duration::from_secs_f64(got as f64 / 1e6);
+                    if let Some(w) = due.checked_sub(t.elapsed()) {
+                        tokio::time::sleep(w).await;
+                    }
+                }
+            })
+        })
+        .collect();
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    let during = fast(format!("o{SLOW}")).await;
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    stop.store(true, std::sync::atomic::Ordering::SeqCst);
+    for t in slow {
+        let _ = t.await;
+    }
+    let peak = shoal.peak_rss() as f64 / MIB as f64;
+    serde_json_lite::obj(&[
+        ("peak_rss_mib", peak),
+        ("bound_mib", 640.0),
+        ("fast_alone_mb_s", alone),
+        ("fast_during_herd_mb_s", during),
+        ("fast_ratio", during / alone),
+    ])
+}
+
+async fn priority(g: &Garage, c: &aws_sdk_s3::Client) -> serde_json_lite::Obj {
+    const N: usize = 8;
+    const SAMPLES: usize = 5;
+    let b = bucket(c, "bench-prio").await;
+    for i in 0..N {
+        put(c, &b, &format!("o{i}"), patterned(72 * MIB, i as u64)).await;
+    }
+    for s in 0..2 * SAMPLES {
+        put(c, &b, &format!("new{s}"), patterned(MIB, 1000 + s as u64)).await;
+    }
+    let mut cfg = config(g);
+    cfg.chunk.size = shoal::config::ByteSize(8 << 20);
+    cfg.fill.origin_concurrency = 8;
+    cfg.fill.queue_timeout = shoal::config::Dur(Duration::from_secs(10));
+    let origin = Faulty::new(s3_origin(&cfg).await);
+    for i in 0..N {
+        origin.latency(&format!("o{i}"), Duration::from_millis(200));
+    }
+    let shoal = Shoal::start(&cfg, origin.clone()).await;
+    let ttfb = |key: String| {
+        let url = shoal.url(&format!("{b}/{key}"));
+        let http = shoal.http.clone();
+        async move {
+            let t = Instant::now();
+            let r = http.get(url).send().await.unwrap();
+            let first = t.elapsed().as_secs_f64() * 1e3;
+            drain(r).await;
+            first
+        }
+    };
+    let mut idle = Vec::new();
+    for s in 0..SAMPLES {
+        idle.push(ttfb(format!("new{s}")).await);
+    }
+    // 8 GETs whose readers pause after the first bytes: their readahead piles up.
+    let held = futures_util::future::join_all((0..N).map(|i| {
+        let url = shoal.url(&format!("{b}/o{i}"));
+        let http = shoal.http.clone();
+        async move { http.get(url).send().await.unwrap() }
+    }))
+    .await;
+    let mut loaded = Vec::new();
+    for s in SAMPLES..2 * SAMPLES {
+        loaded.push(ttfb(format!("new{s}")).await);
+    }
+    let queued = (N * 8).saturating_sub(origin.issued.lock().unwrap().len().saturating_sub(N));
+
+    for r in held {
+        drain(r).await;
+    }
+    shoal.stop().await;
+    let (i, l) = (median(idle), median(loaded));
+    serde_json_lite::obj(&[
+        ("ttfb_idle_ms", i),
+        ("ttfb_with_readahead_queued_ms", l),
+        ("readahead_still_queued_at_end", queued as f64),
+        ("ratio", l / i),
+    ])
+}
+
+async fn direct(g: &Garage, c: &aws_sdk_s3::Client) -> serde_json_lite::Obj {
+    const SAMPLES: usize = 7;
+    let b = bucket(c, "bench-direct").await;
+    let size = 64 * MIB;
+    put(c, &b, "t.parquet", patterned(size, 5)).await;
+    let mut cfg = config(g);
+    cfg.chunk.size = shoal::config::ByteSize(64 << 20);
+    cfg.chunk.tiers.clear();
+    let (mut via, mut straight) = (Vec::new(), Vec::new());
+    for _ in 0..SAMPLES {
+        // A fresh Shoal each time: the chunk is cold.
+        let shoal = Shoal::start(&cfg, s3_origin(&cfg).await).await;
+        let t = Instant::now();
+        let r = shoal.get_range(&format!("{b}/t.parquet"), "bytes=-8").await;
+        via.push(t.elapsed().as_secs_f64() * 1e3);
+        assert_eq!(drain(r).await, 8);
+        shoal.running.fills_settled(Duration::from_secs(30)).await;
+        shoal.stop().await;
+        let t = Instant::now();
+        let o = c
+            .get_object()
+            .bucket(&b)
+            .key("t.parquet")
+            .range("bytes=-8")
+            .send()
+            .await
+            .unwrap();
+        straight.push(t.elapsed().as_secs_f64() * 1e3);
+        assert_eq!(o.body.collect().await.unwrap().into_bytes().len(), 8);
+    }
+    let (v, s) = (median(via), median(straight));
+    serde_json_lite::obj(&[
+        ("ttfb_shoal_cold_ms", v),
+        ("ttfb_origin_direct_ms", s),
+        ("ratio", v / s),
+    ])
+}
+
+/// Just enough JSON for a flat summary, to keep the bench free of extra dependencies.
+mod serde_json_lite {
+    pub type Obj = Vec<(String, f64)>;
+    pub fn obj(kv: &[(&str, f64)]) -> Obj {
+        kv.iter().map(|(k, v)| (k.to_string(), *v)).collect()
+    }
+    pub fn render(all: &[(&str, Obj)]) -> String {
+        let sec: Vec<String> = all
+            .iter()
+            .map(|(name, o)| {
+                let fields: Vec<String> = o
+                    .iter()
+                    .map(|(k, v)| format!("\"{k}\": {:.3}", v))
+                    .collect();
+                format!("  \"{name}\": {{ {} }}", fields.join(", "))
+            })
+            .collect();
+        format!("{{\n{}\n}}\n", sec.join(",\n"))
+    }
+}
+
+fn main() {
+    // `cargo bench` passes `--bench`; `cargo test --all-targets` runs this binary without it,
+    // and a load benchmark has no place in the test run.
+    if !std::env::args().any(|a| a == "--bench") {
+        println!("herd: load benchmark; run it with `cargo bench --bench herd` (make bench)");
+        return;
+    }
+    // A name filter picks scenarios: `cargo bench --bench herd -- memory`.
+    let filter: Vec<String> = std::env::args()
+        .skip(1)
+        .filter(|a| !a.starts_with("--"))
+        .collect();
+    let want = |n: &str| filter.is_empty() || filter.iter().any(|f| n.contains(f.as_str()));
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .unwrap();
+    rt.block_on(async {
+        let g = garage();
+        let c = client(&g.endpoint);
+        let mut all = Vec::new();
+        if want("memory") {
+            all.push(("memory", memory(g, &c).await));
+        }
+        if want("priority") {
+            all.push(("priority", priority(g, &c).await));
+        }
+        if want("direct") {
+            all.push(("direct", direct(g, &c).await));
+        }
+        let out = serde_json_lite::render(&all);
+        print!("{out}");
+        let path = std::path::Path::new(env!("CARGO_TARGET_TMPDIR")).join("../bench-herd.json");
+        let _ = std::fs::write(path, out);
+    });
+}
