@@ -5,10 +5,16 @@ CARGO ?= cargo
 GARAGE ?= $(shell command -v garage 2>/dev/null || echo $(HOME)/.cargo/bin/garage)
 DEMO := target/demo-origin/demo
 
-.PHONY: run test test-deps lint bench demo-data clean-demo
+.PHONY: run cluster test test-deps lint bench demo-data clean-demo
 
 run: demo-data
 	$(CARGO) run --release -- serve --config config/dev.toml
+
+# Three replicas on loopback, one cluster, over the same demo origin.
+cluster: demo-data
+	$(CARGO) build --release --bin shoal
+	deploy/local-cluster.sh target/release/shoal
+
 
 demo-data:
 	@mkdir -p $(DEMO)/models

@@ -10,6 +10,9 @@
 //!    inside their first chunk, so everything queued is readahead.
 //! 3. **direct** — time to first byte of `bytes=-8` of a cold 64 MiB chunk through Shoal vs. a
 //!    signed ranged GET of the same bytes straight from the origin.
+//! 4. **cluster** — 3 replicas (their own processes), 48 clients spread over them, one cold
+//!    256 MiB object: origin range GETs per chunk (counted at a proxy in front of the origin),
+//!    p50/p99 completion time, and each replica's peak RSS.
 //!
 //! `make bench` runs it (`cargo bench --bench herd`); the summary is printed at the end and
 //! written to `target/bench-herd.json`.
@@ -217,6 +220,84 @@ async fn direct(g: &Garage, c: &aws_sdk_s3::Client) -> serde_json_lite::Obj {
     ])
 }
 
+async fn cluster(g: &Garage, c: &aws_sdk_s3::Client) -> serde_json_lite::Obj {
+    const SIZE: usize = 256 * MIB;
+    const CLIENTS: usize = 48;
+    let b = bucket(c, "bench-cluster").await;
+    put(c, &b, "model.bin", patterned(SIZE, 9)).await;
+    let proxy = common::proxy::Proxy::start(&g.endpoint).await;
+    let ports: Vec<u16> = (0..3).map(|_| free_port()).collect();
+    let peers: Vec<String> = ports.iter().map(|q| format!("\"127.0.0.1:{q}\"")).collect();
+    let replicas: Vec<ShoalProcess> = ports
+        .iter()
+        .map(|&p| {
+            ShoalProcess::start(&format!(
+                r#"
+[server]
+listen = "127.0.0.1:0"
+[ops]
+listen = "127.0.0.1:0"
+[origin]
+id = "bench"
+endpoint = "{ep}"
+region = "{REGION}"
+force_path_style = true
+access_key_id = "{ACCESS_KEY}"
+secret_access_key = "{SECRET_KEY}"
+[cluster]
+listen = "127.0.0.1:{p}"
+advertise = "127.0.0.1:{p}"
+peers = [{peers}]
+secret = "bench-cluster-secret-0123456789"
+[telemetry]
+log_format = "json"
+"#,
+                ep = proxy.endpoint,
+                peers = peers.join(", ")
+            ))
+        })
+        .collect();
+    let http = reqwest::Client::new();
+    let started = Instant::now();
+    let tasks: Vec<_> = (0..CLIENTS)
+        .map(|i| {
+            let url = format!("{}/{b}/model.bin", replicas[i % 3].s3);
+            let http = http.clone();
+            tokio::spawn(async move {
+                let n = drain(http.get(url).send().await.unwrap()).await;
+                assert_eq!(n, SIZE);
+                started.elapsed().as_secs_f64()
+            })
+        })
+        .collect();
+    let mut done = Vec::new();
+    for t in tasks {
+        done.push(t.await.unwrap());
+    }
+    done.sort_by(|a, b| a.total_cmp(b));
+    let gets = proxy
+        .seen()
+        .iter()
+        .filter(|s| s.method == "GET" && s.range.is_some() && s.path.contains("model.bin"))
+        .count();
+    let chunks = SIZE / (8 * MIB);
+    let mut out = vec![
+        ("origin_gets", gets as f64),
+        ("chunks", chunks as f64),
+        ("p50_s", done[done.len() / 2]),
+        ("p99_s", done[(done.len() * 99 / 100).min(done.len() - 1)]),
+    ];
+    let names = [
+        "peak_rss_mib_replica1",
+        "peak_rss_mib_replica2",
+        "peak_rss_mib_replica3",
+    ];
+    for (i, r) in replicas.iter().enumerate() {
+        out.push((names[i], r.peak_rss() as f64 / MIB as f64));
+    }
+    serde_json_lite::obj(&out)
+}
+
 /// Just enough JSON for a flat summary, to keep the bench free of extra dependencies.
 mod serde_json_lite {
     pub type Obj = Vec<(String, f64)>;
@@ -269,6 +350,10 @@ fn main() {
         if want("direct") {
             all.push(("direct", direct(g, &c).await));
         }
+        if want("cluster") {
+            all.push(("cluster", cluster(g, &c).await));
+        }
+
         let out = serde_json_lite::render(&all);
         print!("{out}");
         let path = std::path::Path::new(env!("CARGO_TARGET_TMPDIR")).join("../bench-herd.json");

@@ -2,18 +2,20 @@
 
 use crate::budget::Budget;
 use crate::chunk::ChunkRequest;
+use crate::cluster::internal::{InternalState, PeerClient, Secret};
+use crate::cluster::{self, HotCache, Member, Membership, Tiered};
 use crate::config::{Config, OriginKind, StoreKind};
 use crate::error::{Error, ShoalClassify};
 use crate::fill::{Fill, FillBody, FillConfig};
 use crate::layer::store_lookup::OriginService;
 use crate::layer::{
-    ConcurrencyLimitLayer, NegativeCacheLayer, RetryPolicy, RetryUntilCommitLayer,
-    SingleflightLayer, StoreLookupLayer,
+    ConcurrencyLimitLayer, NegativeCacheLayer, PeerRoutingLayer, RetryPolicy,
+    RetryUntilCommitLayer, SingleflightLayer, StoreLookupLayer,
 };
 use crate::object::{
     require_etag, ChunkService, InvalidateFn, MetaService, ObjectRef, ObjectService, ReadPolicy,
 };
-use crate::origin::{ByteStream, LocalOrigin, Origin, OriginRanges, S3Origin};
+use crate::origin::{ByteStream, LocalOrigin, Origin, OriginRanges, RangeRequest, S3Origin};
 use crate::s3::{self, S3State};
 use crate::server::Limits;
 use crate::store::{ChunkStore, DiskStore, MemoryStore};
@@ -63,14 +65,37 @@ pub async fn build_store(cfg: &Config) -> Result<Arc<dyn ChunkStore>, Error> {
     }
 }
 
+/// The hot cache of a replica in a cluster: `cluster.hot_cache` bytes (default 10% of
+/// `store.capacity`) on the same medium as the store — memory, or a `.hot` directory inside
+/// the disk store's path.
+pub fn build_hot_cache(cfg: &Config) -> Result<HotCache, Error> {
+    let cap = cfg
+        .cluster
+        .hot_cache
+        .map_or(cfg.store.capacity.0 / 10, |h| h.0)
+        .max(1);
+    let store: Arc<dyn ChunkStore> = match (cfg.store.kind, &cfg.store.path) {
+        (StoreKind::Disk, Some(path)) => Arc::new(
+            DiskStore::open(path.join(".hot"), cap)
+                .map_err(|e| Error::Store(format!("cannot open the hot cache: {e}").into()))?,
+        ),
+        _ => Arc::new(MemoryStore::new(cap)),
+    };
+    Ok(HotCache::new(store))
+}
+
 /// The chunk stack of DESIGN.md, top to bottom, sharing `budget` for every byte it holds
-/// outside the store.
+/// outside the store:
+/// `StoreLookup ▸ Singleflight ▸ Fill ▸ PeerRouting ▸ ConcurrencyLimit ▸ RetryUntilCommit ▸
+/// origin`. In a cluster, `PeerRouting` asks a chunk's owner first (see [`crate::cluster`]).
 pub fn chunk_stack(
     cfg: &Config,
     origin: Arc<dyn Origin>,
     store: Arc<dyn ChunkStore>,
     budget: Budget,
     tasks: TaskTracker,
+    membership: Membership,
+    hot: Option<HotCache>,
 ) -> ChunkService {
     let retry = &cfg.fill.retry;
     let origin_stack = ServiceBuilder::new()
@@ -93,14 +118,38 @@ pub fn chunk_stack(
             .clone()
             .map_response(|b| -> ByteStream { b.boxed() }),
     );
+    let lookup: Arc<dyn ChunkStore> = match &hot {
+        Some(h) => Arc::new(Tiered::new(store.clone(), h.clone())),
+        None => store.clone(),
+    };
+    let m = membership.clone();
+    let route = move |r: &ChunkRequest| -> Option<Member> {
+        // A request a peer sent here is served here (the loop guard).
+        if r.from_peer || !m.is_clustered() {
+            return None;
+        }
+        let owner = m.owner(&r.key.path());
+        (owner != m.me()).then_some(owner)
+    };
+    let peers = PeerClient::new(
+        membership,
+        Secret::new(cfg.cluster.secret.as_deref().unwrap_or_default()),
+        // The owner may itself be queued and filling from the origin before it answers.
+        cfg.fill.queue_timeout.0 + cfg.origin.timeout.0,
+        cfg.origin.timeout.0,
+    );
+    let source = PeerRoutingLayer::new(route, peers).layer(
+        origin_stack.map_request(RangeRequest::for_chunk as fn(ChunkRequest) -> RangeRequest),
+    );
     let fill = Fill::new(
-        origin_stack,
-        store.clone(),
+        source,
+        store,
         FillConfig {
             budget,
             queue_timeout: cfg.fill.queue_timeout.0,
             write_timeout: cfg.store.write_timeout.0,
             tasks: tasks.clone(),
+            hot,
         },
     );
     let flights = SingleflightLayer::new(|r: &ChunkRequest| r.key.clone())
@@ -108,18 +157,17 @@ pub fn chunk_stack(
         .durable_when(|b: &FillBody| b.is_durable())
         .layer(fill);
     let progress = flights.progress();
-    let stack = StoreLookupLayer::new(store)
+    let stack = StoreLookupLayer::new(lookup)
         .direct_ranges(direct, progress)
         .layer(flights);
     BoxCloneSyncService::new(stack)
 }
 
-/// The object service over both stacks.
+/// The object service: the metadata stack over `origin`, and `chunks`.
 pub fn object_service(
     cfg: &Config,
     origin: Arc<dyn Origin>,
-    store: Arc<dyn ChunkStore>,
-    budget: Budget,
+    chunks: ChunkService,
     tasks: TaskTracker,
 ) -> ObjectService {
     let o = origin.clone();
@@ -148,7 +196,7 @@ pub fn object_service(
         cfg.origin.id.as_str().into(),
         meta,
         invalidate,
-        chunk_stack(cfg, origin, store.clone(), budget, tasks.clone()),
+        chunks,
         cfg.chunk.size.0,
         cfg.chunk.tiers(),
         ReadPolicy {
@@ -166,6 +214,10 @@ pub struct Running {
     pub s3_addr: SocketAddr,
     /// Where the ops listener is bound.
     pub ops_addr: SocketAddr,
+    /// Where the internal (cluster) listener is bound, in a cluster.
+    pub cluster_addr: Option<SocketAddr>,
+    /// Who owns what.
+    pub membership: Membership,
     /// The chunk store (tests inspect it).
     pub store: Arc<dyn ChunkStore>,
     /// The byte budget (tests check that every byte comes back).
@@ -229,14 +281,26 @@ pub async fn start_with(
     store: Arc<dyn ChunkStore>,
 ) -> Result<Running, Error> {
     let fills = TaskTracker::new();
+    let stop = CancellationToken::new();
+    let servers = TaskTracker::new();
+    let membership = Membership::start(&cfg.cluster, &servers, stop.clone()).await?;
     let budget = Budget::new(cfg.fill.buffer_budget.0);
-    let objects = object_service(
+    let hot = if membership.is_clustered() {
+        Some(build_hot_cache(cfg)?)
+    } else {
+        None
+    };
+    let chunks = chunk_stack(
         cfg,
         origin.clone(),
         store.clone(),
         budget.clone(),
         fills.clone(),
+        membership.clone(),
+        hot,
     );
+
+    let objects = object_service(cfg, origin.clone(), chunks.clone(), fills.clone());
     let state = Arc::new(S3State {
         objects,
         origin,
@@ -257,8 +321,6 @@ pub async fn start_with(
         .local_addr()
         .map_err(|e| Error::internal(e.to_string()))?;
     let ready = Arc::new(AtomicBool::new(false));
-    let stop = CancellationToken::new();
-    let servers = TaskTracker::new();
 
     let s3_app = s3::router(state);
     let limits = Limits {
@@ -271,15 +333,31 @@ pub async fn start_with(
         limits,
         stop.clone(),
     ));
+    let cluster_addr = if membership.is_clustered() {
+        let l = bind(cfg.cluster.listen).await?;
+        let addr = l.local_addr().map_err(|e| Error::internal(e.to_string()))?;
+        let internal = cluster::internal::router(Arc::new(InternalState {
+            chunks,
+            membership: membership.clone(),
+            secret: Secret::new(cfg.cluster.secret.as_deref().unwrap_or_default()),
+            origin_id: cfg.origin.id.as_str().into(),
+        }));
+        servers.spawn(crate::server::serve(l, internal, limits, stop.clone()));
+        Some(addr)
+    } else {
+        None
+    };
     let r2 = ready.clone();
+    let m2 = membership.clone();
     let ops_app = Router::new()
         .route("/healthz", get(|| async { "ok" }))
         .route(
             "/readyz",
             get(move || {
-                let r = r2.clone();
+                let (r, m) = (r2.clone(), m2.clone());
                 async move {
-                    if r.load(Ordering::Acquire) {
+                    // Ready once listening, with a first membership snapshot.
+                    if r.load(Ordering::Acquire) && m.ready() {
                         (StatusCode::OK, "ready")
                     } else {
                         (StatusCode::SERVICE_UNAVAILABLE, "not ready")
@@ -297,10 +375,20 @@ pub async fn start_with(
         }
     });
     ready.store(true, Ordering::Release);
-    tracing::info!(%s3_addr, %ops_addr, origin = %cfg.origin.id, "shoal listening");
+    let members: Vec<String> = membership.members().iter().map(Member::to_string).collect();
+    tracing::info!(
+        %s3_addr,
+        %ops_addr,
+        cluster_addr = ?cluster_addr,
+        origin = %cfg.origin.id,
+        ?members,
+        "shoal listening"
+    );
     Ok(Running {
         s3_addr,
         ops_addr,
+        cluster_addr,
+        membership,
         store,
         budget,
         stop,

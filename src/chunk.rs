@@ -119,6 +119,9 @@ pub struct ChunkRequest {
     pub priority: Option<Priority>,
     /// How long a fill for this request may wait for memory and an origin slot.
     pub wait: Wait,
+    /// Asked by a peer through `/internal/fill`: serve it here, never forward it again (the
+    /// loop guard of SPEC §3).
+    pub from_peer: bool,
 }
 
 impl ChunkRequest {
@@ -131,6 +134,7 @@ impl ChunkRequest {
             range: 0..len,
             priority: None,
             wait: Wait::Default,
+            from_peer: false,
         }
     }
 
@@ -142,6 +146,19 @@ impl ChunkRequest {
     /// Whether this is (still) readahead rather than a client's current need.
     pub fn is_speculative(&self) -> bool {
         self.priority.as_ref().is_some_and(|p| !p.is_urgent())
+    }
+}
+
+impl crate::layer::Resumable for ChunkRequest {
+    fn expected_len(&self) -> Option<u64> {
+        Some(self.range.end - self.range.start)
+    }
+    fn resume_from(&self, delivered: u64) -> Self {
+        let start = (self.range.start + delivered).min(self.range.end);
+        ChunkRequest {
+            range: start..self.range.end,
+            ..self.clone()
+        }
     }
 }
 

@@ -125,6 +125,8 @@ pub struct Config {
     pub metadata: MetadataConfig,
     /// Health and readiness listener.
     pub ops: OpsConfig,
+    /// Replicas that share the work: membership, ownership, the internal fill listener.
+    pub cluster: ClusterConfig,
     /// Logs.
     pub telemetry: TelemetryConfig,
 }
@@ -417,6 +419,81 @@ impl Default for OpsConfig {
     }
 }
 
+/// `cluster.*`
+#[derive(Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ClusterConfig {
+    /// Internal listener (`/internal/fill`), reached by the other replicas only.
+    pub listen: SocketAddr,
+    /// This replica's address as the peers see it: `ip` or `ip:port`. Unset: the `POD_IP`
+    /// environment variable (plus the listen port with static `peers`).
+    pub advertise: Option<String>,
+    /// Static membership: the internal `host:port` of every replica (this one may be listed).
+    pub peers: Vec<String>,
+    /// DNS membership: a name (a Kubernetes headless Service) whose A/AAAA records are the
+    /// replicas, all on the port of `cluster.listen`.
+    pub dns: Option<String>,
+    /// The DNS server to ask for `dns` (`ip:port`); unset: the system resolver.
+    pub dns_server: Option<SocketAddr>,
+    /// How often membership is refreshed.
+    pub refresh: Dur,
+    /// Shared secret that authenticates `/internal/fill` (HMAC); required in a cluster.
+    pub secret: Option<String>,
+    /// Bytes of chunks owned by other replicas kept here because they were asked for
+    /// repeatedly; unset: 10% of `store.capacity`.
+    pub hot_cache: Option<ByteSize>,
+}
+
+impl Default for ClusterConfig {
+    fn default() -> Self {
+        ClusterConfig {
+            listen: ([0, 0, 0, 0], 9001).into(),
+            advertise: None,
+            peers: Vec::new(),
+            dns: None,
+            dns_server: None,
+            refresh: Dur(Duration::from_secs(5)),
+            secret: None,
+            hot_cache: None,
+        }
+    }
+}
+
+impl fmt::Debug for ClusterConfig {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("ClusterConfig")
+            .field("listen", &self.listen)
+            .field("advertise", &self.advertise)
+            .field("peers", &self.peers)
+            .field("dns", &self.dns)
+            .field("dns_server", &self.dns_server)
+            .field("refresh", &self.refresh)
+            .field("secret", &self.secret.as_ref().map(|_| "***"))
+            .field("hot_cache", &self.hot_cache)
+            .finish()
+    }
+}
+
+impl ClusterConfig {
+    /// Whether this replica is part of a cluster (static peers or DNS).
+    pub fn enabled(&self) -> bool {
+        !self.peers.is_empty() || self.dns.is_some()
+    }
+
+    /// The advertised address: `cluster.advertise`, else `POD_IP` (with the listen port when
+    /// peers are static). `None` when neither is set.
+    pub fn advertised(&self) -> Option<String> {
+        self.advertise.clone().or_else(|| {
+            let ip = std::env::var("POD_IP").ok().filter(|s| !s.is_empty())?;
+            Some(if self.peers.is_empty() {
+                ip
+            } else {
+                format!("{ip}:{}", self.listen.port())
+            })
+        })
+    }
+}
+
 /// Log output format.
 #[derive(Clone, Copy, Debug, Serialize, Deserialize, PartialEq, Eq)]
 #[serde(rename_all = "lowercase")]
@@ -452,6 +529,76 @@ impl Default for TelemetryConfig {
 pub struct ConfigError(pub String);
 
 impl Config {
+    fn validate_cluster(&self) -> Result<(), ConfigError> {
+        let bad = |k: &str, m: String| Err(ConfigError(format!("`{k}`: {m}")));
+        let c = &self.cluster;
+        if c.refresh.0.is_zero() {
+            return bad("cluster.refresh", "must be > 0".into());
+        }
+        if let Some(h) = c.hot_cache {
+            if h.0 > self.store.capacity.0 {
+                return bad(
+                    "cluster.hot_cache",
+                    format!("{h} is more than store.capacity ({})", self.store.capacity),
+                );
+            }
+        }
+        if !c.enabled() {
+            return Ok(());
+        }
+        if c.dns.is_some() && !c.peers.is_empty() {
+            return bad(
+                "cluster.dns",
+                "choose one membership source: cluster.peers or cluster.dns".into(),
+            );
+        }
+        if c.dns.as_deref().is_some_and(|d| d.trim().is_empty()) {
+            return bad("cluster.dns", "must not be empty".into());
+        }
+        for (i, p) in c.peers.iter().enumerate() {
+            let port_ok = p
+                .rsplit_once(':')
+                .is_some_and(|(h, port)| !h.is_empty() && port.parse::<u16>().is_ok_and(|n| n > 0));
+            if !port_ok {
+                return bad(
+                    &format!("cluster.peers[{i}]"),
+                    format!("`{p}` is not host:port"),
+                );
+            }
+        }
+        match c.secret.as_deref() {
+            None => {
+                return bad(
+                    "cluster.secret",
+                    "is required in a cluster (it authenticates /internal/fill); set it, e.g. \
+                     SHOAL_CLUSTER__SECRET from a Kubernetes Secret"
+                        .into(),
+                )
+            }
+            Some(s) if s.len() < 16 => {
+                return bad("cluster.secret", "must be at least 16 characters".into())
+            }
+            _ => {}
+        }
+        let Some(adv) = c.advertised() else {
+            return bad(
+                "cluster.advertise",
+                "is required in a cluster: set it (ip or ip:port), or the POD_IP env var".into(),
+            );
+        };
+        let parsed = adv
+            .parse::<std::net::SocketAddr>()
+            .map(|a| a.ip())
+            .or_else(|_| adv.parse::<std::net::IpAddr>());
+        if parsed.is_err() {
+            return bad(
+                "cluster.advertise",
+                format!("`{adv}` is not an ip or ip:port"),
+            );
+        }
+        Ok(())
+    }
+
     /// Loads defaults ◂ `file` ◂ `SHOAL_` environment and validates the result.
     pub fn load(file: Option<&Path>) -> Result<Config, ConfigError> {
         let mut fig = Figment::from(Serialized::defaults(Config::default()));
@@ -489,11 +636,11 @@ impl Config {
     /// Checks every value that serde cannot; the first problem is returned.
     pub fn validate(&self) -> Result<(), ConfigError> {
         let bad = |k: &str, m: String| Err(ConfigError(format!("`{k}`: {m}")));
-        // The id names a directory of the disk store: keep it a plain, safe file name.
+        // The id names a directory of the disk store: keep it a plain, safe file name that
+        // does not start with a dot (dot-directories are the store's own, like `.hot`).
         let id_ok = !self.origin.id.is_empty()
             && self.origin.id.len() <= 64
-            && self.origin.id != "."
-            && self.origin.id != ".."
+            && !self.origin.id.starts_with('.')
             && self
                 .origin
                 .id
@@ -502,7 +649,7 @@ impl Config {
         if !id_ok {
             return bad(
                 "origin.id",
-                "must be 1-64 characters of A-Z a-z 0-9 . _ - (and not . or ..)".into(),
+                "must be 1-64 characters of A-Z a-z 0-9 . _ - not starting with a dot".into(),
             );
         }
         match self.origin.kind {
@@ -647,6 +794,7 @@ impl Config {
         if self.metadata.ttl.0.is_zero() {
             return bad("metadata.ttl", "must be > 0".into());
         }
+        self.validate_cluster()?;
         if tracing_subscriber::EnvFilter::try_new(&self.telemetry.log_level).is_err() {
             return bad(
                 "telemetry.log_level",
@@ -677,6 +825,29 @@ mod tests {
         assert!(ByteSize::parse("").is_err());
         assert!(ByteSize::parse("-1 MiB").is_err());
         assert_eq!(ByteSize(8 << 20).to_string(), "8 MiB");
+    }
+
+    #[test]
+    fn cluster_settings_are_checked() {
+        let ok = "[cluster]\npeers = [\"10.0.0.1:9001\", \"10.0.0.2:9001\"]\nadvertise = \"10.0.0.1:9001\"\nsecret = \"0123456789abcdef0123\"";
+        assert!(from_toml(ok).is_ok());
+        for (toml, key) in [
+            ("[cluster]\npeers = [\"10.0.0.1:9001\"]\nadvertise = \"10.0.0.1:9001\"", "cluster.secret"),
+            ("[cluster]\npeers = [\"10.0.0.1:9001\"]\nadvertise = \"10.0.0.1:9001\"\nsecret = \"short\"", "cluster.secret"),
+            ("[cluster]\npeers = [\"10.0.0.1\"]\nadvertise = \"10.0.0.1:9001\"\nsecret = \"0123456789abcdef0123\"", "cluster.peers[0]"),
+            ("[cluster]\ndns = \"x\"\npeers = [\"10.0.0.1:1\"]\nadvertise = \"10.0.0.1\"\nsecret = \"0123456789abcdef0123\"", "cluster.dns"),
+            ("[cluster]\ndns = \"peers.svc\"\nadvertise = \"not an ip\"\nsecret = \"0123456789abcdef0123\"", "cluster.advertise"),
+            ("[cluster]\nrefresh = \"0s\"", "cluster.refresh"),
+            ("[cluster]\nhot_cache = \"2 GiB\"", "cluster.hot_cache"),
+        ] {
+            let e = from_toml(toml).unwrap_err().to_string();
+            assert!(e.contains(key), "{toml}: {e}");
+        }
+        let c = from_toml(ok).unwrap();
+        assert!(
+            !format!("{c:?}").contains("0123456789abcdef0123"),
+            "secret in Debug"
+        );
     }
 
     #[test]

@@ -55,6 +55,10 @@ pub enum Error {
     /// A bug; reported as 500, never as a panic.
     #[error("internal error: {0}")]
     Internal(Arc<str>),
+    /// Another replica did not serve a chunk (refused, unreachable, broke off). Handled inside
+    /// the read path by serving locally; never shown to a client.
+    #[error("peer: {0}")]
+    Peer(Arc<str>),
     /// A chunk fill released its buffer because the chunk is now in the store; the reader
     /// continues from the store at this byte of the chunk. Handled inside the read path
     /// (`StoreLookup`); never shown to a client.
@@ -126,6 +130,7 @@ impl Classify<Error> for ShoalClassify {
             Error::Origin(o) => self.classify(o),
             Error::SlowDown(_) => Class::Final,
             Error::Store(_) | Error::Internal(_) | Error::Released(_) => Class::Final,
+            Error::Peer(_) => Class::Transient,
         }
     }
 }

@@ -1,13 +1,16 @@
 //! The core fill service: origin bytes → the readers and the store, committed on completion.
 //!
 //! A fill first reserves the whole chunk in the byte budget (urgent fills before readahead;
-//! waiting too long is `SlowDown`), then asks the origin stack. Origin frames are coalesced
+//! waiting too long is `SlowDown`), then asks its source: the chunk's owner in a cluster, or
+//! the origin stack ([`crate::layer::PeerRouting`] decides). Incoming frames are coalesced
 //! into pieces of at most [`PIECE`] bytes, each charged to the budget until it is freed (see
 //! [`crate::budget`]): whatever frames are ready are copied together, so a fast origin gives
 //! few large pieces (fewer wake-ups for joiners) and a slow one gives its bytes on at once.
 //!
 //! Each piece goes to the reader (in practice the singleflight buffer every waiting client
-//! reads) and to a store writer running in its own task behind a bounded queue. The writer is
+//! reads) and to a store writer running in its own task behind a bounded queue: the replica's
+//! store for a chunk it fetched itself, the hot cache for another replica's chunk it had to ask
+//! for repeatedly, no writer at all otherwise (one copy per cluster). The writer is
 //! never on the readers' path: a writer that falls more than a queue behind, or whose store
 //! call takes longer than `store.write_timeout`, is dropped — the chunk is not committed, and
 //! the readers never noticed. When the origin stream ends, the byte count is checked against
@@ -18,10 +21,12 @@
 
 use crate::budget::{Budget, ChunkCharge, PIECE};
 use crate::chunk::ChunkRequest;
+use crate::cluster::HotCache;
 use crate::error::{Error, OriginError};
 use crate::layer::gate::Wait;
+use crate::layer::peer::Routed;
 use crate::layer::retry::Truncated;
-use crate::origin::{ByteStream, RangeRequest};
+use crate::origin::ByteStream;
 use crate::store::{ChunkStore, ChunkWriter, Committed};
 use bytes::Bytes;
 use futures_util::future::BoxFuture;
@@ -66,20 +71,22 @@ pub struct FillConfig {
     pub write_timeout: Duration,
     /// Owns the writer tasks, so shutdown can wait for commits.
     pub tasks: TaskTracker,
+    /// Where chunks fetched from their owner are kept when they are hot (cluster only).
+    pub hot: Option<HotCache>,
 }
 
-/// Fills whole chunks from the service below (the origin stack) into `store`.
+/// Fills whole chunks from `source` (owner or origin) into `store`.
 #[derive(Clone)]
 pub struct Fill<S> {
-    origin: S,
+    source: S,
     store: Arc<dyn ChunkStore>,
     cfg: FillConfig,
 }
 
 impl<S> Fill<S> {
-    /// Fills from `origin` into `store`.
-    pub fn new(origin: S, store: Arc<dyn ChunkStore>, cfg: FillConfig) -> Self {
-        Fill { origin, store, cfg }
+    /// Fills from `source` into `store`.
+    pub fn new(source: S, store: Arc<dyn ChunkStore>, cfg: FillConfig) -> Self {
+        Fill { source, store, cfg }
     }
 }
 
@@ -338,9 +345,8 @@ where
 
 impl<S> Service<ChunkRequest> for Fill<S>
 where
-    S: Service<RangeRequest, Error = Error> + Clone + Send + 'static,
+    S: Service<ChunkRequest, Response = Routed<Error>, Error = Error> + Clone + Send + 'static,
     S::Future: Send,
-    S::Response: Stream<Item = Result<Bytes, Error>> + Send + Unpin + 'static,
 {
     type Response = FillBody;
     type Error = Error;
@@ -351,7 +357,7 @@ where
     }
 
     fn call(&mut self, req: ChunkRequest) -> Self::Future {
-        let origin = self.origin.clone();
+        let source = self.source.clone();
         let store = self.store.clone();
         let cfg = self.cfg.clone();
         Box::pin(async move {
@@ -376,24 +382,27 @@ where
                 .reserve(expected, req.priority.clone(), deadline)
                 .await?;
             let charge = ChunkCharge::new(permit);
-            let k = &req.key;
-            let body = origin
-                .oneshot(RangeRequest {
-                    bucket: k.bucket.clone(),
-                    key: k.key.clone(),
-                    etag: k.etag.clone(),
-                    object_size: req.object_size,
-                    offset: k.offset(),
-                    len: expected,
-                    priority: req.priority.clone(),
+            let k = req.key.clone();
+            let body = source
+                .oneshot(ChunkRequest {
+                    range: 0..expected,
                     wait: deadline.map_or(Wait::Forever, Wait::Until),
+                    ..req.clone()
                 })
                 .await?;
-            let writer = spawn_writer(store, &req, expected, charge.clone(), &cfg);
+            // Where this chunk is kept: here if this replica fetched it itself; if another
+            // replica (its owner) sent it, only when it is hot here.
+            let target = match (&cfg.hot, body.from_peer()) {
+                (_, false) => Some(store),
+                (Some(hot), true) if hot.fetched_from_peer(&k) => Some(hot.store()),
+                _ => None,
+            };
+            let writer = target.map(|s| spawn_writer(s, &req, expected, charge.clone(), &cfg));
             let tee = Tee {
                 body,
                 charge: ChargeGuard(charge),
-                writer: Some(writer),
+                writer,
+
                 got: 0,
                 expected,
                 out: VecDeque::new(),
@@ -442,9 +451,34 @@ where
 mod tests {
     use super::*;
     use crate::chunk::ChunkKey;
+    use crate::layer::{PeerRouting, PeerRoutingLayer};
+    use crate::origin::RangeRequest;
     use crate::store::MemoryStore;
     use futures_util::stream;
-    use tower::service_fn;
+    use tower::{service_fn, Layer};
+
+    type NoPeer = tower::util::ServiceFn<
+        fn((String, ChunkRequest)) -> std::future::Ready<Result<ByteStream, Error>>,
+    >;
+    type ToRange<S> = tower::util::MapRequest<S, fn(ChunkRequest) -> RangeRequest>;
+    type NoRoute = fn(&ChunkRequest) -> Option<String>;
+
+    /// A source with no peers: every chunk comes from `origin` (a ranged-read service).
+    fn local<S>(origin: S) -> PeerRouting<ToRange<S>, NoRoute, NoPeer>
+    where
+        S: Service<RangeRequest>,
+    {
+        fn no_route(_: &ChunkRequest) -> Option<String> {
+            None
+        }
+        fn no_peer(_: (String, ChunkRequest)) -> std::future::Ready<Result<ByteStream, Error>> {
+            std::future::ready(Err(Error::internal("no peers here")))
+        }
+        let route: fn(&ChunkRequest) -> Option<String> = no_route;
+        let to_range: fn(ChunkRequest) -> RangeRequest = RangeRequest::for_chunk;
+        PeerRoutingLayer::new(route, service_fn(no_peer as fn(_) -> _))
+            .layer(ServiceExt::map_request(origin, to_range))
+    }
 
     fn key() -> ChunkKey {
         ChunkKey {
@@ -463,6 +497,7 @@ mod tests {
             queue_timeout: Duration::from_millis(100),
             write_timeout: Duration::from_secs(5),
             tasks: TaskTracker::new(),
+            hot: None,
         }
     }
 
@@ -490,7 +525,7 @@ mod tests {
         let budget = Budget::new(4 << 20);
         let store = Arc::new(MemoryStore::new(64 << 20));
         let c = cfg(&budget);
-        let fill = Fill::new(origin(16 << 10), store.clone(), c.clone());
+        let fill = Fill::new(local(origin(16 << 10)), store.clone(), c.clone());
         let req = ChunkRequest::whole(key(), 1 << 20);
         let mut body = fill.oneshot(req).await.unwrap();
         assert_eq!(budget.available(), 3 << 20, "the whole chunk is reserved");
@@ -549,7 +584,7 @@ mod tests {
         });
         let budget = Budget::new(4 << 20);
         let store = Arc::new(SlowOpen(MemoryStore::new(64 << 20)));
-        let fill = Fill::new(trickle, store.clone(), cfg(&budget));
+        let fill = Fill::new(local(trickle), store.clone(), cfg(&budget));
         let mut body = fill
             .oneshot(ChunkRequest::whole(key(), 1 << 20))
             .await
@@ -569,7 +604,7 @@ mod tests {
         let budget = Budget::new(1 << 20);
         let _held = budget.reserve(1 << 20, None, None).await.unwrap();
         let fill = Fill::new(
-            origin(4096),
+            local(origin(4096)),
             Arc::new(MemoryStore::new(1 << 30)),
             cfg(&budget),
         );
@@ -584,7 +619,7 @@ mod tests {
         let short = service_fn(|_r: RangeRequest| async {
             Ok::<ByteStream, Error>(stream::iter(vec![Ok(Bytes::from(vec![1u8; 1000]))]).boxed())
         });
-        let fill = Fill::new(short, store.clone(), cfg(&budget));
+        let fill = Fill::new(local(short), store.clone(), cfg(&budget));
         let mut body = fill
             .oneshot(ChunkRequest::whole(key(), 1 << 20))
             .await

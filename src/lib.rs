@@ -9,7 +9,15 @@
 //! ```text
 //! s3 front (axum) → ObjectService (plan, first chunk before headers, readahead)
 //!   metadata: NegativeCache ▸ origin HEAD
-//!   chunks:   StoreLookup ▸ Singleflight ▸ Fill ▸ ConcurrencyLimit ▸ RetryUntilCommit ▸ origin GET
+//!   chunks:   StoreLookup ▸ Singleflight ▸ Fill ▸ PeerRouting ▸ ConcurrencyLimit ▸
+//!             RetryUntilCommit ▸ origin GET
+//! ```
+//!
+//! In a cluster ([`cluster`]) `PeerRouting` asks each chunk's owner first, so the origin is
+//! asked once per chunk across all replicas.
+//!
+//! ```text
+
 //! ```
 //!
 //! Memory is a resource like origin slots: every byte held outside the store is charged to one
@@ -24,6 +32,7 @@
 pub mod app;
 pub mod budget;
 pub mod chunk;
+pub mod cluster;
 pub mod config;
 pub mod error;
 pub mod fill;

@@ -160,8 +160,10 @@ impl ObjectService {
                 range: s.range,
                 priority: None,
                 wait: Wait::Default,
+                from_peer: false,
             })
             .collect();
+
         let version = Version {
             object: ObjectRef {
                 bucket: bucket.clone(),

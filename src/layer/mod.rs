@@ -13,6 +13,8 @@
 //! StoreLookup      hit → stream from the store; follow the fill; continue from either at the byte
 //! Singleflight     one fill per chunk key; joiners read the leader's buffer as it grows
 //! Fill (core)      reserve budget, cut charged pieces, feed a store writer, commit on completion
+//! PeerRouting      in a cluster: ask the chunk's owner; on failure fall through / resume locally
+
 //! ConcurrencyLimit origin permit held until the body ends; urgent first; deadline → SlowDown
 //! RetryUntilCommit retry before the first byte, resume by offset after it
 //! Origin           ranged GET pinned by If-Match; every answer verified
@@ -22,6 +24,7 @@
 pub mod gate;
 pub mod limit;
 pub mod negative_cache;
+pub mod peer;
 pub mod retry;
 pub mod singleflight;
 pub mod store_lookup;
@@ -29,7 +32,9 @@ pub mod store_lookup;
 pub use gate::{Gate, Priority, Queued, Wait};
 pub use limit::{ConcurrencyLimit, ConcurrencyLimitLayer, Permitted, QueueTimeout};
 pub use negative_cache::{NegativeCache, NegativeCacheLayer};
-pub use retry::{RetryPolicy, RetryUntilCommit, RetryUntilCommitLayer};
+pub use peer::{PeerRouting, PeerRoutingLayer, Route, Routed};
+pub use retry::{RetryPolicy, RetryUntilCommit, RetryUntilCommitLayer, Truncated};
+
 pub use singleflight::{Durability, Released, Singleflight, SingleflightLayer};
 pub use store_lookup::{StoreLookup, StoreLookupLayer};
 

@@ -147,7 +147,13 @@ impl S3Error {
                     )
                 }
             },
+            Error::Peer(_) => Self::new(
+                S::BAD_GATEWAY,
+                "OriginUnreachable",
+                "The chunk could not be read from the replica that owns it or the origin.",
+            ),
             Error::SlowDown(_) => Self::new(
+
                 S::SERVICE_UNAVAILABLE,
                 "SlowDown",
                 "Please reduce your request rate.",

@@ -281,9 +281,11 @@ impl DiskStore {
             else {
                 continue;
             };
-            if !origin_dir.is_dir() {
+            // Dot-directories are not origins (a cluster's `.hot` cache lives there).
+            if !origin_dir.is_dir() || origin_id.starts_with('.') {
                 continue;
             }
+
             for obj_dir in dirs(&origin_dir) {
                 let Some(hash) = obj_dir
                     .file_name()

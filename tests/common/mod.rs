@@ -2,6 +2,7 @@
 //! helpers to start Shoal in front of it with a fault-injecting origin wrapper.
 #![allow(dead_code)]
 
+pub mod dns;
 pub mod faulty;
 pub mod proxy;
 
@@ -25,7 +26,7 @@ pub struct Garage {
     pub endpoint: String,
 }
 
-fn free_port() -> u16 {
+pub fn free_port() -> u16 {
     TcpListener::bind("127.0.0.1:0")
         .and_then(|l| l.local_addr())
         .map(|a| a.port())
@@ -381,6 +382,8 @@ pub struct ShoalProcess {
     pub child: std::process::Child,
     pub s3: String,
     pub ops: String,
+    /// Every log line it has written so far (JSON).
+    pub logs: Arc<std::sync::Mutex<Vec<String>>>,
     _dir: tempfile::TempDir,
 }
 
@@ -416,11 +419,18 @@ impl ShoalProcess {
         }
         assert!(!s3.is_empty(), "shoal did not start");
         // Keep draining the log so the child never blocks on a full pipe.
-        std::thread::spawn(move || for _ in lines {});
+        let logs: Arc<std::sync::Mutex<Vec<String>>> = Arc::default();
+        let l2 = logs.clone();
+        std::thread::spawn(move || {
+            for line in lines.map_while(Result::ok) {
+                l2.lock().unwrap().push(line);
+            }
+        });
         ShoalProcess {
             child,
             s3: format!("http://{s3}"),
             ops,
+            logs,
             _dir: dir,
         }
     }

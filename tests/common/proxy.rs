@@ -32,6 +32,8 @@ struct Rules {
     /// (path substring, bytes): the next matching response body stops after that many bytes
     /// and never sends more; the connection stays open.
     stall: Mutex<Option<(String, usize)>>,
+    /// Response bodies are paced to this many bytes per second.
+    throttle: Mutex<Option<u64>>,
 }
 
 pub struct Proxy {
@@ -83,6 +85,11 @@ impl Proxy {
     /// bytes of body, forever.
     pub fn stall_next(&self, path_part: &str, after: usize) {
         *self.rules.stall.lock().unwrap() = Some((path_part.to_owned(), after));
+    }
+
+    /// Paces every response body to `rate` bytes per second (`None`: full speed).
+    pub fn throttle(&self, rate: Option<u64>) {
+        *self.rules.throttle.lock().unwrap() = rate;
     }
 
     pub fn seen(&self) -> Vec<Seen> {
@@ -149,16 +156,22 @@ async fn forward(
     };
     let (parts, body) = resp.into_parts();
     let data = body.into_data_stream();
+    let rate = *rules.throttle.lock().unwrap();
     let frames = futures_util::stream::unfold(
         (data, stall.unwrap_or(usize::MAX)),
-        |(mut data, left)| async move {
+        move |(mut data, left)| async move {
             if left == 0 {
                 // The stall: nothing more, ever, and the connection stays open.
                 futures_util::future::pending::<()>().await;
             }
             match data.next().await? {
                 Ok(mut b) => {
+                    if let Some(rate) = rate {
+                        let secs = b.len() as f64 / rate as f64;
+                        tokio::time::sleep(std::time::Duration::from_secs_f64(secs)).await;
+                    }
                     b.truncate(left);
+
                     let left = left - b.len();
                     Some((Ok(Frame::data(b)), (data, left)))
                 }

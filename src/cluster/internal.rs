@@ -1,0 +1,467 @@
+//! The internal fill protocol: `GET /internal/fill` between replicas.
+//!
+//! A replica that does not own a chunk asks the owner for it. The request carries the whole
+//! chunk key, the object size and the byte range wanted, and a proof that the caller knows
+//! `cluster.secret`: `x-shoal-peer: t=<unix seconds>;sig=<hex>`, the signature being
+//! HMAC-SHA256 over the timestamp and the request's path and query. The secret itself never
+//! travels, a captured request is useless after five minutes, and the check is constant-time.
+//! A request without a valid proof gets 401 and a log line. (orca had no authentication here.)
+//!
+//! The owner serves the range from its store, or joins or starts the chunk's fill, through the
+//! same chunk stack its own clients use, with routing switched off for the request (the loop
+//! guard): a replica that does not think it owns the chunk answers 409 and never forwards. The
+//! answer streams with `Content-Length`; the caller checks it, and falls back to a fill of its
+//! own on 409, a connection error, a timeout, an error status or a short body.
+
+use super::membership::Membership;
+use super::rendezvous::Member;
+use crate::chunk::{ChunkKey, ChunkRequest, MIN_CHUNK_SIZE};
+use crate::error::{Error, OriginError};
+use crate::layer::gate::Wait;
+use crate::object::ChunkService;
+use crate::origin::ByteStream;
+use axum::body::Body;
+use axum::extract::{Request, State};
+use axum::response::Response;
+use axum::routing::get;
+use axum::Router;
+use bytes::Bytes;
+use futures_util::future::BoxFuture;
+use futures_util::StreamExt;
+use hmac::{Hmac, KeyInit, Mac};
+use http::{HeaderValue, StatusCode};
+use http_body_util::{BodyExt, Empty};
+use hyper_util::client::legacy::connect::HttpConnector;
+use hyper_util::client::legacy::Client;
+use hyper_util::rt::TokioExecutor;
+use sha2::Sha256;
+use std::sync::Arc;
+use std::task::{Context, Poll};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use tower::ServiceExt;
+
+/// The proof header.
+pub const AUTH_HEADER: &str = "x-shoal-peer";
+/// How far a proof's timestamp may be from this replica's clock.
+const MAX_SKEW_SECS: u64 = 300;
+/// How long connecting to a peer may take (peers are on the same network).
+const CONNECT_TIMEOUT: Duration = Duration::from_secs(2);
+
+type HmacSha256 = Hmac<Sha256>;
+
+/// The shared secret, kept out of `Debug` output.
+#[derive(Clone)]
+pub struct Secret(Arc<[u8]>);
+
+impl Secret {
+    /// Wraps the configured secret.
+    pub fn new(s: &str) -> Self {
+        Secret(s.as_bytes().into())
+    }
+
+    fn mac(&self, t: u64, path_and_query: &str) -> HmacSha256 {
+        // HMAC accepts keys of any length.
+        let mut m = HmacSha256::new_from_slice(&self.0).unwrap_or_else(|_| {
+            HmacSha256::new_from_slice(b"shoal").expect("a fixed key is a valid HMAC key")
+        });
+        m.update(t.to_string().as_bytes());
+        m.update(b"\n");
+        m.update(path_and_query.as_bytes());
+        m
+    }
+
+    /// The proof header value for a request to `path_and_query` at time `t`.
+    pub fn sign(&self, t: u64, path_and_query: &str) -> String {
+        let sig = self.mac(t, path_and_query).finalize().into_bytes();
+        format!("t={t};sig={}", hex(&sig))
+    }
+
+    /// Whether `header` proves knowledge of the secret for this request, now.
+    pub fn verify(&self, header: &str, path_and_query: &str, now: u64) -> bool {
+        let mut t = None;
+        let mut sig = None;
+        for part in header.split(';') {
+            match part.trim().split_once('=') {
+                Some(("t", v)) => t = v.parse::<u64>().ok(),
+                Some(("sig", v)) => sig = unhex(v),
+                _ => {}
+            }
+        }
+        let (Some(t), Some(sig)) = (t, sig) else {
+            return false;
+        };
+        if t.abs_diff(now) > MAX_SKEW_SECS {
+            return false;
+        }
+        // Constant-time comparison.
+        self.mac(t, path_and_query).verify_slice(&sig).is_ok()
+    }
+}
+
+impl std::fmt::Debug for Secret {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Secret(***)")
+    }
+}
+
+fn hex(b: &[u8]) -> String {
+    use std::fmt::Write;
+    b.iter()
+        .fold(String::with_capacity(b.len() * 2), |mut s, x| {
+            let _ = write!(s, "{x:02x}");
+            s
+        })
+}
+
+fn unhex(s: &str) -> Option<Vec<u8>> {
+    if s.len() % 2 != 0 {
+        return None;
+    }
+    (0..s.len())
+        .step_by(2)
+        .map(|i| u8::from_str_radix(s.get(i..i + 2)?, 16).ok())
+        .collect()
+}
+
+fn now_secs() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs())
+}
+
+fn enc(s: &str) -> String {
+    use percent_encoding::{utf8_percent_encode, AsciiSet, NON_ALPHANUMERIC};
+    const KEEP: &AsciiSet = &NON_ALPHANUMERIC
+        .remove(b'-')
+        .remove(b'_')
+        .remove(b'.')
+        .remove(b'~');
+    utf8_percent_encode(s, KEEP).to_string()
+}
+
+/// The query string of an internal fill for `req` (fields in a fixed order).
+pub fn encode(req: &ChunkRequest) -> String {
+    let k = &req.key;
+    format!(
+        "origin_id={}&bucket={}&key={}&etag={}&chunk_size={}&index={}&object_size={}&start={}&end={}",
+        enc(&k.origin_id),
+        enc(&k.bucket),
+        enc(&k.key),
+        enc(&k.etag),
+        k.chunk_size,
+        k.index,
+        req.object_size,
+        req.range.start,
+        req.range.end
+    )
+}
+
+/// Parses an internal fill query back into a request served on a peer's behalf.
+pub fn decode(query: &str) -> Result<ChunkRequest, String> {
+    let mut f: std::collections::HashMap<String, String> = Default::default();
+    for pair in query.split('&').filter(|p| !p.is_empty()) {
+        let (k, v) = pair.split_once('=').unwrap_or((pair, ""));
+        let v = percent_encoding::percent_decode_str(v)
+            .decode_utf8()
+            .map_err(|_| format!("`{k}` is not UTF-8"))?;
+        f.insert(k.to_owned(), v.into_owned());
+    }
+    let s = |k: &str| f.get(k).cloned().ok_or_else(|| format!("missing `{k}`"));
+    let n = |k: &str| -> Result<u64, String> {
+        s(k)?.parse().map_err(|_| format!("`{k}` is not a number"))
+    };
+    let key = ChunkKey {
+        origin_id: s("origin_id")?.into(),
+        bucket: s("bucket")?.into(),
+        key: s("key")?.into(),
+        etag: s("etag")?.into(),
+        chunk_size: n("chunk_size")?,
+        index: n("index")?,
+    };
+    let object_size = n("object_size")?;
+    let (start, end) = (n("start")?, n("end")?);
+    if key.key.is_empty() || key.etag.is_empty() || key.bucket.is_empty() {
+        return Err("bucket, key and etag must not be empty".into());
+    }
+    if key.chunk_size < MIN_CHUNK_SIZE {
+        return Err(format!(
+            "chunk_size {} is below the minimum",
+            key.chunk_size
+        ));
+    }
+    let len = key.expected_len(object_size);
+    if len == 0 || start > end || end > len {
+        return Err(format!(
+            "range {start}..{end} is not inside chunk {} of a {object_size}-byte object",
+            key.index
+        ));
+    }
+    Ok(ChunkRequest {
+        key,
+        object_size,
+        range: start..end,
+        priority: None,
+        wait: Wait::Default,
+        from_peer: true,
+    })
+}
+
+/// What the internal listener needs.
+pub struct InternalState {
+    /// The chunk stack (the same one the S3 front uses).
+    pub chunks: ChunkService,
+    /// Who owns what.
+    pub membership: Membership,
+    /// The shared secret.
+    pub secret: Secret,
+    /// This replica's origin id; a peer with another one is misconfigured.
+    pub origin_id: Arc<str>,
+}
+
+/// The internal listener's router: `GET /internal/fill`.
+pub fn router(state: Arc<InternalState>) -> Router {
+    Router::new()
+        .route("/internal/fill", get(fill))
+        .with_state(state)
+}
+
+fn plain(status: StatusCode, msg: &str) -> Response {
+    let mut r = Response::new(Body::from(format!("{msg}\n")));
+    *r.status_mut() = status;
+    r.headers_mut().insert(
+        http::header::CONTENT_TYPE,
+        HeaderValue::from_static("text/plain"),
+    );
+    r
+}
+
+async fn fill(State(st): State<Arc<InternalState>>, req: Request) -> Response {
+    let pq = req
+        .uri()
+        .path_and_query()
+        .map(|p| p.as_str().to_owned())
+        .unwrap_or_default();
+    let proof = req
+        .headers()
+        .get(AUTH_HEADER)
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or("");
+    if !st.secret.verify(proof, &pq, now_secs()) {
+        tracing::warn!(
+            path = %req.uri().path(),
+            with_proof = !proof.is_empty(),
+            "internal fill refused: no valid proof of cluster.secret"
+        );
+        return plain(StatusCode::UNAUTHORIZED, "unauthorized");
+    }
+    let creq = match decode(req.uri().query().unwrap_or("")) {
+        Ok(r) => r,
+        Err(e) => return plain(StatusCode::BAD_REQUEST, &format!("invalid chunk key: {e}")),
+    };
+    if creq.key.origin_id != st.origin_id {
+        return plain(
+            StatusCode::BAD_REQUEST,
+            "origin_id differs from this replica's: the cluster is misconfigured",
+        );
+    }
+    let path = creq.key.path();
+    if st.membership.owner(&path) != st.membership.me() {
+        return plain(StatusCode::CONFLICT, "{\"reason\":\"not_owner\"}");
+    }
+    let len = creq.range.end - creq.range.start;
+    let span = tracing::debug_span!("internal_fill", chunk = ?creq.key, range = ?creq.range);
+    let opened = tracing::Instrument::instrument(
+        async {
+            let mut body = st.chunks.clone().oneshot(creq).await?;
+            let first = match body.next().await {
+                Some(Ok(b)) => b,
+                Some(Err(e)) => return Err(e),
+                None => Bytes::new(),
+            };
+            Ok::<_, Error>(futures_util::stream::iter([Ok(first)]).chain(body))
+        },
+        span,
+    )
+    .await;
+    match opened {
+        Ok(body) => {
+            let mut r = Response::new(Body::from_stream(body));
+            r.headers_mut()
+                .insert(http::header::CONTENT_LENGTH, HeaderValue::from(len));
+            r.headers_mut().insert(
+                http::header::CONTENT_TYPE,
+                HeaderValue::from_static("application/octet-stream"),
+            );
+            r
+        }
+        Err(e) => {
+            let status = match &e {
+                Error::Origin(OriginError::NotFound | OriginError::NoSuchBucket) => {
+                    StatusCode::NOT_FOUND
+                }
+                Error::Origin(OriginError::EtagChanged) => StatusCode::PRECONDITION_FAILED,
+                Error::SlowDown(_) => StatusCode::SERVICE_UNAVAILABLE,
+                _ => StatusCode::BAD_GATEWAY,
+            };
+            plain(status, &format!("fill failed: {e}"))
+        }
+    }
+}
+
+/// Asks owners for chunks over `/internal/fill`: pooled keep-alive connections, bounded
+/// connect and first-byte waits, and no limit on a body that keeps moving (only on one that
+/// stalls), so a slow large transfer is never cut for being long.
+#[derive(Clone)]
+pub struct PeerClient {
+    http: Client<HttpConnector, Empty<Bytes>>,
+    membership: Membership,
+    secret: Secret,
+    first_byte: Duration,
+    idle: Duration,
+}
+
+impl PeerClient {
+    /// A client that signs with `secret`. `first_byte` bounds the wait for a peer's answer
+    /// (it may be filling from the origin itself), `idle` a body that stops moving.
+    pub fn new(
+        membership: Membership,
+        secret: Secret,
+        first_byte: Duration,
+        idle: Duration,
+    ) -> Self {
+        let mut conn = HttpConnector::new();
+        conn.set_connect_timeout(Some(CONNECT_TIMEOUT));
+        conn.set_nodelay(true);
+        conn.set_keepalive(Some(Duration::from_secs(30)));
+        let http = Client::builder(TokioExecutor::new())
+            .pool_idle_timeout(Duration::from_secs(30))
+            .pool_max_idle_per_host(32)
+            .build(conn);
+        PeerClient {
+            http,
+            membership,
+            secret,
+            first_byte,
+            idle,
+        }
+    }
+
+    async fn fetch(self, peer: Member, req: ChunkRequest) -> Result<ByteStream, Error> {
+        let addr = self.membership.address(&peer);
+        let pq = format!("/internal/fill?{}", encode(&req));
+        let want = req.range.end - req.range.start;
+        let request = http::Request::get(format!("http://{addr}{pq}"))
+            .header(AUTH_HEADER, self.secret.sign(now_secs(), &pq))
+            .body(Empty::new())
+            .map_err(|e| Error::Peer(format!("request: {e}").into()))?;
+        let resp = match tokio::time::timeout(self.first_byte, self.http.request(request)).await {
+            Ok(Ok(r)) => r,
+            Ok(Err(e)) => return Err(Error::Peer(format!("{addr}: {e}").into())),
+            Err(_) => {
+                return Err(Error::Peer(
+                    format!("{addr}: no answer within {:?}", self.first_byte).into(),
+                ))
+            }
+        };
+        if resp.status() != StatusCode::OK {
+            return Err(Error::Peer(
+                format!("{addr} answered {}", resp.status()).into(),
+            ));
+        }
+        let len = resp
+            .headers()
+            .get(http::header::CONTENT_LENGTH)
+            .and_then(|v| v.to_str().ok()?.parse::<u64>().ok());
+        if len != Some(want) {
+            return Err(Error::Peer(
+                format!("{addr} answered Content-Length {len:?} for {want} bytes").into(),
+            ));
+        }
+        let idle = self.idle;
+        let body = resp.into_body().into_data_stream();
+        let stream = futures_util::stream::unfold(body, move |mut body| async move {
+            match tokio::time::timeout(idle, body.next()).await {
+                Ok(Some(Ok(b))) => Some((Ok(b), body)),
+                Ok(Some(Err(e))) => Some((Err(Error::Peer(format!("body: {e}").into())), body)),
+                Ok(None) => None,
+                Err(_) => Some((
+                    Err(Error::Peer(format!("body stalled for {idle:?}").into())),
+                    body,
+                )),
+            }
+        });
+        Ok(stream.boxed())
+    }
+}
+
+impl tower::Service<(Member, ChunkRequest)> for PeerClient {
+    type Response = ByteStream;
+    type Error = Error;
+    type Future = BoxFuture<'static, Result<ByteStream, Error>>;
+
+    fn poll_ready(&mut self, _cx: &mut Context<'_>) -> Poll<Result<(), Error>> {
+        Poll::Ready(Ok(()))
+    }
+
+    fn call(&mut self, (peer, req): (Member, ChunkRequest)) -> Self::Future {
+        let span = tracing::debug_span!("peer_fill", %peer, chunk = ?req.key);
+        Box::pin(tracing::Instrument::instrument(
+            self.clone().fetch(peer, req),
+            span,
+        ))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn proofs_verify_only_for_the_same_secret_request_and_time() {
+        let s = Secret::new("0123456789abcdef-secret");
+        let pq = "/internal/fill?origin_id=o&bucket=b";
+        let h = s.sign(1_000_000, pq);
+        assert!(s.verify(&h, pq, 1_000_000));
+        assert!(s.verify(&h, pq, 1_000_000 + MAX_SKEW_SECS));
+        assert!(!s.verify(&h, pq, 1_000_000 + MAX_SKEW_SECS + 1), "too old");
+        assert!(!s.verify(&h, "/internal/fill?origin_id=o&bucket=c", 1_000_000));
+        assert!(!Secret::new("another secret of length").verify(&h, pq, 1_000_000));
+        assert!(!s.verify("", pq, 1_000_000));
+        assert!(!s.verify("t=1000000;sig=zz", pq, 1_000_000));
+        assert!(!format!("{s:?}").contains("secret"));
+    }
+
+    #[test]
+    fn requests_round_trip_through_the_query() {
+        let req = ChunkRequest {
+            key: ChunkKey {
+                origin_id: "o-1".into(),
+                bucket: "b".into(),
+                key: "a key/with ünïcode & = + %".into(),
+                etag: "\"abc\"-3".into(),
+                chunk_size: 1 << 20,
+                index: 2,
+            },
+            object_size: 5 << 20,
+            range: 100..200,
+            priority: None,
+            wait: Wait::Default,
+            from_peer: false,
+        };
+        let back = decode(&encode(&req)).unwrap();
+        assert_eq!(back.key, req.key);
+        assert_eq!((back.object_size, back.range.clone()), (5 << 20, 100..200));
+        assert!(
+            back.from_peer,
+            "a decoded request is served on a peer's behalf"
+        );
+        for bad in [
+            "origin_id=o&bucket=b&key=k&etag=e&chunk_size=1048576&index=9&object_size=10&start=0&end=1",
+            "origin_id=o&bucket=b&key=k&etag=e&chunk_size=10&index=0&object_size=10&start=0&end=1",
+            "origin_id=o&bucket=b&key=k&etag=e&chunk_size=1048576&index=0&object_size=10&start=5&end=11",
+            "bucket=b",
+        ] {
+            assert!(decode(bad).is_err(), "{bad}");
+        }
+    }
+}

@@ -1,0 +1,631 @@
+//! The cluster (SPEC §3) against the real S3 server: replicas on loopback, origin range GETs
+//! counted at the origin boundary (one counting origin shared by every in-process replica, or
+//! the recording proxy in front of Garage for replicas that run as their own processes).
+
+mod common;
+
+use common::dns::Dns;
+use common::faulty::Faulty;
+use common::proxy::Proxy;
+use common::*;
+use futures_util::StreamExt;
+use shoal::chunk::ChunkKey;
+use shoal::cluster::internal::{encode, Secret, AUTH_HEADER};
+use shoal::config::{Config, Dur};
+use std::net::Ipv4Addr;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+const MIB: usize = 1 << 20;
+const SECRET: &str = "cluster-test-secret-0123456789";
+
+fn replica_config(g: &Garage, me: u16, peers: &[u16]) -> Config {
+    let mut c = config(g);
+    c.cluster.listen = format!("127.0.0.1:{me}").parse().unwrap();
+    c.cluster.advertise = Some(format!("127.0.0.1:{me}"));
+    c.cluster.peers = peers.iter().map(|p| format!("127.0.0.1:{p}")).collect();
+    c.cluster.secret = Some(SECRET.into());
+    c.cluster.refresh = Dur(Duration::from_millis(500));
+    c
+}
+
+/// `n` replicas that list each other, in this process, all reading `origin`.
+async fn replicas(g: &Garage, n: usize, origin: Arc<dyn shoal::origin::Origin>) -> Vec<Shoal> {
+    let ports: Vec<u16> = (0..n).map(|_| free_port()).collect();
+    let mut out = Vec::new();
+    for &p in &ports {
+        out.push(Shoal::start(&replica_config(g, p, &ports), origin.clone()).await);
+    }
+    out
+}
+
+async fn etag_of(c: &aws_sdk_s3::Client, b: &str, k: &str) -> String {
+    c.head_object()
+        .bucket(b)
+        .key(k)
+        .send()
+        .await
+        .unwrap()
+        .e_tag()
+        .unwrap()
+        .trim_matches('"')
+        .to_owned()
+}
+
+fn chunk(b: &str, k: &str, etag: &str, index: u64) -> ChunkKey {
+    ChunkKey {
+        origin_id: "itest".into(),
+        bucket: b.into(),
+        key: k.into(),
+        etag: etag.into(),
+        chunk_size: MIB as u64,
+        index,
+    }
+}
+
+/// Which replica owns a chunk (every replica agrees; asked of the first).
+fn owner_of(rs: &[Shoal], key: &ChunkKey) -> usize {
+    let m = &rs[0].running.membership;
+    let owner = m.owner(&key.path());
+    rs.iter()
+        .position(|r| r.running.membership.me() == owner)
+        .expect("the owner is one of the replicas")
+}
+
+async fn read_all(r: reqwest::Response) -> (u16, Vec<u8>, bool) {
+    let status = r.status().as_u16();
+    let len: Option<usize> = r
+        .headers()
+        .get("content-length")
+        .and_then(|v| v.to_str().ok()?.parse().ok());
+    let mut s = r.bytes_stream();
+    let mut body = Vec::new();
+    let mut ok = true;
+    while let Some(b) = s.next().await {
+        match b {
+            Ok(b) => body.extend_from_slice(&b),
+            Err(_) => {
+                ok = false;
+                break;
+            }
+        }
+    }
+    let complete = ok && len.is_none_or(|n| n == body.len());
+    (status, body, complete)
+}
+
+async fn stop_all(rs: Vec<Shoal>) {
+    for r in rs {
+        r.stop().await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_chunk_read_through_a_non_owner_is_filled_once_by_its_owner() {
+    let g = garage();
+    let c = client(&g.endpoint);
+    let b = bucket(&c, "peer1").await;
+    let want = data(MIB, 21);
+    put(&c, &b, "one", want.clone()).await;
+    let etag = etag_of(&c, &b, "one").await;
+    let origin = Faulty::new(s3_origin(&config(g)).await);
+    let rs = replicas(g, 3, origin.clone()).await;
+    let key = chunk(&b, "one", &etag, 0);
+    let owner = owner_of(&rs, &key);
+    let other = (owner + 1) % 3;
+    let (st, body, complete) = read_all(rs[other].get(&format!("{b}/one")).await).await;
+    assert!(st == 200 && complete && body == want);
+    for r in &rs {
+        assert!(r.running.fills_settled(Duration::from_secs(10)).await);
+    }
+    assert_eq!(origin.gets_for("one").len(), 1, "exactly one origin GET");
+    // The owner filled and keeps it; the replica the client asked does not (one copy).
+    assert!(rs[owner].running.store.contains(&key));
+    assert!(!rs[other].running.store.contains(&key));
+    // A second read through the same replica is served by the owner's store.
+    let (_, body, _) = read_all(rs[other].get(&format!("{b}/one")).await).await;
+    assert!(body == want);
+    assert_eq!(origin.gets_for("one").len(), 1);
+    for r in &rs {
+        r.assert_budget_returns().await;
+    }
+    stop_all(rs).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn three_clients_on_three_replicas_make_one_origin_get_per_chunk() {
+    let g = garage();
+    let c = client(&g.endpoint);
+    let b = bucket(&c, "peer3").await;
+    let want = Arc::new(patterned(64 * MIB, 22));
+    put(&c, &b, "big", want.to_vec()).await;
+    let origin = Faulty::new(s3_origin(&config(g)).await);
+    let rs = Arc::new(replicas(g, 3, origin.clone()).await);
+    let tasks: Vec<_> = (0..3)
+        .map(|i| {
+            let (rs, b, want) = (rs.clone(), b.clone(), want.clone());
+            tokio::spawn(async move {
+                let (st, body, complete) = read_all(rs[i].get(&format!("{b}/big")).await).await;
+                assert!(st == 200 && complete, "replica {i}");
+                assert!(body[..] == want[..], "replica {i}: bytes differ");
+            })
+        })
+        .collect();
+    for t in tasks {
+        t.await.unwrap();
+    }
+    let mut gets = origin.gets_for("big");
+    gets.sort();
+    let expected: Vec<(u64, u64)> = (0..64).map(|i| ((i * MIB) as u64, MIB as u64)).collect();
+    assert_eq!(
+        gets, expected,
+        "exactly one origin GET per chunk (orca allows up to 76)"
+    );
+    let rs = Arc::try_unwrap(rs).ok().unwrap();
+    for r in &rs {
+        r.assert_budget_returns().await;
+    }
+    // Each chunk is kept once in the cluster, by its owner.
+    let kept: u64 = rs.iter().map(|r| r.running.store.stats().chunks).sum();
+    assert_eq!(kept, 64);
+    stop_all(rs).await;
+}
+
+/// A replica whose membership is stale routes a chunk to a replica that does not own it; that
+/// one answers 409 (it never forwards), and the asker fills locally: exact bytes all the same.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_stale_replica_gets_409_and_falls_back_to_a_local_fill() {
+    let g = garage();
+    let c = client(&g.endpoint);
+    let b = bucket(&c, "stale").await;
+    let want = data(16 * MIB, 23);
+    put(&c, &b, "obj", want.clone()).await;
+    let etag = etag_of(&c, &b, "obj").await;
+    let origin = Faulty::new(s3_origin(&config(g)).await);
+    let rs = replicas(g, 3, origin.clone()).await;
+    // The stale replica knows only itself and replica 0.
+    let p0 = rs[0].running.cluster_addr.unwrap().port();
+    let ps = free_port();
+    let stale = Shoal::start(&replica_config(g, ps, &[p0, ps]), origin.clone()).await;
+    // A chunk the stale replica routes to replica 0, which replica 0 knows belongs elsewhere.
+    let me0 = rs[0].running.membership.me();
+    let index = (0..16u64)
+        .find(|&i| {
+            let path = chunk(&b, "obj", &etag, i).path();
+            stale.running.membership.owner(&path) == me0
+                && rs[0].running.membership.owner(&path) != me0
+        })
+        .expect("some chunk is misrouted by the stale view");
+    let (lo, hi) = (index as usize * MIB, (index as usize + 1) * MIB - 1);
+    let r = stale
+        .get_range(&format!("{b}/obj"), &format!("bytes={lo}-{hi}"))
+        .await;
+    let (st, body, complete) = read_all(r).await;
+    assert!(st == 206 && complete);
+    assert!(body[..] == want[lo..=hi], "exact bytes after the 409");
+    assert!(stale.running.fills_settled(Duration::from_secs(10)).await);
+    // Filled locally (the owner was never asked): kept where it was filled.
+    let key = chunk(&b, "obj", &etag, index);
+    assert!(stale.running.store.contains(&key));
+    assert!(
+        !rs[0].running.store.contains(&key),
+        "replica 0 never filled it"
+    );
+    assert_eq!(
+        origin.gets_for("obj"),
+        vec![(lo as u64, MIB as u64)],
+        "one origin GET"
+    );
+    stale.stop().await;
+    stop_all(rs).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn internal_fill_needs_a_valid_proof_of_the_secret() {
+    let g = garage();
+    let c = client(&g.endpoint);
+    let b = bucket(&c, "auth").await;
+    let want = data(MIB, 24);
+    put(&c, &b, "k", want.clone()).await;
+    let etag = etag_of(&c, &b, "k").await;
+    let origin = Faulty::new(s3_origin(&config(g)).await);
+    let rs = replicas(g, 3, origin.clone()).await;
+    let key = chunk(&b, "k", &etag, 0);
+    let owner = owner_of(&rs, &key);
+    let req = shoal::chunk::ChunkRequest::whole(key, MIB as u64);
+    let pq = format!("/internal/fill?{}", encode(&req));
+    let url = format!("http://{}{pq}", rs[owner].running.cluster_addr.unwrap());
+    let http = reqwest::Client::new();
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs();
+    // No proof.
+    assert_eq!(http.get(&url).send().await.unwrap().status(), 401);
+    // A proof made with another secret.
+    let wrong = Secret::new("not-the-cluster-secret-at-all").sign(now, &pq);
+    let r = http
+        .get(&url)
+        .header(AUTH_HEADER, wrong)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 401);
+    // A proof for another request.
+    let other = Secret::new(SECRET).sign(now, "/internal/fill?bucket=x");
+    let r = http
+        .get(&url)
+        .header(AUTH_HEADER, other)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 401);
+    assert!(
+        origin.gets_for("k").is_empty(),
+        "refused requests cost nothing"
+    );
+    // The right proof: the owner streams the chunk with its length.
+    let right = Secret::new(SECRET).sign(now, &pq);
+    let r = http
+        .get(&url)
+        .header(AUTH_HEADER, right.clone())
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+    assert_eq!(r.headers()["content-length"], MIB.to_string().as_str());
+    assert!(r.bytes().await.unwrap()[..] == want[..]);
+    // A replica that does not own the chunk answers 409 instead of forwarding.
+    let not_owner = (owner + 1) % 3;
+    let url = format!("http://{}{pq}", rs[not_owner].running.cluster_addr.unwrap());
+    let r = http
+        .get(&url)
+        .header(AUTH_HEADER, right)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 409);
+    stop_all(rs).await;
+}
+
+/// Three replicas, 48 clients spread over them, one cold 256 MiB object: one origin GET per
+/// chunk, exact bytes everywhere.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_herd_on_three_replicas_costs_one_origin_get_per_chunk() {
+    const SIZE: usize = 256 * MIB;
+    let g = garage();
+    let c = client(&g.endpoint);
+    let b = bucket(&c, "herd3").await;
+    let want = Arc::new(patterned(SIZE, 25));
+    put(&c, &b, "model.bin", want.to_vec()).await;
+    let origin = Faulty::new(s3_origin(&config(g)).await);
+    // Default chunking for a 256 MiB object: 8 MiB chunks.
+    let ports: Vec<u16> = (0..3).map(|_| free_port()).collect();
+    let mut rs = Vec::new();
+    for &p in &ports {
+        let mut cfg = replica_config(g, p, &ports);
+        cfg.chunk.size = shoal::config::ByteSize(8 << 20);
+        rs.push(Shoal::start(&cfg, origin.clone()).await);
+    }
+    let rs = Arc::new(rs);
+    let tasks: Vec<_> = (0..48)
+        .map(|i| {
+            let (rs, b, want) = (rs.clone(), b.clone(), want.clone());
+            tokio::spawn(async move {
+                let r = rs[i % 3].get(&format!("{b}/model.bin")).await;
+                let mut s = r.bytes_stream();
+                let mut at = 0usize;
+                while let Some(piece) = s.next().await {
+                    let piece = piece.expect("body");
+                    assert!(
+                        piece[..] == want[at..at + piece.len()],
+                        "client {i}: bytes differ"
+                    );
+                    at += piece.len();
+                }
+                assert_eq!(at, SIZE, "client {i}");
+            })
+        })
+        .collect();
+    for t in tasks {
+        t.await.unwrap();
+    }
+    let mut gets = origin.gets_for("model.bin");
+    gets.sort();
+    let expected: Vec<(u64, u64)> = (0..32)
+        .map(|i| ((i * 8 * MIB) as u64, 8 * MIB as u64))
+        .collect();
+    assert_eq!(
+        gets, expected,
+        "one origin GET per chunk for 48 clients on 3 replicas"
+    );
+    let rs = Arc::try_unwrap(rs).ok().unwrap();
+    for r in &rs {
+        r.assert_budget_returns().await;
+    }
+    stop_all(rs).await;
+}
+
+/// A chunk this replica keeps asking its owner for is kept here too (the hot cache): after the
+/// owner goes away it is still served, without the origin.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_chunk_asked_for_repeatedly_is_kept_in_the_hot_cache() {
+    let g = garage();
+    let c = client(&g.endpoint);
+    let b = bucket(&c, "hot").await;
+    let want = data(MIB, 26);
+    put(&c, &b, "hot", want.clone()).await;
+    let etag = etag_of(&c, &b, "hot").await;
+    let origin = Faulty::new(s3_origin(&config(g)).await);
+    let mut rs = replicas(g, 2, origin.clone()).await;
+    let key = chunk(&b, "hot", &etag, 0);
+    let owner = owner_of(&rs, &key);
+    let other = 1 - owner;
+    for _ in 0..2 {
+        let (_, body, _) = read_all(rs[other].get(&format!("{b}/hot")).await).await;
+        assert!(body == want);
+        assert!(
+            rs[other]
+                .running
+                .fills_settled(Duration::from_secs(10))
+                .await
+        );
+    }
+    assert!(
+        !rs[other].running.store.contains(&key),
+        "not in the main store"
+    );
+    // The owner goes away; the asker still has the bytes.
+    let gone = rs.remove(owner);
+    gone.stop().await;
+    let other = 0;
+    let (st, body, complete) = read_all(rs[other].get(&format!("{b}/hot")).await).await;
+    assert!(st == 200 && complete && body == want);
+    assert_eq!(origin.gets_for("hot").len(), 1, "served from the hot cache");
+    stop_all(rs).await;
+}
+
+/// Membership from DNS, through a real resolver: three replicas on 127.0.0.1-3 with one port
+/// and a name the test's DNS server answers. Added and removed peers show within 2 refreshes.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn dns_membership_follows_the_records() {
+    let g = garage();
+    let ips: Vec<Ipv4Addr> = (1..=3).map(|i| Ipv4Addr::new(127, 0, 0, i)).collect();
+    let dns = Dns::start("shoal-peers.test", &ips[..2]).await;
+    let port = free_port();
+    let refresh = Duration::from_millis(300);
+    let mut rs = Vec::new();
+    for ip in &ips {
+        let mut cfg = config(g);
+        cfg.cluster.listen = format!("{ip}:{port}").parse().unwrap();
+        cfg.cluster.advertise = Some(ip.to_string());
+        cfg.cluster.dns = Some("shoal-peers.test".into());
+        cfg.cluster.dns_server = Some(dns.addr);
+        cfg.cluster.secret = Some(SECRET.into());
+        cfg.cluster.refresh = Dur(refresh);
+        rs.push(Shoal::start(&cfg, s3_origin(&cfg).await).await);
+    }
+    let members = |r: &Shoal| -> Vec<String> {
+        r.running
+            .membership
+            .members()
+            .iter()
+            .map(|m| m.ip.to_string())
+            .collect()
+    };
+    // Replica 1 sees the DNS set; replica 3 is not in DNS yet but always counts itself.
+    assert_eq!(members(&rs[0]), vec!["127.0.0.1", "127.0.0.2"]);
+    assert_eq!(members(&rs[2]), vec!["127.0.0.1", "127.0.0.2", "127.0.0.3"]);
+    // "Within two refreshes" counted in refreshes, not milliseconds: a loaded machine makes
+    // timers late, but a refresh that starts after the change must see it.
+    let within_two_refreshes = |want: Vec<&'static str>| {
+        let m = rs[0].running.membership.clone();
+        let start = m.refreshes();
+        async move {
+            let deadline = Instant::now() + Duration::from_secs(60);
+            while m.refreshes() < start + 2 {
+                assert!(Instant::now() < deadline, "membership stopped refreshing");
+                tokio::time::sleep(Duration::from_millis(10)).await;
+            }
+            let got: Vec<String> = m.members().iter().map(|x| x.ip.to_string()).collect();
+            (got == want, got)
+        }
+    };
+    dns.set(&ips);
+    let (ok, got) = within_two_refreshes(vec!["127.0.0.1", "127.0.0.2", "127.0.0.3"]).await;
+    assert!(
+        ok,
+        "an added peer was not picked up within 2 refreshes: {got:?}"
+    );
+    dns.set(&[ips[0], ips[2]]);
+    let (ok, got) = within_two_refreshes(vec!["127.0.0.1", "127.0.0.3"]).await;
+    assert!(
+        ok,
+        "a removed peer was not dropped within 2 refreshes: {got:?}"
+    );
+    // Readiness: every replica took its first snapshot.
+    for r in &rs {
+        let ready = reqwest::get(format!("http://{}/readyz", r.running.ops_addr))
+            .await
+            .unwrap();
+        assert_eq!(ready.status(), 200);
+    }
+    for r in rs.drain(..) {
+        r.stop().await;
+    }
+}
+
+/// A DNS server that does not answer: not ready until a snapshot exists, which after five
+/// failed refreshes is this replica alone.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn without_an_answer_a_replica_waits_then_serves_alone() {
+    let g = garage();
+    // A UDP port where nothing answers.
+    let silent = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
+    let mut cfg = config(g);
+    let port = free_port();
+    cfg.cluster.listen = format!("127.0.0.1:{port}").parse().unwrap();
+    cfg.cluster.advertise = Some("127.0.0.1".into());
+    cfg.cluster.dns = Some("nobody.test".into());
+    cfg.cluster.dns_server = Some(silent.local_addr().unwrap());
+    cfg.cluster.secret = Some(SECRET.into());
+    cfg.cluster.refresh = Dur(Duration::from_millis(200));
+    let s = Shoal::start(&cfg, s3_origin(&cfg).await).await;
+    let ready = |s: &Shoal| {
+        let u = format!("http://{}/readyz", s.running.ops_addr);
+        async move { reqwest::get(u).await.unwrap().status().as_u16() }
+    };
+    assert_eq!(ready(&s).await, 503, "no snapshot yet");
+    let deadline = Instant::now() + Duration::from_secs(40);
+    while ready(&s).await != 200 {
+        assert!(Instant::now() < deadline, "never became ready");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert_eq!(s.running.membership.members().len(), 1, "alone");
+    drop(silent);
+    s.stop().await;
+}
+
+/// Membership changes while a GET is running: the fills already under way finish once, later
+/// chunks go to their new owners, and the client gets every byte once, in order.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_membership_change_mid_transfer_loses_and_repeats_nothing() {
+    let g = garage();
+    let c = client(&g.endpoint);
+    let b = bucket(&c, "churn").await;
+    let want = patterned(32 * MIB, 27);
+    put(&c, &b, "obj", want.clone()).await;
+    let ips: Vec<Ipv4Addr> = (1..=3).map(|i| Ipv4Addr::new(127, 0, 0, i)).collect();
+    let dns = Dns::start("churn.test", &ips).await;
+    let origin = Faulty::new(s3_origin(&config(g)).await);
+    origin.slow("obj", Some(Duration::from_millis(5)));
+    let port = free_port();
+    let mut rs = Vec::new();
+    for ip in &ips {
+        let mut cfg = config(g);
+        cfg.cluster.listen = format!("{ip}:{port}").parse().unwrap();
+        cfg.cluster.advertise = Some(ip.to_string());
+        cfg.cluster.dns = Some("churn.test".into());
+        cfg.cluster.dns_server = Some(dns.addr);
+        cfg.cluster.secret = Some(SECRET.into());
+        cfg.cluster.refresh = Dur(Duration::from_millis(200));
+        rs.push(Shoal::start(&cfg, origin.clone()).await);
+    }
+    let r = rs[0].get(&format!("{b}/obj")).await;
+    let mut s = r.bytes_stream();
+    let mut body = Vec::new();
+    let mut changed = false;
+    while let Some(piece) = s.next().await {
+        body.extend_from_slice(&piece.expect("no byte lost"));
+        if !changed && body.len() > 8 * MIB {
+            dns.set(&ips[..2]); // replica 3 leaves the set (it keeps running)
+            changed = true;
+        }
+    }
+    assert!(changed);
+    assert!(body == want, "every byte once, in order");
+    let mut gets = origin.gets_for("obj");
+    gets.sort();
+    gets.dedup();
+    assert_eq!(
+        origin.gets_for("obj").len(),
+        gets.len(),
+        "no chunk fetched twice"
+    );
+    assert_eq!(gets.len(), 32);
+    for r in rs.drain(..) {
+        r.stop().await;
+    }
+}
+
+/// The owner is killed (SIGKILL) while it streams chunks to the replica a client reads from:
+/// the client still gets exact bytes, continued from the origin at the byte reached.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn killing_an_owner_mid_transfer_never_serves_wrong_bytes() {
+    let g = garage();
+    let c = client(&g.endpoint);
+    let b = bucket(&c, "kill").await;
+    let want = patterned(24 * MIB, 28);
+    put(&c, &b, "obj", want.clone()).await;
+    let proxy = Proxy::start(&g.endpoint).await;
+    // 4 MB/s per origin stream: a 1 MiB chunk takes ~250 ms, so the kill lands mid-stream.
+    proxy.throttle(Some(4 * MIB as u64));
+    let ports: Vec<u16> = (0..3).map(|_| free_port()).collect();
+    let procs: Vec<ShoalProcess> = ports
+        .iter()
+        .map(|&p| {
+            let peers: Vec<String> = ports.iter().map(|q| format!("\"127.0.0.1:{q}\"")).collect();
+            ShoalProcess::start(&format!(
+                r#"
+[server]
+listen = "127.0.0.1:0"
+[ops]
+listen = "127.0.0.1:0"
+[origin]
+id = "kill"
+endpoint = "{ep}"
+region = "{REGION}"
+force_path_style = true
+access_key_id = "{ACCESS_KEY}"
+secret_access_key = "{SECRET_KEY}"
+[chunk]
+size = "1 MiB"
+[cluster]
+listen = "127.0.0.1:{p}"
+advertise = "127.0.0.1:{p}"
+peers = [{peers}]
+secret = "{SECRET}"
+[telemetry]
+log_format = "json"
+"#,
+                ep = proxy.endpoint,
+                peers = peers.join(", ")
+            ))
+        })
+        .collect();
+    let mut procs: Vec<Option<ShoalProcess>> = procs.into_iter().map(Some).collect();
+    let url = format!("{}/{b}/obj", procs[0].as_ref().unwrap().s3);
+    let r = reqwest::get(url).await.unwrap();
+    assert_eq!(r.status(), 200);
+    let mut s = r.bytes_stream();
+    let mut body = Vec::new();
+    let mut killed = false;
+    let mut cut = false;
+    while let Some(piece) = s.next().await {
+        match piece {
+            Ok(p) => body.extend_from_slice(&p),
+            Err(_) => {
+                cut = true;
+                break;
+            }
+        }
+        // Chunks 0-8 arrive in one parallel burst (≈250 ms at 4 MB/s each), then 9-16; half
+        // way into chunk 9 the second burst is streaming from its owners.
+        if !killed && body.len() > 9 * MIB + MIB / 2 {
+            // Kill the two other replicas: every chunk they own is in flight or still to come.
+            for p in procs.iter_mut().skip(1) {
+                drop(p.take());
+            }
+            killed = true;
+        }
+    }
+    assert!(killed);
+    assert!(body[..] == want[..body.len()], "never a wrong byte");
+    assert!(
+        !cut && body.len() == want.len(),
+        "continued from the origin: {} bytes",
+        body.len()
+    );
+    // It really was rescued: replica 0 saw its peers fail and served those chunks itself.
+    let logs = procs[0].as_ref().unwrap().logs.lock().unwrap().clone();
+    let rescued = logs
+        .iter()
+        .filter(|l| l.contains("continuing locally") || l.contains("serving locally"))
+        .count();
+    assert!(rescued > 0, "no peer failure was seen: {logs:?}");
+    let midway = logs
+        .iter()
+        .filter(|l| l.contains("continuing locally"))
+        .count();
+    assert!(midway > 0, "no peer stream was cut mid-way by the kill");
+}
