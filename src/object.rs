@@ -6,10 +6,14 @@
 //! only cut the response short (SPEC §1.4). Waiting for first bytes — not for the whole first
 //! chunk — keeps time to first byte close to the origin's own.
 //!
-//! **Readahead** asks the chunk stack for up to `chunk.readahead` chunks (and at most
-//! `chunk.readahead_bytes`) past the one being sent, as *speculative* requests: their fills
-//! wait behind every client's current chunk for memory and origin slots, and they are
-//! cancelled if this GET goes away before reaching them. When the reader reaches a chunk its
+//! **Readahead** asks the chunk stack for chunks past the one being sent, as *speculative*
+//! requests: their fills wait behind every client's current chunk for memory and origin slots
+//! (nearer readahead first), and they are cancelled if this GET goes away before reaching them.
+//! The window adapts to the reader: it starts at two chunks and doubles, up to
+//! `chunk.readahead` chunks and `chunk.readahead_bytes`, each time the reader reaches a chunk
+//! that is not there yet. A slow reader, which never catches up with its readahead, keeps a
+//! short window and holds little memory and few origin slots; a fast one grows the window it
+//! needs to read at the origin's full parallel speed. When the reader reaches a chunk its
 //! request is raised to urgent in place. If that readahead failed or was refused meanwhile, the
 //! chunk is simply asked for again, urgently: readahead can never cut a response short by
 //! itself.
@@ -65,6 +69,9 @@ pub struct ReadPolicy {
     /// (`fill.retry.max_total`: the time a response may go without progress).
     pub progress_timeout: Duration,
 }
+
+/// Readahead window a GET starts with (chunks); it doubles when the reader catches up.
+const INITIAL_READAHEAD: usize = 2;
 
 /// Plans and streams object reads over the chunk stack.
 #[derive(Clone)]
@@ -185,7 +192,7 @@ impl ObjectService {
             }
         };
         let (head, body) = first.await.inspect_err(|e| version.saw(e))?;
-        let depth = self
+        let max_depth = self
             .policy
             .readahead
             .min((self.policy.readahead_bytes / chunk_size.max(1)) as usize);
@@ -193,11 +200,13 @@ impl ObjectService {
             chunks: self.chunks.clone(),
             todo,
             ahead: VecDeque::new(),
-            depth,
+            depth: max_depth.min(INITIAL_READAHEAD),
+            max_depth,
             current: Some(Current {
                 stream: futures_util::stream::iter([Ok(head)]).chain(body).boxed(),
                 retry: None,
                 started: true,
+                waited: true,
                 deadline: None,
             }),
             opening: None,
@@ -252,6 +261,8 @@ struct Current {
     retry: Option<ChunkRequest>,
     /// Whether it has produced a byte.
     started: bool,
+    /// Whether the reader has already had to wait for it (counted once).
+    waited: bool,
     /// Until its first byte: when to give up waiting.
     deadline: Option<Pin<Box<Sleep>>>,
 }
@@ -261,11 +272,13 @@ struct Readahead {
     chunks: ChunkService,
     todo: VecDeque<ChunkRequest>,
     ahead: VecDeque<Ahead>,
+    /// Chunks read ahead now, and at most.
     depth: usize,
+    max_depth: usize,
     current: Option<Current>,
     /// The next chunk, asked for urgently; resolves to its stream.
     opening: Option<(BoxFuture<'static, Result<ByteStream, Error>>, ChunkRequest)>,
-    /// A readahead being waited for as it becomes current.
+    /// A chunk failed: the stream is over.
     failed: bool,
     progress_timeout: Duration,
     version: Version,
@@ -280,7 +293,8 @@ impl Readahead {
             let Some(mut r) = self.todo.pop_front() else {
                 break;
             };
-            let p = Priority::speculative();
+            // Ranked by distance from the reader: nearer readahead is served first.
+            let p = Priority::speculative_at(self.ahead.len() as u32 + 1);
             r.priority = Some(p.clone());
             r.wait = Wait::Forever;
             let task = tracing::Instrument::instrument(
@@ -353,6 +367,11 @@ impl Stream for Readahead {
                         continue;
                     }
                     Poll::Pending => {
+                        if !cur.started && !cur.waited {
+                            // The reader caught up with its readahead: read further ahead.
+                            cur.waited = true;
+                            this.depth = (this.depth * 2).min(this.max_depth);
+                        }
                         if let Some(d) = cur.deadline.as_mut() {
                             if d.as_mut().poll(cx).is_ready() {
                                 let waited = this.progress_timeout;
@@ -372,6 +391,7 @@ impl Stream for Readahead {
                             stream: s,
                             retry: None,
                             started: false,
+                            waited: false,
                             deadline: this.deadline(),
                         });
                         continue;
@@ -398,6 +418,7 @@ impl Stream for Readahead {
                             stream: s,
                             retry: Some(a.req),
                             started: false,
+                            waited: false,
                             deadline: this.deadline(),
                         })
                     }
@@ -427,5 +448,86 @@ pub fn require_etag(meta: ObjectMeta) -> Result<Arc<ObjectMeta>, Error> {
         Err(Error::Origin(OriginError::MissingEtag))
     } else {
         Ok(Arc::new(meta))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::sync::Mutex;
+
+    /// An object of `n` chunks of 1 MiB whose chunk streams are ready at once, or only after a
+    /// short wait; every chunk request is recorded by index.
+    fn service(
+        n: u64,
+        delayed: bool,
+    ) -> (ObjectService, Arc<Mutex<Vec<u64>>>, Arc<ObjectMeta>) {
+        let asked: Arc<Mutex<Vec<u64>>> = Arc::default();
+        let a2 = asked.clone();
+        let chunks = tower::service_fn(move |r: ChunkRequest| {
+            a2.lock().unwrap().push(r.key.index);
+            let len = (r.range.end - r.range.start) as usize;
+            async move {
+                let s = futures_util::stream::once(async move {
+                    if delayed {
+                        tokio::time::sleep(Duration::from_millis(2)).await;
+                    }
+                    Ok(Bytes::from(vec![1u8; len]))
+                });
+                Ok::<ByteStream, Error>(s.boxed())
+            }
+        });
+        let meta = Arc::new(ObjectMeta {
+            size: n << 20,
+            etag: "e".into(),
+            ..ObjectMeta::default()
+        });
+        let m2 = meta.clone();
+        let head = tower::service_fn(move |_r: ObjectRef| {
+            let m = m2.clone();
+            async move { Ok::<_, Error>(m) }
+        });
+        let invalidate: InvalidateFn = Arc::new(|_, _| Box::pin(async {}));
+        let svc = ObjectService::new(
+            "o".into(),
+            BoxCloneSyncService::new(head),
+            invalidate,
+            BoxCloneSyncService::new(chunks),
+            1 << 20,
+            Vec::new(),
+            ReadPolicy {
+                readahead: 8,
+                readahead_bytes: 64 << 20,
+                progress_timeout: Duration::from_secs(5),
+            },
+            TaskTracker::new(),
+        );
+        (svc, asked, meta)
+    }
+
+    /// How far ahead of the chunk being read the requests went, at most.
+    async fn widest_window(delayed: bool) -> u64 {
+        let (svc, asked, meta) = service(40, delayed);
+        let mut s = svc.open("b", "k", &meta, 0, (40 << 20) - 1).await.unwrap();
+        let (mut read, mut widest) = (0u64, 0u64);
+        while let Some(b) = s.next().await {
+            read += b.unwrap().len() as u64;
+            let current = read.saturating_sub(1) >> 20;
+            tokio::task::yield_now().await;
+            let furthest = asked.lock().unwrap().iter().copied().max().unwrap_or(0);
+            widest = widest.max(furthest.saturating_sub(current));
+        }
+        assert_eq!(read, 40 << 20);
+        widest
+    }
+
+    #[tokio::test]
+    async fn readahead_stays_short_for_a_reader_that_never_catches_up() {
+        assert!(widest_window(false).await <= 2);
+    }
+
+    #[tokio::test]
+    async fn readahead_grows_for_a_reader_that_does() {
+        assert_eq!(widest_window(true).await, 8);
     }
 }

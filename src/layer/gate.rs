@@ -6,6 +6,9 @@
 //!
 //! - An urgent waiter is served before any speculative one, whenever it arrived. A client's
 //!   first chunk therefore never waits behind another client's readahead.
+//! - Speculative waiters are served by rank, then arrival: readahead one chunk ahead of its
+//!   reader goes before readahead five chunks ahead of another's, so a fast reader's next chunk
+//!   is not stuck behind a slow reader's distant ones.
 //! - A speculative waiter is granted only while at least a quarter of the units stays free
 //!   after the grant, so readahead can never take the last slots demand needs.
 //! - A waiter can be promoted while it waits ([`Priority::raise`]): readahead that a reader
@@ -34,6 +37,8 @@ pub struct Priority(Arc<PriorityCell>);
 
 struct PriorityCell {
     urgent: AtomicBool,
+    /// Among speculative work, lower goes first (readahead distance).
+    rank: u32,
     /// Wakers of gate waits that must re-check their class, and cells raised along with this
     /// one (a speculative joiner of a flight raises the flight's own cell).
     watchers: Mutex<(Vec<Waker>, Vec<Priority>)>,
@@ -50,21 +55,32 @@ impl std::fmt::Debug for Priority {
 }
 
 impl Priority {
-    fn new(urgent: bool) -> Self {
+    fn new(urgent: bool, rank: u32) -> Self {
         Priority(Arc::new(PriorityCell {
             urgent: AtomicBool::new(urgent),
+            rank,
             watchers: Mutex::new((Vec::new(), Vec::new())),
         }))
     }
 
     /// Work a client is waiting for now.
     pub fn urgent() -> Self {
-        Self::new(true)
+        Self::new(true, 0)
     }
 
     /// Work done ahead of need (readahead); may be promoted with [`raise`](Self::raise).
     pub fn speculative() -> Self {
-        Self::new(false)
+        Self::new(false, 0)
+    }
+
+    /// Speculative work of a given rank: lower ranks are served first (for readahead, how
+    /// many chunks ahead of its reader it is).
+    pub fn speculative_at(rank: u32) -> Self {
+        Self::new(false, rank)
+    }
+
+    fn rank(&self) -> u32 {
+        self.0.rank
     }
 
     /// Whether this is urgent now.
@@ -155,6 +171,7 @@ pub struct GateTimeout(pub Duration);
 struct Waiter {
     units: u64,
     urgent: bool,
+    rank: u32,
     waker: Option<Waker>,
     granted: bool,
 }
@@ -164,7 +181,8 @@ struct State {
     used: u64,
     next_seq: u64,
     urgent: BTreeSet<u64>,
-    speculative: BTreeSet<u64>,
+    /// (rank, arrival).
+    speculative: BTreeSet<(u32, u64)>,
     waiters: HashMap<u64, Waiter>,
 }
 
@@ -179,7 +197,7 @@ impl State {
         loop {
             let (seq, urgent) = if let Some(&s) = self.urgent.first() {
                 (s, true)
-            } else if let Some(&s) = self.speculative.first() {
+            } else if let Some(&(_, s)) = self.speculative.first() {
                 (s, false)
             } else {
                 return;
@@ -192,7 +210,7 @@ impl State {
             let Some(w) = self.waiters.get_mut(&seq) else {
                 // Cannot happen (queues and waiters change together); heal by dropping it.
                 self.urgent.remove(&seq);
-                self.speculative.remove(&seq);
+                self.speculative.retain(|&(_, s)| s != seq);
                 continue;
             };
             if self.used + w.units > limit {
@@ -206,7 +224,8 @@ impl State {
             if urgent {
                 self.urgent.remove(&seq);
             } else {
-                self.speculative.remove(&seq);
+                let rank = w.rank;
+                self.speculative.remove(&(rank, seq));
             }
         }
     }
@@ -383,11 +402,13 @@ impl Future for Acquire {
                     } else {
                         let seq = st.next_seq;
                         st.next_seq += 1;
+                        let rank = this.priority.as_ref().map_or(0, Priority::rank);
                         st.waiters.insert(
                             seq,
                             Waiter {
                                 units,
                                 urgent,
+                                rank,
                                 waker: Some(cx.waker().clone()),
                                 granted: false,
                             },
@@ -395,13 +416,14 @@ impl Future for Acquire {
                         if urgent {
                             st.urgent.insert(seq);
                         } else {
-                            st.speculative.insert(seq);
+                            st.speculative.insert((rank, seq));
                         }
                         this.seq = Some(seq);
                         None
                     }
                 }
                 Some(seq) => {
+                    let mut rank = 0;
                     let promote = match st.waiters.get_mut(&seq) {
                         Some(w) if w.granted => {
                             st.waiters.remove(&seq);
@@ -413,6 +435,7 @@ impl Future for Acquire {
                         }
                         Some(w) => {
                             w.waker = Some(cx.waker().clone());
+                            rank = w.rank;
                             let promote = urgent && !w.urgent;
                             if promote {
                                 w.urgent = true;
@@ -422,7 +445,7 @@ impl Future for Acquire {
                         None => false,
                     };
                     if promote {
-                        st.speculative.remove(&seq);
+                        st.speculative.remove(&(rank, seq));
                         st.urgent.insert(seq);
                         st.grant(&mut woken);
                         if st.waiters.get(&seq).is_some_and(|w| w.granted) {
@@ -473,7 +496,7 @@ impl Drop for Acquire {
                     st.used = st.used.saturating_sub(w.units);
                 } else {
                     st.urgent.remove(&seq);
-                    st.speculative.remove(&seq);
+                    st.speculative.remove(&(w.rank, seq));
                 }
                 // The head may have changed: whoever is next may fit now.
                 st.grant(&mut woken);
@@ -508,6 +531,24 @@ mod tests {
         assert!(u.as_mut().now_or_never().is_some());
         let p = s.await.unwrap();
         assert_eq!(p.units(), 1);
+    }
+
+    #[tokio::test]
+    async fn nearer_readahead_goes_first() {
+        let g = Gate::new(1);
+        let held = g.try_acquire(1, None).unwrap();
+        let far = tokio::spawn(g.acquire(1, Some(Priority::speculative_at(5)), None));
+        tokio::task::yield_now().await;
+        let near = tokio::spawn(g.acquire(1, Some(Priority::speculative_at(1)), None));
+        tokio::task::yield_now().await;
+        drop(held);
+        let first = near.await.unwrap().unwrap();
+        assert!(
+            !far.is_finished(),
+            "the nearer one arrived later but goes first"
+        );
+        drop(first);
+        assert!(far.await.unwrap().is_ok());
     }
 
     #[tokio::test]
