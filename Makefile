@@ -29,6 +29,10 @@ test-deps:
 	@python3 -c "import boto3" 2>/dev/null || { \
 		echo "installing boto3 (client-compatibility tests)"; \
 		python3 -m pip install -q boto3; }
+	@python3 -c "import awscli" 2>/dev/null || { \
+		echo "installing the AWS CLI (client-compatibility tests)"; \
+		python3 -m pip install -q awscli; }
+
 	@if [ ! -x "$(GARAGE)" ]; then \
 		echo "installing the garage S3 server (first time only, a few minutes)"; \
 		$(CARGO) install garage --locked --version 2.5.0; \

@@ -13,6 +13,10 @@
 //! 4. **cluster** — 3 replicas (their own processes), 48 clients spread over them, one cold
 //!    256 MiB object: origin range GETs per chunk (counted at a proxy in front of the origin),
 //!    p50/p99 completion time, and each replica's peak RSS.
+//! 5. **auth** — warm 4 KiB GETs per second, 32 connections, with `auth.mode = "sigv4"` vs
+//!    `"none"`, alternating rounds. Both servers get the very same presigned URL (made once,
+//!    so the client does no extra work; the open server ignores its signature), so the ratio
+//!    is the cost of verifying every request and nothing else.
 //!
 //! `make bench` runs it (`cargo bench --bench herd`); the summary is printed at the end and
 //! written to `target/bench-herd.json`.
@@ -67,6 +71,8 @@ kind = "memory"
 capacity = "256 MiB"
 [fill]
 buffer_budget = "256 MiB"
+[auth]
+mode = "none"
 [telemetry]
 log_format = "json"
 "#,
@@ -273,6 +279,8 @@ listen = "127.0.0.1:{p}"
 advertise = "127.0.0.1:{p}"
 peers = [{peers}]
 secret = "bench-cluster-secret-0123456789"
+[auth]
+mode = "none"
 [telemetry]
 log_format = "json"
 "#,
@@ -320,6 +328,91 @@ log_format = "json"
         out.push((names[i], r.peak_rss() as f64 / MIB as f64));
     }
     serde_json_lite::obj(&out)
+}
+
+async fn auth(g: &Garage, c: &aws_sdk_s3::Client) -> serde_json_lite::Obj {
+    const ROUNDS: usize = 4;
+    const CONNS: usize = 32;
+    const ROUND: Duration = Duration::from_secs(3);
+    let b = bucket(c, "bench-auth").await;
+    put(c, &b, "small", patterned(4096, 3)).await;
+    let mut open = config(g);
+    open.auth.mode = shoal::config::AuthMode::None;
+    let mut signed = open.clone();
+    signed.auth.mode = shoal::config::AuthMode::Sigv4;
+    signed.auth.users = vec![shoal::config::UserConfig {
+        access_key_id: "bench".into(),
+        secret_access_key: Some("bench-secret-0123456789".into()),
+        ..Default::default()
+    }];
+    let a = Shoal::start(&open, s3_origin(&open).await).await;
+    let s = Shoal::start(&signed, s3_origin(&signed).await).await;
+    let plain_base = a.base.clone();
+    let signer = aws_sdk_s3::Client::from_conf(
+        c.config()
+            .to_builder()
+            .endpoint_url(&s.base)
+            .credentials_provider(aws_sdk_s3::config::Credentials::new(
+                "bench",
+                "bench-secret-0123456789",
+                None,
+                None,
+                "bench",
+            ))
+            .build(),
+    );
+    let presigned = signer
+        .get_object()
+        .bucket(&b)
+        .key("small")
+        .presigned(
+            aws_sdk_s3::presigning::PresigningConfig::expires_in(Duration::from_secs(3600))
+                .unwrap(),
+        )
+        .await
+        .unwrap()
+        .uri()
+        .to_owned();
+    // The same request, byte for byte, to the open server.
+    let plain_url = presigned.replacen(&s.base, &plain_base, 1);
+    // Warm both (and check the signed URL works).
+    for u in [&plain_url, &presigned] {
+        let r = reqwest::get(u).await.unwrap();
+        assert_eq!(r.status(), 200, "{u}");
+        drain(r).await;
+    }
+    let rate = |url: String| async move {
+        let http = reqwest::Client::new();
+        let stop = Instant::now() + ROUND;
+        let counts = futures_util::future::join_all((0..CONNS).map(|_| {
+            let (http, url) = (http.clone(), url.clone());
+            async move {
+                let mut n = 0u64;
+                while Instant::now() < stop {
+                    let r = http.get(&url).send().await.unwrap();
+                    assert_eq!(r.status(), 200);
+                    drain(r).await;
+                    n += 1;
+                }
+                n
+            }
+        }))
+        .await;
+        counts.iter().sum::<u64>() as f64 / ROUND.as_secs_f64()
+    };
+    let (mut none, mut sigv4) = (Vec::new(), Vec::new());
+    for _ in 0..ROUNDS {
+        none.push(rate(plain_url.clone()).await);
+        sigv4.push(rate(presigned.clone()).await);
+    }
+    a.stop().await;
+    s.stop().await;
+    let (n, v) = (median(none), median(sigv4));
+    serde_json_lite::obj(&[
+        ("req_per_s_auth_none", n),
+        ("req_per_s_sigv4", v),
+        ("ratio", v / n),
+    ])
 }
 
 /// Just enough JSON for a flat summary, to keep the bench free of extra dependencies.
@@ -376,6 +469,9 @@ fn main() {
         }
         if want("cluster") {
             all.push(("cluster", cluster(g, &c).await));
+        }
+        if want("auth") {
+            all.push(("auth", auth(g, &c).await));
         }
 
         let out = serde_json_lite::render(&all);

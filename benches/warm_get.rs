@@ -23,6 +23,7 @@ async fn fixture(kind: StoreKind) -> Fixture {
     std::fs::write(origin_dir.path().join("bench/obj"), &data).unwrap();
     let store_dir = tempfile::tempdir().unwrap();
     let mut cfg = Config::default();
+    cfg.auth.mode = shoal::config::AuthMode::None;
     cfg.server.listen = "127.0.0.1:0".parse().unwrap();
     cfg.ops.listen = "127.0.0.1:0".parse().unwrap();
     cfg.origin.kind = OriginKind::Local;

@@ -34,6 +34,8 @@ secret = "local-demo-cluster-secret"
 refresh = "2s"
 [ops]
 listen = "127.0.0.1:$((base + 2))"
+[auth]
+mode = "none"
 [telemetry]
 log_format = "text"
 log_level = "info"

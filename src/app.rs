@@ -222,6 +222,7 @@ pub struct Running {
     pub store: Arc<dyn ChunkStore>,
     /// The byte budget (tests check that every byte comes back).
     pub budget: Budget,
+    tls: Option<crate::server::Tls>,
     stop: CancellationToken,
     servers: TaskTracker,
     fills: TaskTracker,
@@ -255,6 +256,15 @@ impl Running {
             tokio::time::sleep(Duration::from_millis(5)).await;
         }
         true
+    }
+
+    /// Reads the S3 listener's TLS certificate and key again (SIGHUP). `Ok(false)` when TLS is
+    /// off; on error the old pair stays in use.
+    pub fn reload_tls(&self) -> Result<bool, Error> {
+        match &self.tls {
+            Some(t) => t.reload().map(|()| true),
+            None => Ok(false),
+        }
     }
 
     /// Resolves when a stop was requested (by `shutdown` or a signal handler).
@@ -306,6 +316,7 @@ pub async fn start_with(
         origin,
         buckets: cfg.origin.buckets.clone(),
         domain: cfg.server.domain.clone(),
+        auth: crate::s3::auth::Authenticator::from_config(&cfg.auth)?,
     });
     let bind = |addr: SocketAddr| async move {
         TcpListener::bind(addr)
@@ -327,10 +338,15 @@ pub async fn start_with(
         max_connections: cfg.server.max_connections,
         http2_max_streams: cfg.server.http2_max_streams,
     };
+    let tls = match (&cfg.server.tls.cert, &cfg.server.tls.key) {
+        (Some(c), Some(k)) => Some(crate::server::Tls::load(c, k)?),
+        _ => None,
+    };
     servers.spawn(crate::server::serve(
         s3_listener,
         s3_app,
         limits,
+        tls.clone(),
         stop.clone(),
     ));
     let cluster_addr = if membership.is_clustered() {
@@ -342,7 +358,13 @@ pub async fn start_with(
             secret: Secret::new(cfg.cluster.secret.as_deref().unwrap_or_default()),
             origin_id: cfg.origin.id.as_str().into(),
         }));
-        servers.spawn(crate::server::serve(l, internal, limits, stop.clone()));
+        servers.spawn(crate::server::serve(
+            l,
+            internal,
+            limits,
+            None,
+            stop.clone(),
+        ));
         Some(addr)
     } else {
         None
@@ -391,6 +413,7 @@ pub async fn start_with(
         membership,
         store,
         budget,
+        tls,
         stop,
         servers,
         fills,

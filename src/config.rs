@@ -127,6 +127,8 @@ pub struct Config {
     pub ops: OpsConfig,
     /// Replicas that share the work: membership, ownership, the internal fill listener.
     pub cluster: ClusterConfig,
+    /// Who may read: client signatures and per-user buckets.
+    pub auth: AuthConfig,
     /// Logs.
     pub telemetry: TelemetryConfig,
 }
@@ -147,6 +149,92 @@ pub struct ServerConfig {
     /// Concurrent HTTP/2 streams per connection; further streams are refused (`REFUSED_STREAM`,
     /// which clients retry).
     pub http2_max_streams: u32,
+    /// TLS on the S3 listener (both files set), reloaded on SIGHUP.
+    pub tls: TlsConfig,
+}
+
+/// `server.tls.*`
+#[derive(Clone, Debug, Default, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct TlsConfig {
+    /// PEM certificate chain.
+    pub cert: Option<PathBuf>,
+    /// PEM private key.
+    pub key: Option<PathBuf>,
+}
+
+/// `auth.mode`
+#[derive(Clone, Copy, Debug, Serialize, Deserialize, PartialEq, Eq, Default)]
+#[serde(rename_all = "lowercase")]
+pub enum AuthMode {
+    /// Verify AWS Signature Version 4 on every request (header or presigned URL).
+    #[default]
+    Sigv4,
+    /// Answer anyone who can reach the listener.
+    None,
+}
+
+/// `auth.*`
+#[derive(Clone, Debug, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct AuthConfig {
+    /// `sigv4` or `none`.
+    pub mode: AuthMode,
+    /// How far a signed request's time may be from this clock.
+    pub max_skew: Dur,
+    /// The users, from `[[auth.users]]` or `SHOAL_AUTH__USERS`.
+    pub users: Vec<UserConfig>,
+}
+
+impl Default for AuthConfig {
+    fn default() -> Self {
+        AuthConfig {
+            mode: AuthMode::Sigv4,
+            max_skew: Dur(Duration::from_secs(15 * 60)),
+            users: Vec::new(),
+        }
+    }
+}
+
+/// One `[[auth.users]]` entry.
+#[derive(Clone, Serialize, Deserialize, Default)]
+#[serde(deny_unknown_fields, default)]
+pub struct UserConfig {
+    /// The access key id clients sign with.
+    pub access_key_id: String,
+    /// The secret, inline…
+    pub secret_access_key: Option<String>,
+    /// …or in a file (a mounted Kubernetes Secret).
+    pub secret_access_key_file: Option<PathBuf>,
+    /// Buckets this user may read; empty = every bucket Shoal serves.
+    pub buckets: Vec<String>,
+}
+
+impl fmt::Debug for UserConfig {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("UserConfig")
+            .field("access_key_id", &self.access_key_id)
+            .field(
+                "secret_access_key",
+                &self.secret_access_key.as_ref().map(|_| "***"),
+            )
+            .field("secret_access_key_file", &self.secret_access_key_file)
+            .field("buckets", &self.buckets)
+            .finish()
+    }
+}
+
+impl UserConfig {
+    /// The secret, from the config or its file.
+    pub fn secret(&self) -> Result<String, String> {
+        match (&self.secret_access_key, &self.secret_access_key_file) {
+            (Some(s), None) => Ok(s.clone()),
+            (None, Some(p)) => std::fs::read_to_string(p)
+                .map(|s| s.trim_end_matches(['\n', '\r']).to_owned())
+                .map_err(|e| format!("cannot read {}: {e}", p.display())),
+            _ => Err("set exactly one of secret_access_key and secret_access_key_file".into()),
+        }
+    }
 }
 
 impl Default for ServerConfig {
@@ -157,6 +245,7 @@ impl Default for ServerConfig {
             shutdown_grace: Dur(Duration::from_secs(30)),
             max_connections: 4096,
             http2_max_streams: 256,
+            tls: TlsConfig::default(),
         }
     }
 }
@@ -529,6 +618,71 @@ impl Default for TelemetryConfig {
 pub struct ConfigError(pub String);
 
 impl Config {
+    fn validate_auth(&self) -> Result<(), ConfigError> {
+        let bad = |k: &str, m: String| Err(ConfigError(format!("`{k}`: {m}")));
+        match (&self.server.tls.cert, &self.server.tls.key) {
+            (Some(c), Some(k)) => {
+                for (key, p) in [("server.tls.cert", c), ("server.tls.key", k)] {
+                    if !p.is_file() {
+                        return bad(key, format!("{} is not a readable file", p.display()));
+                    }
+                }
+            }
+            (None, None) => {}
+            _ => {
+                return bad(
+                    "server.tls",
+                    "set both server.tls.cert and server.tls.key, or neither".into(),
+                )
+            }
+        }
+        let a = &self.auth;
+        if a.max_skew.0.is_zero() {
+            return bad("auth.max_skew", "must be > 0".into());
+        }
+        if a.mode == AuthMode::Sigv4 && a.users.is_empty() {
+            return bad(
+                "auth.users",
+                "auth.mode = \"sigv4\" (the default) needs at least one user: add \
+                 [[auth.users]] with access_key_id and secret_access_key (or SHOAL_AUTH__USERS), \
+                 or set auth.mode = \"none\" to answer anyone"
+                    .into(),
+            );
+        }
+        let mut seen = std::collections::HashSet::new();
+        for (i, u) in a.users.iter().enumerate() {
+            let k = format!("auth.users[{i}]");
+            if u.access_key_id.is_empty() || u.access_key_id.contains(char::is_whitespace) {
+                return bad(
+                    &format!("{k}.access_key_id"),
+                    "must be non-empty, without spaces".into(),
+                );
+            }
+            if !seen.insert(u.access_key_id.as_str()) {
+                return bad(
+                    &format!("{k}.access_key_id"),
+                    format!("`{}` is listed twice", u.access_key_id),
+                );
+            }
+            match u.secret() {
+                Ok(s) if s.is_empty() => {
+                    return bad(&format!("{k}.secret_access_key"), "is empty".into())
+                }
+                Ok(_) => {}
+                Err(e) => return bad(&format!("{k}.secret_access_key"), e),
+            }
+            for b in &u.buckets {
+                if !self.origin.buckets.is_empty() && !self.origin.buckets.contains(b) {
+                    return bad(
+                        &format!("{k}.buckets"),
+                        format!("`{b}` is not in origin.buckets, so nobody can read it"),
+                    );
+                }
+            }
+        }
+        Ok(())
+    }
+
     fn validate_cluster(&self) -> Result<(), ConfigError> {
         let bad = |k: &str, m: String| Err(ConfigError(format!("`{k}`: {m}")));
         let c = &self.cluster;
@@ -795,6 +949,7 @@ impl Config {
             return bad("metadata.ttl", "must be > 0".into());
         }
         self.validate_cluster()?;
+        self.validate_auth()?;
         if tracing_subscriber::EnvFilter::try_new(&self.telemetry.log_level).is_err() {
             return bad(
                 "telemetry.log_level",
@@ -809,9 +964,12 @@ impl Config {
 mod tests {
     use super::*;
 
+    /// Defaults ◂ an open (`auth.mode = "none"`) server ◂ `s`.
     fn from_toml(s: &str) -> Result<Config, ConfigError> {
         Config::from_figment(
-            Figment::from(Serialized::defaults(Config::default())).merge(Toml::string(s)),
+            Figment::from(Serialized::defaults(Config::default()))
+                .merge(Toml::string("[auth]\nmode = \"none\""))
+                .merge(Toml::string(s)),
         )
     }
 
@@ -825,6 +983,58 @@ mod tests {
         assert!(ByteSize::parse("").is_err());
         assert!(ByteSize::parse("-1 MiB").is_err());
         assert_eq!(ByteSize(8 << 20).to_string(), "8 MiB");
+    }
+
+    #[test]
+    fn auth_settings_are_checked() {
+        // The default is sigv4, and it needs users: the message says what to do.
+        let e = Config::from_figment(Figment::from(Serialized::defaults(Config::default())))
+            .unwrap_err()
+            .to_string();
+        assert!(
+            e.contains("auth.users") && e.contains("auth.mode = \"none\""),
+            "{e}"
+        );
+        let ok = "[auth]\n[[auth.users]]\naccess_key_id = \"r\"\nsecret_access_key = \"s3cr3t\"";
+        let c = Config::from_figment(
+            Figment::from(Serialized::defaults(Config::default())).merge(Toml::string(ok)),
+        )
+        .unwrap();
+        assert!(
+            !format!("{c:?}").contains("s3cr3t"),
+            "secret in Debug output"
+        );
+        for (toml, key) in [
+            ("[[auth.users]]\naccess_key_id = \"r\"", "auth.users[0].secret_access_key"),
+            ("[[auth.users]]\naccess_key_id = \"\"\nsecret_access_key = \"s\"", "auth.users[0].access_key_id"),
+            ("[[auth.users]]\naccess_key_id = \"r\"\nsecret_access_key_file = \"/nonexistent\"", "auth.users[0].secret_access_key"),
+            ("[[auth.users]]\naccess_key_id = \"r\"\nsecret_access_key = \"s\"\n[[auth.users]]\naccess_key_id = \"r\"\nsecret_access_key = \"t\"", "auth.users[1].access_key_id"),
+            ("[origin]\nbuckets = [\"a\"]\n[[auth.users]]\naccess_key_id = \"r\"\nsecret_access_key = \"s\"\nbuckets = [\"b\"]", "auth.users[0].buckets"),
+            ("[server.tls]\ncert = \"/nonexistent\"", "server.tls"),
+        ] {
+            let e = Config::from_figment(
+                Figment::from(Serialized::defaults(Config::default())).merge(Toml::string(toml)),
+            )
+            .unwrap_err()
+            .to_string();
+            assert!(e.contains(key), "{toml}: {e}");
+        }
+    }
+
+    #[test]
+    #[allow(clippy::result_large_err)] // figment's Jail API fixes the error type
+    fn users_can_come_from_the_environment() {
+        figment::Jail::expect_with(|jail| {
+            jail.set_env(
+                "SHOAL_AUTH__USERS",
+                r#"[{access_key_id="k8s", secret_access_key="from-a-secret", buckets=["models"]}]"#,
+            );
+            let c = Config::load(None).map_err(|e| e.to_string())?;
+            assert_eq!(c.auth.users.len(), 1);
+            assert_eq!(c.auth.users[0].access_key_id, "k8s");
+            assert_eq!(c.auth.users[0].buckets, vec!["models".to_string()]);
+            Ok(())
+        });
     }
 
     #[test]
@@ -934,6 +1144,7 @@ mod tests {
     fn env_nests_with_double_underscore() {
         figment::Jail::expect_with(|jail| {
             jail.set_env("SHOAL_ORIGIN__ENDPOINT", "http://127.0.0.1:3900");
+            jail.set_env("SHOAL_AUTH__MODE", "none");
             jail.set_env("SHOAL_CHUNK__SIZE", "4 MiB");
             let c = Config::load(None).map_err(|e| e.to_string())?;
             assert_eq!(c.origin.endpoint.as_deref(), Some("http://127.0.0.1:3900"));

@@ -68,11 +68,42 @@ fn main() -> ExitCode {
             tracing::info!("signal received; shutting down");
             stop.cancel();
         });
+        let running = std::sync::Arc::new(running);
+        reload_on_sighup(running.clone());
         running.stopped().await;
+        let Ok(running) = std::sync::Arc::try_unwrap(running) else {
+            tracing::warn!("shutdown while a reload was running; exiting");
+            return ExitCode::SUCCESS;
+        };
         running.shutdown().await;
         tracing::info!("stopped");
         ExitCode::SUCCESS
     })
+}
+
+/// SIGHUP reads the TLS certificate and key again (a renewed certificate needs no restart).
+fn reload_on_sighup(running: std::sync::Arc<shoal::app::Running>) {
+    #[cfg(unix)]
+    {
+        use tokio::signal::unix::{signal, SignalKind};
+        let Ok(mut hup) = signal(SignalKind::hangup()) else {
+            return;
+        };
+        let weak = std::sync::Arc::downgrade(&running);
+        drop(running);
+        tokio::spawn(async move {
+            while hup.recv().await.is_some() {
+                let Some(r) = weak.upgrade() else { break };
+                match r.reload_tls() {
+                    Ok(true) => tracing::info!("SIGHUP: TLS certificate reloaded"),
+                    Ok(false) => tracing::info!("SIGHUP: nothing to reload (TLS is off)"),
+                    Err(e) => {
+                        tracing::error!(error = %e, "SIGHUP: TLS reload failed; keeping the old certificate")
+                    }
+                }
+            }
+        });
+    }
 }
 
 async fn wait_for_signal() {

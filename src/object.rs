@@ -458,10 +458,7 @@ mod tests {
 
     /// An object of `n` chunks of 1 MiB whose chunk streams are ready at once, or only after a
     /// short wait; every chunk request is recorded by index.
-    fn service(
-        n: u64,
-        delayed: bool,
-    ) -> (ObjectService, Arc<Mutex<Vec<u64>>>, Arc<ObjectMeta>) {
+    fn service(n: u64, delayed: bool) -> (ObjectService, Arc<Mutex<Vec<u64>>>, Arc<ObjectMeta>) {
         let asked: Arc<Mutex<Vec<u64>>> = Arc::default();
         let a2 = asked.clone();
         let chunks = tower::service_fn(move |r: ChunkRequest| {

@@ -28,7 +28,11 @@ fn a_bad_config_exits_non_zero_with_one_line_naming_the_key() {
         ("[store]\nkind = \"disk\"\n", "store.path"),
         ("[server]\nlisten = \"nowhere\"\n", "server.listen"),
         ("[origin]\nid = \"../escape\"\n", "origin.id"),
+        // The default is to verify signatures: with no users, say how to add one.
+        ("", "auth.users"),
+        ("[auth]\nmode = \"sigv4\"\n", "[[auth.users]]"),
     ];
+
     for (toml, key) in cases {
         let f = dir.path().join("bad.toml");
         std::fs::write(&f, toml).unwrap();
@@ -65,7 +69,7 @@ fn serves_reports_health_and_stops_on_sigterm() {
     std::fs::write(
         &cfg,
         format!(
-            "[server]\nlisten = \"127.0.0.1:0\"\n[ops]\nlisten = \"127.0.0.1:0\"\n[origin]\nkind = \"local\"\nroot = \"{}\"\n[telemetry]\nlog_format = \"json\"\n",
+            "[server]\nlisten = \"127.0.0.1:0\"\n[ops]\nlisten = \"127.0.0.1:0\"\n[origin]\nkind = \"local\"\nroot = \"{}\"\n[auth]\nmode = \"none\"\n[telemetry]\nlog_format = \"json\"\n",
             root.display()
         ),
     )

@@ -575,6 +575,8 @@ listen = "127.0.0.1:{p}"
 advertise = "127.0.0.1:{p}"
 peers = [{peers}]
 secret = "{SECRET}"
+[auth]
+mode = "none"
 [telemetry]
 log_format = "json"
 "#,

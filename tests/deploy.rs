@@ -197,6 +197,10 @@ fn manifests_are_valid_kubernetes_objects_that_agree_with_each_other() {
         .merge(figment::providers::Env::prefixed("SHOAL_").split("__"));
         let cfg = shoal::config::Config::from_figment(fig).map_err(|e| e.to_string())?;
         assert!(cfg.cluster.enabled());
+        // The shipped manifests never run an open relay for the operator's buckets.
+        assert_eq!(cfg.auth.mode, shoal::config::AuthMode::Sigv4);
+        assert!(!cfg.auth.users.is_empty(), "users come from the Secret");
+
         assert_eq!(cfg.cluster.dns.as_deref(), peers.metadata.name.as_deref());
         assert_eq!(i32::from(cfg.server.listen.port()), port("s3"));
         assert_eq!(i32::from(cfg.cluster.listen.port()), port("internal"));

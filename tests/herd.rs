@@ -537,6 +537,8 @@ kind = "memory"
 capacity = "256 MiB"
 [fill]
 buffer_budget = "256 MiB"
+[auth]
+mode = "none"
 [telemetry]
 log_format = "json"
 "#,

@@ -52,7 +52,25 @@ impl S3Error {
         Self::new(StatusCode::BAD_REQUEST, "InvalidRequest", msg)
     }
 
-    /// 403 `AccessDenied` for a bucket outside the allowlist.
+    /// The S3 error for a request that failed authentication (SPEC §1.5).
+    pub fn from_denied(d: &crate::s3::auth::Denied) -> Self {
+        use crate::s3::auth::Denied as D;
+        use StatusCode as S;
+        match d {
+            D::Anonymous => Self::new(S::FORBIDDEN, "AccessDenied", "Access Denied: this Shoal requires requests signed with AWS Signature Version 4."),
+            D::SigV2 => Self::new(S::FORBIDDEN, "AccessDenied", "Access Denied: Signature Version 2 is not supported; sign with Signature Version 4."),
+            D::UnknownKey => Self::new(S::FORBIDDEN, "InvalidAccessKeyId", "The AWS Access Key Id you provided does not exist in our records."),
+            D::BadSignature => Self::new(S::FORBIDDEN, "SignatureDoesNotMatch", "The request signature we calculated does not match the signature you provided. Check your key and signing method."),
+            D::Skewed => Self::new(S::FORBIDDEN, "RequestTimeTooSkewed", "The difference between the request time and the current time is too large."),
+            D::Expired => Self::new(S::FORBIDDEN, "AccessDenied", "Request has expired"),
+            D::NotYetValid => Self::new(S::FORBIDDEN, "AccessDenied", "Request is not valid yet"),
+            D::Malformed(why) => Self::new(S::BAD_REQUEST, "AuthorizationHeaderMalformed", format!("The authorization header is malformed: {why}")),
+            D::BadQuery(why) => Self::new(S::BAD_REQUEST, "AuthorizationQueryParametersError", why.clone()),
+            D::Bucket => Self::access_denied(),
+        }
+    }
+
+    /// 403 `AccessDenied` for a bucket outside the allowlist (or the user's buckets).
     pub fn access_denied() -> Self {
         Self::new(StatusCode::FORBIDDEN, "AccessDenied", "Access Denied")
     }

@@ -5,7 +5,9 @@
 //! well, and doing it in one place keeps every answer — success or error — carrying
 //! `x-amz-request-id` and `Server: Shoal`.
 
+pub mod auth;
 pub mod conditional;
+
 pub mod error;
 pub mod range;
 pub mod xml;
@@ -41,6 +43,8 @@ pub struct S3State {
     pub buckets: Vec<String>,
     /// Base domain for virtual-hosted-style addressing.
     pub domain: Option<String>,
+    /// Client authentication; `None` when `auth.mode = "none"`.
+    pub auth: Option<auth::Authenticator>,
 }
 
 /// The S3 router.
@@ -252,9 +256,6 @@ fn error_response(e: &S3Error, head: bool, resource: &str, rid: &str) -> Respons
 
 async fn dispatch(st: &S3State, req: Request) -> Result<Response, S3Error> {
     let method = req.method().clone();
-    if !matches!(method, Method::GET | Method::HEAD) {
-        return Err(S3Error::method_not_allowed(method.as_str()));
-    }
     let head = method == Method::HEAD;
     let header_bytes: usize = req
         .headers()
@@ -268,12 +269,30 @@ async fn dispatch(st: &S3State, req: Request) -> Result<Response, S3Error> {
             format!("Your request header section exceeds the maximum allowed size of {MAX_HEADER_BYTES} bytes."),
         ));
     }
+    // Who is asking, before anything else is looked at: a denied request learns nothing.
+    let principal = match &st.auth {
+        Some(a) => a
+            .verify(
+                &method,
+                req.uri(),
+                req.headers(),
+                std::time::SystemTime::now(),
+            )
+            .map_err(|d| {
+                tracing::info!(reason = ?d, "request denied");
+                S3Error::from_denied(&d)
+            })?,
+        None => auth::Principal::anyone(),
+    };
+    if !matches!(method, Method::GET | Method::HEAD) {
+        return Err(S3Error::method_not_allowed(method.as_str()));
+    }
     let p = parse(&req, st.domain.as_deref())?;
     if p.bucket.is_empty() {
         if let Some(op) = p.unsupported(&[]) {
             return Err(S3Error::not_implemented(&format!("The `{op}` operation")));
         }
-        let names = if st.buckets.is_empty() {
+        let mut names = if st.buckets.is_empty() {
             st.origin
                 .list_buckets()
                 .await
@@ -281,10 +300,16 @@ async fn dispatch(st: &S3State, req: Request) -> Result<Response, S3Error> {
         } else {
             st.buckets.clone()
         };
+        names.retain(|b| principal.may_read(b));
         return Ok(xml_response(xml::bucket_list(&names), head));
     }
     if !st.buckets.is_empty() && !st.buckets.contains(&p.bucket) {
         return Err(S3Error::access_denied().with("BucketName", p.bucket.clone()));
+    }
+    if !principal.may_read(&p.bucket) {
+        return Err(
+            S3Error::from_denied(&auth::Denied::Bucket).with("BucketName", p.bucket.clone())
+        );
     }
     if p.key.is_empty() {
         return bucket_op(st, &p, head).await;

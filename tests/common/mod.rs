@@ -275,6 +275,7 @@ pub fn config(g: &Garage) -> Config {
     c.ops.listen = "127.0.0.1:0".parse().unwrap();
     c.server.shutdown_grace = shoal::config::Dur(Duration::from_secs(2));
     c.origin.id = "itest".into();
+    c.auth.mode = shoal::config::AuthMode::None;
     c.origin.endpoint = Some(g.endpoint.clone());
     c.origin.region = REGION.into();
     c.origin.force_path_style = true;
@@ -390,18 +391,27 @@ pub struct ShoalProcess {
 impl ShoalProcess {
     /// Starts `shoal serve` with `toml` (which must listen on 127.0.0.1:0 and log JSON).
     pub fn start(toml: &str) -> ShoalProcess {
+        Self::start_with_env(toml, &[])
+    }
+
+    /// As [`start`](Self::start), with extra environment (`RUST_LOG` by default warnings
+    /// plus the start-up line).
+    pub fn start_with_env(toml: &str, env: &[(&str, &str)]) -> ShoalProcess {
         use std::io::BufRead;
         let dir = tempfile::tempdir().unwrap();
         let cfg = dir.path().join("shoal.toml");
         std::fs::write(&cfg, toml).unwrap();
-        let mut child = Command::new(env!("CARGO_BIN_EXE_shoal"))
-            .args(["serve", "--config"])
+        let mut cmd = Command::new(env!("CARGO_BIN_EXE_shoal"));
+        cmd.args(["serve", "--config"])
             .arg(&cfg)
-            .env("RUST_LOG", "warn,shoal::app=info")
+            .env("RUST_LOG", "warn,shoal::app=info,shoal::server=info")
             .stdout(Stdio::piped())
-            .stderr(Stdio::null())
-            .spawn()
-            .expect("start shoal");
+            .stderr(Stdio::null());
+        for (k, v) in env {
+            cmd.env(k, v);
+        }
+        let mut child = cmd.spawn().expect("start shoal");
+
         let stdout = child.stdout.take().unwrap();
         let mut lines = std::io::BufReader::new(stdout).lines();
         let (mut s3, mut ops) = (String::new(), String::new());

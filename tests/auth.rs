@@ -1,0 +1,751 @@
+//! Client authentication (SPEC §1.5) with real clients — the AWS SDK for Rust, boto3, the AWS
+//! CLI, rclone and curl — against Shoal with `auth.mode = "sigv4"`, in front of the real S3
+//! server. And TLS on the S3 listener.
+
+mod common;
+
+use aws_sdk_s3::config::{BehaviorVersion, Credentials, Region};
+use common::faulty::Faulty;
+use common::*;
+use shoal::config::{AuthMode, Config, UserConfig};
+use std::process::Command;
+use std::sync::Arc;
+use std::time::{Duration, SystemTime};
+
+const MIB: usize = 1 << 20;
+const READER: &str = "reader";
+const READER_SECRET: &str = "reader-secret-0123456789/+abcdef";
+const ADMIN: &str = "admin";
+const ADMIN_SECRET: &str = "admin-secret-9876543210";
+/// Keys that need encoding, as the client suites use.
+const KEYS: &[&str] = &[
+    "plain.txt",
+    "dir/a b.txt",
+    "plus+key",
+    "pct%25key",
+    "✓ unicode/é.bin",
+    "paren(1)",
+];
+
+struct Fixture {
+    shoal: Shoal,
+    origin: Arc<Faulty>,
+    bucket: String,
+    other: String,
+}
+
+fn user(key: &str, secret: &str, buckets: &[&str]) -> UserConfig {
+    UserConfig {
+        access_key_id: key.into(),
+        secret_access_key: Some(secret.into()),
+        buckets: buckets.iter().map(|b| b.to_string()).collect(),
+        ..Default::default()
+    }
+}
+
+async fn fixture(hint: &str) -> Fixture {
+    let g = garage();
+    let c = client(&g.endpoint);
+    let bucket = common::bucket(&c, &format!("{hint}-a")).await;
+    let other = common::bucket(&c, &format!("{hint}-b")).await;
+    for (i, k) in KEYS.iter().enumerate() {
+        put(&c, &bucket, k, data(1000 + i * 777, i as u64)).await;
+    }
+    put(&c, &bucket, "big.bin", data(3 * MIB + 5, 50)).await;
+    put(&c, &other, KEYS[0], data(10, 1)).await;
+    let mut cfg = config(g);
+    cfg.auth.mode = AuthMode::Sigv4;
+    cfg.auth.users = vec![
+        user(READER, READER_SECRET, &[&bucket]),
+        user(ADMIN, ADMIN_SECRET, &[]),
+    ];
+    let origin = Faulty::new(s3_origin(&cfg).await);
+    let shoal = Shoal::start(&cfg, origin.clone()).await;
+    Fixture {
+        shoal,
+        origin,
+        bucket,
+        other,
+    }
+}
+
+fn sdk(endpoint: &str, key: &str, secret: &str) -> aws_sdk_s3::Client {
+    let conf = aws_sdk_s3::config::Builder::new()
+        .behavior_version(BehaviorVersion::latest())
+        .endpoint_url(endpoint)
+        .region(Region::new("us-east-1"))
+        .credentials_provider(Credentials::new(key, secret, None, None, "test"))
+        .force_path_style(true)
+        .retry_config(aws_sdk_s3::config::retry::RetryConfig::disabled())
+        .request_checksum_calculation(aws_sdk_s3::config::RequestChecksumCalculation::WhenRequired)
+        .response_checksum_validation(aws_sdk_s3::config::ResponseChecksumValidation::WhenRequired)
+        .http_client(
+            aws_smithy_http_client::Builder::new()
+                .tls_provider(aws_smithy_http_client::tls::Provider::Rustls(
+                    aws_smithy_http_client::tls::rustls_provider::CryptoMode::Ring,
+                ))
+                .build_https(),
+        )
+        .build();
+    aws_sdk_s3::Client::from_conf(conf)
+}
+
+fn code<E: aws_sdk_s3::error::ProvideErrorMetadata>(r: Result<impl Sized, E>) -> String {
+    match r {
+        Ok(_) => "no error".into(),
+        Err(e) => e.code().unwrap_or("no code").to_owned(),
+    }
+}
+
+/// A command without this machine's CA-bundle variables (they break plain-HTTP loopback
+/// endpoints for some tools).
+fn tool(cmd: &str) -> Command {
+    let mut c = Command::new(cmd);
+    for v in [
+        "AWS_CA_BUNDLE",
+        "SSL_CERT_FILE",
+        "SSL_CERT_DIR",
+        "REQUESTS_CA_BUNDLE",
+        "CURL_CA_BUNDLE",
+    ] {
+        c.env_remove(v);
+    }
+    c.env("AWS_REGION", "us-east-1")
+        .env("AWS_DEFAULT_REGION", "us-east-1")
+        .env_remove("AWS_PROFILE");
+    c
+}
+
+fn curl(url: &str) -> (u16, Vec<u8>) {
+    let out = tool("curl")
+        .args(["-s", "-g", "-w", "\n%{http_code}", url])
+        .output()
+        .expect("curl");
+    let mut body = out.stdout;
+    let nl = body.iter().rposition(|&b| b == b'\n').unwrap_or(0);
+    let status = String::from_utf8_lossy(&body[nl + 1..])
+        .trim()
+        .parse()
+        .unwrap_or(0);
+    body.truncate(nl);
+    (status, body)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn the_rust_sdk_reads_with_a_user_and_is_refused_without_one() {
+    let f = fixture("authsdk").await;
+    let (b, o) = (&f.bucket, &f.other);
+    let s3 = sdk(&f.shoal.base, READER, READER_SECRET);
+    for (i, k) in KEYS.iter().enumerate() {
+        let want = data(1000 + i * 777, i as u64);
+        let got = s3.get_object().bucket(b).key(*k).send().await.unwrap();
+        assert_eq!(
+            got.body.collect().await.unwrap().into_bytes().to_vec(),
+            want,
+            "{k}"
+        );
+        let h = s3.head_object().bucket(b).key(*k).send().await.unwrap();
+        assert_eq!(h.content_length(), Some(want.len() as i64));
+        let r = s3
+            .get_object()
+            .bucket(b)
+            .key(*k)
+            .range("bytes=5-99")
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(
+            r.body.collect().await.unwrap().into_bytes().to_vec(),
+            want[5..100].to_vec()
+        );
+    }
+    let listed = s3.list_objects_v2().bucket(b).send().await.unwrap();
+    let mut keys: Vec<String> = listed
+        .contents()
+        .iter()
+        .filter_map(|x| x.key().map(str::to_owned))
+        .collect();
+    keys.sort();
+    let mut want: Vec<String> = KEYS
+        .iter()
+        .map(|k| k.to_string())
+        .chain(["big.bin".to_string()])
+        .collect();
+    want.sort();
+    assert_eq!(keys, want);
+    let dirs = s3
+        .list_objects_v2()
+        .bucket(b)
+        .prefix("dir/")
+        .delimiter("/")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(dirs.contents().len(), 1);
+    // Refusals, with S3's codes.
+    let k = KEYS[1];
+    assert_eq!(
+        code(
+            sdk(&f.shoal.base, READER, "wrong")
+                .get_object()
+                .bucket(b)
+                .key(k)
+                .send()
+                .await
+        ),
+        "SignatureDoesNotMatch"
+    );
+    assert_eq!(
+        code(
+            sdk(&f.shoal.base, "nobody", READER_SECRET)
+                .get_object()
+                .bucket(b)
+                .key(k)
+                .send()
+                .await
+        ),
+        "InvalidAccessKeyId"
+    );
+    assert_eq!(
+        code(s3.get_object().bucket(o).key(KEYS[0]).send().await),
+        "AccessDenied"
+    );
+    assert_eq!(
+        code(s3.list_objects_v2().bucket(o).send().await),
+        "AccessDenied"
+    );
+    let names: Vec<String> = s3
+        .list_buckets()
+        .send()
+        .await
+        .unwrap()
+        .buckets()
+        .iter()
+        .filter_map(|x| x.name().map(str::to_owned))
+        .collect();
+    assert!(names.contains(b) && !names.contains(o), "{names:?}");
+    // The other user may read both.
+    let admin = sdk(&f.shoal.base, ADMIN, ADMIN_SECRET);
+    assert!(admin
+        .get_object()
+        .bucket(o)
+        .key(KEYS[0])
+        .send()
+        .await
+        .is_ok());
+    // No credentials at all: 403 AccessDenied in S3's XML, with a request id.
+    let r = f.shoal.get(&format!("{b}/{}", KEYS[0])).await;
+    assert_eq!(r.status(), 403);
+    assert!(r.headers().contains_key("x-amz-request-id"));
+    let x = r.text().await.unwrap();
+    assert!(x.contains("<Code>AccessDenied</Code>"), "{x}");
+    // Writes by an unsigned client are refused as unauthenticated first, as S3 does.
+    let r = f
+        .shoal
+        .http
+        .put(f.shoal.url(&format!("{b}/new")))
+        .body("x")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 403);
+    f.shoal.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn denied_requests_cost_no_origin_request() {
+    let f = fixture("authcost").await;
+    let cold = format!("{}/{}", f.bucket, KEYS[2]);
+    let r = f.shoal.get(&cold).await;
+    assert_eq!(r.status(), 403);
+    let s3 = sdk(&f.shoal.base, READER, "wrong secret");
+    assert!(s3
+        .get_object()
+        .bucket(&f.bucket)
+        .key(KEYS[2])
+        .send()
+        .await
+        .is_err());
+    let other = sdk(&f.shoal.base, READER, READER_SECRET);
+    assert!(other
+        .get_object()
+        .bucket(&f.other)
+        .key(KEYS[0])
+        .send()
+        .await
+        .is_err());
+    assert_eq!(
+        f.origin.heads(),
+        0,
+        "a denied request learns nothing and costs nothing"
+    );
+    assert!(f.origin.gets.lock().unwrap().is_empty());
+    f.shoal.stop().await;
+}
+
+/// A request signed 20 minutes ago (by the SDK's own signer) is RequestTimeTooSkewed.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_request_from_a_skewed_clock_is_refused() {
+    use aws_sigv4::http_request::{
+        sign, PercentEncodingMode, SignableBody, SignableRequest, SigningSettings,
+        UriPathNormalizationMode,
+    };
+    let f = fixture("authskew").await;
+    let url = f.shoal.url(&format!("{}/{}", f.bucket, KEYS[0]));
+    let identity =
+        aws_credential_types::Credentials::new(READER, READER_SECRET, None, None, "t").into();
+    let mut settings = SigningSettings::default();
+    settings.percent_encoding_mode = PercentEncodingMode::Single;
+    settings.uri_path_normalization_mode = UriPathNormalizationMode::Disabled;
+    settings.payload_checksum_kind = aws_sigv4::http_request::PayloadChecksumKind::XAmzSha256;
+    let then = SystemTime::now() - Duration::from_secs(20 * 60);
+    let params = aws_sigv4::sign::v4::SigningParams::builder()
+        .identity(&identity)
+        .region("us-east-1")
+        .name("s3")
+        .time(then)
+        .settings(settings)
+        .build()
+        .unwrap()
+        .into();
+    let host = url
+        .trim_start_matches("http://")
+        .split('/')
+        .next()
+        .unwrap()
+        .to_owned();
+    let signable = SignableRequest::new(
+        "GET",
+        &url,
+        [("host", host.as_str())].into_iter(),
+        SignableBody::Precomputed(
+            "e3b0c44298fc1c149afbf4c8996fb92427ae41e4649b934ca495991b7852b855".into(),
+        ),
+    )
+    .unwrap();
+    let (instructions, _) = sign(signable, &params).unwrap().into_parts();
+    let mut req = f.shoal.http.get(&url);
+    for (k, v) in instructions.headers() {
+        req = req.header(k, v);
+    }
+    let r = req.send().await.unwrap();
+    assert_eq!(r.status(), 403);
+    let x = r.text().await.unwrap();
+    assert!(x.contains("<Code>RequestTimeTooSkewed</Code>"), "{x}");
+    f.shoal.stop().await;
+}
+
+/// boto3: reads with a user, is refused with the right codes, and its presigned URLs work with
+/// curl — until they expire, or when they are tampered with.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn boto3_reads_signs_and_presigns() {
+    let f = fixture("authboto").await;
+    let out = tool("python3")
+        .arg(concat!(
+            env!("CARGO_MANIFEST_DIR"),
+            "/tests/clients/boto3_auth.py"
+        ))
+        .env("SHOAL_ENDPOINT", &f.shoal.base)
+        .env("BUCKET", &f.bucket)
+        .env("OTHER_BUCKET", &f.other)
+        .env("KEYS", KEYS.join("\n"))
+        .env("READER_KEY", READER)
+        .env("READER_SECRET", READER_SECRET)
+        .output()
+        .expect("python3 with boto3 (make test installs it)");
+    let text =
+        String::from_utf8_lossy(&out.stdout).to_string() + &String::from_utf8_lossy(&out.stderr);
+    assert!(
+        out.status.success() && text.contains(" passed, 0 failed"),
+        "{text}"
+    );
+    let url = |name: &str| {
+        text.lines()
+            .find_map(|l| l.strip_prefix(&format!("PRESIGNED {name} ")))
+            .unwrap_or_else(|| panic!("no {name} URL in {text}"))
+            .to_owned()
+    };
+    let (st, body) = curl(&url("valid"));
+    assert_eq!(
+        (st, body),
+        (200, data(1000, 0)),
+        "a presigned URL works with plain curl"
+    );
+    let (st, body) = curl(&url("expired"));
+    assert_eq!(st, 403);
+    assert!(String::from_utf8_lossy(&body).contains("Request has expired"));
+    let tampered = url("valid").replace("plain.txt", "plain.txu");
+    let (st, body) = curl(&tampered);
+    assert_eq!(st, 403);
+    assert!(String::from_utf8_lossy(&body).contains("SignatureDoesNotMatch"));
+    let (st, _) = curl(&url("other"));
+    assert_eq!(
+        st, 403,
+        "a presigned URL for a bucket the user may not read"
+    );
+    f.shoal.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn the_aws_cli_reads_and_presigns() {
+    let f = fixture("authcli").await;
+    // AWS CLI v1 presigns with Signature Version 2 unless told otherwise (v2 always uses
+    // SigV4); Shoal accepts SigV4 only, as the README says.
+    let conf_dir = tempfile::tempdir().unwrap();
+    let conf = conf_dir.path().join("config");
+    std::fs::write(&conf, "[default]\ns3 =\n  signature_version = s3v4\n").unwrap();
+    let aws = |key: &str, secret: &str, args: &[&str]| {
+        tool("aws")
+            .env("AWS_CONFIG_FILE", &conf)
+            .env("AWS_ACCESS_KEY_ID", key)
+            .env("AWS_SECRET_ACCESS_KEY", secret)
+            .args(["--endpoint-url", &f.shoal.base])
+            .args(args)
+            .output()
+            .expect("the AWS CLI (make test installs it)")
+    };
+    let b = &f.bucket;
+    for (i, k) in KEYS.iter().enumerate() {
+        let out = aws(
+            READER,
+            READER_SECRET,
+            &["s3", "cp", &format!("s3://{b}/{k}"), "-"],
+        );
+        assert!(
+            out.status.success(),
+            "{k}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        assert_eq!(out.stdout, data(1000 + i * 777, i as u64), "{k}");
+    }
+    let out = aws(
+        READER,
+        READER_SECRET,
+        &["s3", "ls", &format!("s3://{b}/dir/")],
+    );
+    assert!(String::from_utf8_lossy(&out.stdout).contains("a b.txt"));
+    let dir = tempfile::tempdir().unwrap();
+    let part = dir.path().join("part");
+    let out = aws(
+        READER,
+        READER_SECRET,
+        &[
+            "s3api",
+            "get-object",
+            "--bucket",
+            b,
+            "--key",
+            "big.bin",
+            "--range",
+            "bytes=1048570-1048599",
+            part.to_str().unwrap(),
+        ],
+    );
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_eq!(
+        std::fs::read(&part).unwrap(),
+        data(3 * MIB + 5, 50)[1048570..1048600].to_vec()
+    );
+    let out = aws(
+        READER,
+        READER_SECRET,
+        &["s3api", "head-object", "--bucket", b, "--key", KEYS[3]],
+    );
+    assert!(String::from_utf8_lossy(&out.stdout).contains("\"ContentLength\""));
+    // Refusals.
+    let out = aws(
+        READER,
+        "wrong",
+        &["s3", "cp", &format!("s3://{b}/{}", KEYS[0]), "-"],
+    );
+    assert!(!out.status.success());
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("403"),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let out = aws(
+        READER,
+        READER_SECRET,
+        &[
+            "s3api",
+            "get-object",
+            "--bucket",
+            &f.other,
+            "--key",
+            KEYS[0],
+            part.to_str().unwrap(),
+        ],
+    );
+    assert!(String::from_utf8_lossy(&out.stderr).contains("AccessDenied"));
+    // `aws s3 presign` → curl.
+    let out = aws(
+        READER,
+        READER_SECRET,
+        &[
+            "s3",
+            "presign",
+            &format!("s3://{b}/{}", KEYS[1]),
+            "--expires-in",
+            "300",
+        ],
+    );
+    let url = String::from_utf8_lossy(&out.stdout).trim().to_owned();
+    let (st, body) = curl(&url);
+    assert_eq!((st, body), (200, data(1777, 1)), "{url}");
+    f.shoal.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn rclone_reads_with_a_user() {
+    let f = fixture("authrclone").await;
+    let run = |secret: &str, args: &[&str]| {
+        tool("rclone")
+            .env("RCLONE_CONFIG_S_TYPE", "s3")
+            .env("RCLONE_CONFIG_S_PROVIDER", "Other")
+            .env("RCLONE_CONFIG_S_ENDPOINT", &f.shoal.base)
+            .env("RCLONE_CONFIG_S_ACCESS_KEY_ID", READER)
+            .env("RCLONE_CONFIG_S_SECRET_ACCESS_KEY", secret)
+            .env("RCLONE_CONFIG_S_REGION", "us-east-1")
+            .env("RCLONE_CONFIG_S_FORCE_PATH_STYLE", "true")
+            .env("RCLONE_CONFIG", "/dev/null")
+            .args(["--retries", "1", "--low-level-retries", "1"])
+            .args(args)
+            .output()
+            .expect("rclone (make test installs it)")
+    };
+    let b = &f.bucket;
+    let out = run(READER_SECRET, &["cat", &format!("s:{b}/big.bin")]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(out.stdout == data(3 * MIB + 5, 50));
+    let out = run(READER_SECRET, &["lsf", "-R", &format!("s:{b}")]);
+    let listed = String::from_utf8_lossy(&out.stdout).to_string();
+    for k in KEYS {
+        assert!(listed.lines().any(|l| l == *k), "{k} not in {listed}");
+    }
+    let out = run("wrong", &["cat", &format!("s:{b}/big.bin")]);
+    assert!(!out.status.success(), "a wrong secret must fail");
+    f.shoal.stop().await;
+}
+
+/// A test CA and a certificate for 127.0.0.1 signed by it, as PEM (cert, key, ca).
+fn test_cert(name: &str) -> (String, String, String) {
+    use rcgen::{
+        BasicConstraints, CertificateParams, CertifiedIssuer, DnType, IsCa, KeyPair, SanType,
+    };
+    let mut ca = CertificateParams::new(Vec::<String>::new()).unwrap();
+    ca.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+    ca.distinguished_name
+        .push(DnType::CommonName, format!("{name} test CA"));
+    let ca = CertifiedIssuer::self_signed(ca, KeyPair::generate().unwrap()).unwrap();
+    let key = KeyPair::generate().unwrap();
+    let mut p = CertificateParams::new(vec!["localhost".to_string()]).unwrap();
+    p.subject_alt_names
+        .push(SanType::IpAddress("127.0.0.1".parse().unwrap()));
+    let cert = p.signed_by(&key, &ca).unwrap();
+    (cert.pem(), key.serialize_pem(), ca.pem())
+}
+
+fn https_client(ca_pem: &str) -> reqwest::Client {
+    reqwest::Client::builder()
+        .tls_built_in_root_certs(false)
+        .add_root_certificate(reqwest::Certificate::from_pem(ca_pem.as_bytes()).unwrap())
+        .build()
+        .unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn tls_serves_https_and_closes_plain_http() {
+    let g = garage();
+    let c = client(&g.endpoint);
+    let b = bucket(&c, "tls").await;
+    put(&c, &b, "k", data(5000, 3)).await;
+    let dir = tempfile::tempdir().unwrap();
+    let (cert, key, ca) = test_cert("one");
+    let (cp, kp) = (dir.path().join("cert.pem"), dir.path().join("key.pem"));
+    std::fs::write(&cp, cert).unwrap();
+    std::fs::write(&kp, key).unwrap();
+    let mut cfg: Config = config(g);
+    cfg.server.tls.cert = Some(cp);
+    cfg.server.tls.key = Some(kp);
+    let shoal = Shoal::start(&cfg, s3_origin(&cfg).await).await;
+    let url = format!("https://127.0.0.1:{}/{b}/k", shoal.running.s3_addr.port());
+    let https = https_client(&ca);
+    let r = https.get(&url).send().await.unwrap();
+    assert_eq!(r.status(), 200);
+    assert_eq!(r.bytes().await.unwrap().to_vec(), data(5000, 3));
+    // Plain HTTP to the TLS port: the handshake fails and the connection is closed, cleanly.
+    let plain = shoal
+        .http
+        .get(format!("http://{}/{b}/k", shoal.running.s3_addr))
+        .send()
+        .await;
+    assert!(plain.is_err() || plain.unwrap().status() != 200);
+    // The listener is still fine.
+    assert_eq!(https.get(&url).send().await.unwrap().status(), 200);
+    shoal.stop().await;
+}
+
+/// SIGHUP reads a renewed certificate: a client that trusts only the new CA fails before and
+/// succeeds after, without a restart.
+#[test]
+fn sighup_reloads_the_certificate() {
+    let g = garage();
+    let dir = tempfile::tempdir().unwrap();
+    let (c1, k1, _ca1) = test_cert("old");
+    let (c2, k2, ca2) = test_cert("new");
+    let (cp, kp) = (dir.path().join("cert.pem"), dir.path().join("key.pem"));
+    std::fs::write(&cp, c1).unwrap();
+    std::fs::write(&kp, k1).unwrap();
+    let shoal = ShoalProcess::start_with_env(
+        &format!(
+            r#"
+[server]
+listen = "127.0.0.1:0"
+[server.tls]
+cert = "{}"
+key = "{}"
+[ops]
+listen = "127.0.0.1:0"
+[origin]
+endpoint = "{ep}"
+region = "{REGION}"
+force_path_style = true
+access_key_id = "{ACCESS_KEY}"
+secret_access_key = "{SECRET_KEY}"
+[auth]
+mode = "none"
+[telemetry]
+log_format = "json"
+"#,
+            cp.display(),
+            kp.display(),
+            ep = g.endpoint
+        ),
+        &[("RUST_LOG", "info")],
+    );
+    let port = shoal.s3.rsplit(':').next().unwrap().to_owned();
+    let url = format!("https://127.0.0.1:{port}/");
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    let https = https_client(&ca2);
+    let before = rt.block_on(https.get(&url).send());
+    assert!(
+        before.is_err(),
+        "the old certificate must not be trusted by the new CA's client"
+    );
+    std::fs::write(&cp, c2).unwrap();
+    std::fs::write(&kp, k2).unwrap();
+    // SAFETY: plain kill(2) on our own child.
+    unsafe {
+        libc::kill(shoal.child.id() as i32, libc::SIGHUP);
+    }
+    let mut ok = false;
+    for _ in 0..100 {
+        if let Ok(r) = rt.block_on(https_client(&ca2).get(&url).send()) {
+            ok = r.status().as_u16() < 500;
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    assert!(ok, "the renewed certificate was not picked up");
+    assert!(shoal
+        .logs
+        .lock()
+        .unwrap()
+        .iter()
+        .any(|l| l.contains("TLS certificate reloaded")));
+}
+
+/// Nothing secret reaches the logs, even at debug level: the users' secrets, the cluster
+/// secret, the origin's secret key, and the signatures of signed and presigned requests.
+#[test]
+fn secrets_never_reach_the_logs() {
+    let g = garage();
+    let port = free_port();
+    let cluster_secret = "cluster-secret-not-for-logs-42";
+    let user_secret = "user-secret-not-for-logs-77";
+    let toml = format!(
+        r#"
+[server]
+listen = "127.0.0.1:0"
+[ops]
+listen = "127.0.0.1:0"
+[origin]
+endpoint = "{ep}"
+region = "{REGION}"
+force_path_style = true
+access_key_id = "{ACCESS_KEY}"
+secret_access_key = "{SECRET_KEY}"
+[cluster]
+listen = "127.0.0.1:{port}"
+advertise = "127.0.0.1:{port}"
+peers = ["127.0.0.1:{port}"]
+secret = "{cluster_secret}"
+[auth]
+mode = "sigv4"
+[[auth.users]]
+access_key_id = "logger"
+secret_access_key = "{user_secret}"
+[telemetry]
+log_format = "json"
+"#,
+        ep = g.endpoint
+    );
+    let mut shoal = ShoalProcess::start_with_env(&toml, &[("RUST_LOG", "debug")]);
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    let (bucket, sigs) = rt.block_on(async {
+        let c = client(&g.endpoint);
+        let b = bucket(&c, "logs").await;
+        put(&c, &b, "k", data(3000, 4)).await;
+        let s3 = sdk(&shoal.s3, "logger", user_secret);
+        let got = s3.get_object().bucket(&b).key("k").send().await.unwrap();
+        assert_eq!(got.body.collect().await.unwrap().into_bytes().len(), 3000);
+        let _ = sdk(&shoal.s3, "logger", "wrong")
+            .get_object()
+            .bucket(&b)
+            .key("k")
+            .send()
+            .await;
+        let presigned = s3
+            .get_object()
+            .bucket(&b)
+            .key("k")
+            .presigned(
+                aws_sdk_s3::presigning::PresigningConfig::expires_in(Duration::from_secs(60))
+                    .unwrap(),
+            )
+            .await
+            .unwrap();
+        let url = presigned.uri().to_owned();
+        let r = reqwest::get(&url).await.unwrap();
+        assert_eq!(r.status(), 200);
+        let sig = url.split("X-Amz-Signature=").nth(1).unwrap().to_owned();
+        (b, vec![sig])
+    });
+    std::thread::sleep(Duration::from_millis(300));
+    let _ = shoal.child.kill();
+    let _ = shoal.child.wait();
+    let logs = shoal.logs.lock().unwrap().join("\n");
+    assert!(
+        logs.contains(&bucket),
+        "the logs were captured at debug level"
+    );
+    for secret in [user_secret, cluster_secret, SECRET_KEY]
+        .iter()
+        .map(|s| s.to_string())
+        .chain(sigs)
+    {
+        assert!(
+            !logs.contains(&secret),
+            "a secret reached the logs: {secret}"
+        );
+    }
+}
