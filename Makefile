@@ -1,5 +1,6 @@
 # Shoal: `make run` starts a demo on a local origin; `make test` installs what the tests
-# need (the Garage S3 server, rclone, boto3) and runs everything.
+# need (the Garage S3 server, rclone, boto3,
+# the AWS CLI, prometheus_client) and runs everything.
 
 CARGO ?= cargo
 GARAGE ?= $(shell command -v garage 2>/dev/null || echo $(HOME)/.cargo/bin/garage)
@@ -29,6 +30,9 @@ test-deps:
 	@python3 -c "import boto3" 2>/dev/null || { \
 		echo "installing boto3 (client-compatibility tests)"; \
 		python3 -m pip install -q boto3; }
+	@python3 -c "import prometheus_client" 2>/dev/null || { \
+		echo "installing prometheus_client (its parser checks /metrics)"; \
+		python3 -m pip install -q prometheus_client; }
 	@python3 -c "import awscli" 2>/dev/null || { \
 		echo "installing the AWS CLI (client-compatibility tests)"; \
 		python3 -m pip install -q awscli; }

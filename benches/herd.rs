@@ -17,6 +17,10 @@
 //!    `"none"`, alternating rounds. Both servers get the very same presigned URL (made once,
 //!    so the client does no extra work; the open server ignores its signature), so the ratio
 //!    is the cost of verifying every request and nothing else.
+//! 6. **otlp** — warm 4 KiB GETs (16 connections, alternating rounds) with traces off, exported
+//!    to a collector that answers, to a port where nothing listens, and to a collector that
+//!    accepts and never answers: request rate and p99 latency as ratios to "off", and the
+//!    resident memory of each server after every round (it must not grow round over round).
 //!
 //! `make bench` runs it (`cargo bench --bench herd`); the summary is printed at the end and
 //! written to `target/bench-herd.json`.
@@ -415,6 +419,143 @@ async fn auth(g: &Garage, c: &aws_sdk_s3::Client) -> serde_json_lite::Obj {
     ])
 }
 
+/// Resident memory (VmRSS) of a process now, in bytes.
+fn rss(pid: u32) -> u64 {
+    let s = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
+    s.lines()
+        .find_map(|l| l.strip_prefix("VmRSS:"))
+        .and_then(|v| v.split_whitespace().next()?.parse::<u64>().ok())
+        .map_or(0, |kib| kib * 1024)
+}
+
+async fn otlp(g: &Garage, c: &aws_sdk_s3::Client) -> serde_json_lite::Obj {
+    const ROUNDS: usize = 4;
+    const CONNS: usize = 16;
+    const ROUND: Duration = Duration::from_secs(3);
+    let b = bucket(c, "bench-otlp").await;
+    put(c, &b, "small", patterned(4096, 6)).await;
+    // A collector that answers at once, and one that accepts and never answers.
+    let sink = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let sink_addr = sink.local_addr().unwrap();
+    tokio::spawn(async move {
+        let app = axum::Router::new().route(
+            "/v1/traces",
+            axum::routing::post(|_b: axum::body::Bytes| async { "" }),
+        );
+        axum::serve(sink, app).await
+    });
+    let stalled = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let modes = [
+        ("off", None),
+        ("collector", Some(format!("http://{sink_addr}"))),
+        (
+            "closed_port",
+            Some(format!("http://127.0.0.1:{}", free_port())),
+        ),
+        (
+            "stalled",
+            Some(format!("http://{}", stalled.local_addr().unwrap())),
+        ),
+    ];
+    let servers: Vec<ShoalProcess> = modes
+        .iter()
+        .map(|(_, ep)| {
+            let otlp = ep
+                .as_ref()
+                .map(|e| format!("otlp_endpoint = \"{e}\""))
+                .unwrap_or_default();
+            ShoalProcess::start(&format!(
+                r#"
+[server]
+listen = "127.0.0.1:0"
+[ops]
+listen = "127.0.0.1:0"
+[origin]
+endpoint = "{ep}"
+region = "{REGION}"
+force_path_style = true
+access_key_id = "{ACCESS_KEY}"
+secret_access_key = "{SECRET_KEY}"
+[auth]
+mode = "none"
+[telemetry]
+log_format = "json"
+{otlp}
+"#,
+                ep = g.endpoint
+            ))
+        })
+        .collect();
+    let http = reqwest::Client::new();
+    for s in &servers {
+        let r = http
+            .get(format!("{}/{b}/small", s.s3))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status(), 200);
+        drain(r).await;
+    }
+    let round = |url: String| {
+        let http = http.clone();
+        async move {
+            let stop = Instant::now() + ROUND;
+            let lat = futures_util::future::join_all((0..CONNS).map(|_| {
+                let (http, url) = (http.clone(), url.clone());
+                async move {
+                    let mut lat = Vec::new();
+                    while Instant::now() < stop {
+                        let t = Instant::now();
+                        let r = http.get(&url).send().await.unwrap();
+                        assert_eq!(r.status(), 200);
+                        drain(r).await;
+                        lat.push(t.elapsed().as_secs_f64());
+                    }
+                    lat
+                }
+            }))
+            .await;
+            let mut all: Vec<f64> = lat.into_iter().flatten().collect();
+            all.sort_by(|a, b| a.total_cmp(b));
+            let rate = all.len() as f64 / ROUND.as_secs_f64();
+            (rate, all[all.len() * 99 / 100])
+        }
+    };
+    let mut rates = vec![Vec::new(); modes.len()];
+    let mut p99s = vec![Vec::new(); modes.len()];
+    let mut mem = vec![Vec::new(); modes.len()];
+    for _ in 0..ROUNDS {
+        for (i, s) in servers.iter().enumerate() {
+            let (r, p) = round(format!("{}/{b}/small", s.s3)).await;
+            rates[i].push(r);
+            p99s[i].push(p);
+            mem[i].push(rss(s.child.id()) as f64);
+        }
+    }
+    drop(stalled);
+    let (base_rate, base_p99) = (median(rates[0].clone()), median(p99s[0].clone()));
+    let mut out = vec![
+        ("req_per_s_off".to_string(), base_rate),
+        ("p99_ms_off".to_string(), base_p99 * 1e3),
+    ];
+    for (i, (name, _)) in modes.iter().enumerate() {
+        if i > 0 {
+            let (r, p) = (median(rates[i].clone()), median(p99s[i].clone()));
+            out.push((format!("rate_ratio_{name}"), r / base_rate));
+            out.push((format!("p99_ratio_{name}"), p / base_p99));
+        }
+        out.push((
+            format!("rss_mib_first_round_{name}"),
+            mem[i][0] / MIB as f64,
+        ));
+        out.push((
+            format!("rss_mib_last_round_{name}"),
+            mem[i][ROUNDS - 1] / MIB as f64,
+        ));
+    }
+    out
+}
+
 /// Just enough JSON for a flat summary, to keep the bench free of extra dependencies.
 mod serde_json_lite {
     pub type Obj = Vec<(String, f64)>;
@@ -472,6 +613,9 @@ fn main() {
         }
         if want("auth") {
             all.push(("auth", auth(g, &c).await));
+        }
+        if want("otlp") {
+            all.push(("otlp", otlp(g, &c).await));
         }
 
         let out = serde_json_lite::render(&all);

@@ -7,18 +7,22 @@ use crate::cluster::{self, HotCache, Member, Membership, Tiered};
 use crate::config::{Config, OriginKind, StoreKind};
 use crate::error::{Error, ShoalClassify};
 use crate::fill::{Fill, FillBody, FillConfig};
+use crate::layer::negative_cache::Lookup;
+use crate::layer::peer::PeerEvent;
 use crate::layer::store_lookup::OriginService;
 use crate::layer::{
     ConcurrencyLimitLayer, NegativeCacheLayer, PeerRoutingLayer, RetryPolicy,
     RetryUntilCommitLayer, SingleflightLayer, StoreLookupLayer,
 };
 use crate::object::{
-    require_etag, ChunkService, InvalidateFn, MetaService, ObjectRef, ObjectService, ReadPolicy,
+    require_etag, ChunkService, InvalidateFn, MetaRequest, MetaService, ObjectRef, ObjectService,
+    ReadPolicy,
 };
 use crate::origin::{ByteStream, LocalOrigin, Origin, OriginRanges, RangeRequest, S3Origin};
 use crate::s3::{self, S3State};
 use crate::server::Limits;
 use crate::store::{ChunkStore, DiskStore, MemoryStore};
+use crate::telemetry::metrics::{MetaResult, Metrics, PeerOutcome, Snapshot, Source};
 use axum::routing::get;
 use axum::Router;
 use futures_util::StreamExt;
@@ -84,7 +88,20 @@ pub fn build_hot_cache(cfg: &Config) -> Result<HotCache, Error> {
     Ok(HotCache::new(store))
 }
 
-/// The chunk stack of DESIGN.md, top to bottom, sharing `budget` for every byte it holds
+/// What the parts of one running Shoal share.
+#[derive(Clone)]
+pub struct Shared {
+    /// Every byte held outside the store is charged here.
+    pub budget: Budget,
+    /// Owns fills, writers and readahead, so that shutdown can wait for them.
+    pub tasks: TaskTracker,
+    /// Who owns which chunk.
+    pub membership: Membership,
+    /// Where everything is counted.
+    pub metrics: Metrics,
+}
+
+/// The chunk stack of DESIGN.md, top to bottom, sharing the budget for every byte it holds
 /// outside the store:
 /// `StoreLookup ▸ Singleflight ▸ Fill ▸ PeerRouting ▸ ConcurrencyLimit ▸ RetryUntilCommit ▸
 /// origin`. In a cluster, `PeerRouting` asks a chunk's owner first (see [`crate::cluster`]).
@@ -92,27 +109,35 @@ pub fn chunk_stack(
     cfg: &Config,
     origin: Arc<dyn Origin>,
     store: Arc<dyn ChunkStore>,
-    budget: Budget,
-    tasks: TaskTracker,
-    membership: Membership,
     hot: Option<HotCache>,
+    shared: &Shared,
 ) -> ChunkService {
+    let Shared {
+        budget,
+        tasks,
+        membership,
+        metrics,
+    } = shared.clone();
     let retry = &cfg.fill.retry;
+    let (m1, m2) = (metrics.clone(), metrics.clone());
     let origin_stack = ServiceBuilder::new()
-        .layer(ConcurrencyLimitLayer::new(
-            cfg.fill.origin_concurrency,
-            cfg.fill.queue_timeout.0,
-        ))
-        .layer(RetryUntilCommitLayer::new(
-            RetryPolicy {
-                attempts: retry.attempts,
-                backoff_initial: retry.backoff_initial.0,
-                backoff_max: retry.backoff_max.0,
-                max_total: retry.max_total.0,
-            },
-            ShoalClassify,
-        ))
-        .service(OriginRanges::new(origin));
+        .layer(
+            ConcurrencyLimitLayer::new(cfg.fill.origin_concurrency, cfg.fill.queue_timeout.0)
+                .on_wait(move |d| m1.origin_queue(d)),
+        )
+        .layer(
+            RetryUntilCommitLayer::new(
+                RetryPolicy {
+                    attempts: retry.attempts,
+                    backoff_initial: retry.backoff_initial.0,
+                    backoff_max: retry.backoff_max.0,
+                    max_total: retry.max_total.0,
+                },
+                ShoalClassify,
+            )
+            .on_retry(move || m2.origin_retry()),
+        )
+        .service(OriginRanges::new(origin).metrics(metrics.clone()));
     let direct: OriginService = BoxCloneSyncService::new(
         origin_stack
             .clone()
@@ -138,9 +163,18 @@ pub fn chunk_stack(
         cfg.fill.queue_timeout.0 + cfg.origin.timeout.0,
         cfg.origin.timeout.0,
     );
-    let source = PeerRoutingLayer::new(route, peers).layer(
-        origin_stack.map_request(RangeRequest::for_chunk as fn(ChunkRequest) -> RangeRequest),
-    );
+    let m3 = metrics.clone();
+    let source = PeerRoutingLayer::new(route, peers)
+        .on_event(move |e| {
+            m3.peer(match e {
+                PeerEvent::Served => PeerOutcome::Served,
+                PeerEvent::Fallback => PeerOutcome::Fallback,
+                PeerEvent::Resumed => PeerOutcome::Resumed,
+            })
+        })
+        .layer(
+            origin_stack.map_request(RangeRequest::for_chunk as fn(ChunkRequest) -> RangeRequest),
+        );
     let fill = Fill::new(
         source,
         store,
@@ -150,14 +184,22 @@ pub fn chunk_stack(
             write_timeout: cfg.store.write_timeout.0,
             tasks: tasks.clone(),
             hot,
+            metrics: metrics.clone(),
         },
     );
+    let m4 = metrics.clone();
     let flights = SingleflightLayer::new(|r: &ChunkRequest| r.key.clone())
         .with_tracker(tasks)
+        .on_call(move |r: &ChunkRequest, joined| {
+            if joined {
+                r.note(&m4, Source::Joined);
+            }
+        })
         .durable_when(|b: &FillBody| b.is_durable())
         .layer(fill);
     let progress = flights.progress();
     let stack = StoreLookupLayer::new(lookup)
+        .metrics(metrics)
         .direct_ranges(direct, progress)
         .layer(flights);
     BoxCloneSyncService::new(stack)
@@ -168,17 +210,33 @@ pub fn object_service(
     cfg: &Config,
     origin: Arc<dyn Origin>,
     chunks: ChunkService,
-    tasks: TaskTracker,
+    store: Arc<dyn ChunkStore>,
+    shared: &Shared,
 ) -> ObjectService {
+    let (tasks, metrics) = (shared.tasks.clone(), shared.metrics.clone());
     let o = origin.clone();
-    let head = tower::service_fn(move |r: ObjectRef| {
+    let head = tower::service_fn(move |r: MetaRequest| {
         let o = o.clone();
         async move {
-            let m = o.head(&r.bucket, &r.key).await.map_err(Error::Origin)?;
+            let m = o
+                .head(&r.object.bucket, &r.object.key)
+                .await
+                .map_err(Error::Origin)?;
             require_etag(m)
         }
     });
-    let cached = NegativeCacheLayer::new(|r: &ObjectRef| r.clone(), ShoalClassify)
+    let cached = NegativeCacheLayer::new(|r: &MetaRequest| r.object.clone(), ShoalClassify)
+        .on_lookup(move |r: &MetaRequest, l| {
+            let result = match l {
+                Lookup::Hit => MetaResult::Hit,
+                Lookup::NegativeHit => MetaResult::NegativeHit,
+                Lookup::Miss => MetaResult::Miss,
+            };
+            metrics.metadata(result);
+            if let Some(rep) = &r.report {
+                rep.metadata(result);
+            }
+        })
         .ttl(cfg.metadata.ttl.0)
         .negative_ttl(cfg.metadata.negative_ttl.0)
         .max_entries(cfg.metadata.max_entries)
@@ -205,6 +263,7 @@ pub fn object_service(
             progress_timeout: cfg.fill.retry.max_total.0,
         },
         tasks,
+        store,
     )
 }
 
@@ -222,6 +281,8 @@ pub struct Running {
     pub store: Arc<dyn ChunkStore>,
     /// The byte budget (tests check that every byte comes back).
     pub budget: Budget,
+    /// This replica's metrics (also served at `/metrics`).
+    pub metrics: Metrics,
     tls: Option<crate::server::Tls>,
     stop: CancellationToken,
     servers: TaskTracker,
@@ -295,28 +356,27 @@ pub async fn start_with(
     let servers = TaskTracker::new();
     let membership = Membership::start(&cfg.cluster, &servers, stop.clone()).await?;
     let budget = Budget::new(cfg.fill.buffer_budget.0);
+    let metrics = Metrics::new();
     let hot = if membership.is_clustered() {
         Some(build_hot_cache(cfg)?)
     } else {
         None
     };
-    let chunks = chunk_stack(
-        cfg,
-        origin.clone(),
-        store.clone(),
-        budget.clone(),
-        fills.clone(),
-        membership.clone(),
-        hot,
-    );
-
-    let objects = object_service(cfg, origin.clone(), chunks.clone(), fills.clone());
+    let shared = Shared {
+        budget: budget.clone(),
+        tasks: fills.clone(),
+        membership: membership.clone(),
+        metrics: metrics.clone(),
+    };
+    let chunks = chunk_stack(cfg, origin.clone(), store.clone(), hot, &shared);
+    let objects = object_service(cfg, origin.clone(), chunks.clone(), store.clone(), &shared);
     let state = Arc::new(S3State {
         objects,
         origin,
         buckets: cfg.origin.buckets.clone(),
         domain: cfg.server.domain.clone(),
         auth: crate::s3::auth::Authenticator::from_config(&cfg.auth)?,
+        metrics: metrics.clone(),
     });
     let bind = |addr: SocketAddr| async move {
         TcpListener::bind(addr)
@@ -337,6 +397,7 @@ pub async fn start_with(
     let limits = Limits {
         max_connections: cfg.server.max_connections,
         http2_max_streams: cfg.server.http2_max_streams,
+        metrics: Some(metrics.clone()),
     };
     let tls = match (&cfg.server.tls.cert, &cfg.server.tls.key) {
         (Some(c), Some(k)) => Some(crate::server::Tls::load(c, k)?),
@@ -345,7 +406,7 @@ pub async fn start_with(
     servers.spawn(crate::server::serve(
         s3_listener,
         s3_app,
-        limits,
+        limits.clone(),
         tls.clone(),
         stop.clone(),
     ));
@@ -361,7 +422,10 @@ pub async fn start_with(
         servers.spawn(crate::server::serve(
             l,
             internal,
-            limits,
+            Limits {
+                metrics: None,
+                ..limits
+            },
             None,
             stop.clone(),
         ));
@@ -371,8 +435,42 @@ pub async fn start_with(
     };
     let r2 = ready.clone();
     let m2 = membership.clone();
+    let scrape = {
+        let (metrics, store, budget, membership) = (
+            metrics.clone(),
+            store.clone(),
+            budget.clone(),
+            membership.clone(),
+        );
+        let capacity = cfg.store.capacity.0;
+        move || {
+            let s = store.stats();
+            let body = metrics.render(Snapshot {
+                store_bytes: s.used_bytes,
+                store_capacity: capacity,
+                store_chunks: s.chunks,
+                store_evictions: s.evictions,
+                store_checksum_failures: s.corrupt,
+                store_refused: s.refused,
+                store_failed_commits: s.failed_commits,
+                budget_used: budget.total() - budget.available(),
+                budget_total: budget.total(),
+                members: membership.members().len() as u64,
+            });
+            async move {
+                (
+                    [(
+                        http::header::CONTENT_TYPE,
+                        "application/openmetrics-text; version=1.0.0; charset=utf-8",
+                    )],
+                    body,
+                )
+            }
+        }
+    };
     let ops_app = Router::new()
         .route("/healthz", get(|| async { "ok" }))
+        .route("/metrics", get(scrape))
         .route(
             "/readyz",
             get(move || {
@@ -413,6 +511,7 @@ pub async fn start_with(
         membership,
         store,
         budget,
+        metrics,
         tls,
         stop,
         servers,

@@ -11,6 +11,7 @@
 //! `origin_id/hex(sha256(LP(origin_id)‖LP(bucket)‖LP(key)‖LP(etag)‖LE64(chunk_size)))/index`.
 
 use crate::layer::gate::{Priority, Queued, Wait};
+use crate::telemetry::metrics::{Metrics, Report, Source};
 use sha2::{Digest, Sha256};
 use std::fmt;
 use std::ops::Range;
@@ -122,6 +123,9 @@ pub struct ChunkRequest {
     /// Asked by a peer through `/internal/fill`: serve it here, never forward it again (the
     /// loop guard of SPEC §3).
     pub from_peer: bool,
+    /// The client request's tally of where its chunks came from (for `x-shoal-cache` and the
+    /// access log).
+    pub report: Option<Arc<Report>>,
 }
 
 impl ChunkRequest {
@@ -135,6 +139,7 @@ impl ChunkRequest {
             priority: None,
             wait: Wait::Default,
             from_peer: false,
+            report: None,
         }
     }
 
@@ -146,6 +151,19 @@ impl ChunkRequest {
     /// Whether this is (still) readahead rather than a client's current need.
     pub fn is_speculative(&self) -> bool {
         self.priority.as_ref().is_some_and(|p| !p.is_urgent())
+    }
+}
+
+impl ChunkRequest {
+    /// Records where this chunk's bytes came from: in `metrics`, in the current span, and in
+    /// the client request's report.
+    pub fn note(&self, metrics: &Metrics, s: Source) {
+        metrics.chunk(s);
+        // The `chunk` span this runs in (the reader's, or the fill leader's) says it too.
+        tracing::Span::current().record("source", s.as_str());
+        if let Some(r) = &self.report {
+            r.chunk(s);
+        }
     }
 }
 

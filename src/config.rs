@@ -601,6 +601,10 @@ pub struct TelemetryConfig {
     pub log_format: LogFormat,
     /// A `tracing` filter: `info`, `debug`, `shoal=debug,info`…
     pub log_level: String,
+    /// Where traces go: an OTLP/HTTP collector's base URL (`http://collector:4318`;
+    /// `/v1/traces` is added). Unset = no traces are exported. The standard
+    /// `OTEL_EXPORTER_OTLP_*` variables set the protocol, headers and timeout.
+    pub otlp_endpoint: Option<String>,
 }
 
 impl Default for TelemetryConfig {
@@ -608,6 +612,7 @@ impl Default for TelemetryConfig {
         TelemetryConfig {
             log_format: LogFormat::Text,
             log_level: "info".into(),
+            otlp_endpoint: None,
         }
     }
 }
@@ -955,6 +960,20 @@ impl Config {
                 "telemetry.log_level",
                 format!("`{}` is not a level or filter", self.telemetry.log_level),
             );
+        }
+        if let Some(e) = &self.telemetry.otlp_endpoint {
+            let ok = e.parse::<http::Uri>().ok().is_some_and(|u| {
+                u.scheme_str() == Some("http") && u.authority().is_some() && u.query().is_none()
+            });
+            if !ok {
+                return bad(
+                    "telemetry.otlp_endpoint",
+                    format!(
+                        "`{e}` is not an http:// URL such as http://collector:4318 \
+                         (https is not built in: send to a local collector)"
+                    ),
+                );
+            }
         }
         Ok(())
     }

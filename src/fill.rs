@@ -28,6 +28,7 @@ use crate::layer::peer::Routed;
 use crate::layer::retry::Truncated;
 use crate::origin::ByteStream;
 use crate::store::{ChunkStore, ChunkWriter, Committed};
+use crate::telemetry::metrics::{Metrics, Source};
 use bytes::Bytes;
 use futures_util::future::BoxFuture;
 use futures_util::{FutureExt, Stream, StreamExt};
@@ -73,6 +74,8 @@ pub struct FillConfig {
     pub tasks: TaskTracker,
     /// Where chunks fetched from their owner are kept when they are hot (cluster only).
     pub hot: Option<HotCache>,
+    /// Where chunk sources and memory waits are counted.
+    pub metrics: Metrics,
 }
 
 /// Fills whole chunks from `source` (owner or origin) into `store`.
@@ -186,7 +189,20 @@ fn spawn_writer(
         if complete_rx.await.is_err() {
             return give_up(w, "fill did not complete".into());
         }
-        match tokio::time::timeout(wt, w.commit()).await {
+        let span = tracing::debug_span!("commit", bytes = len, outcome = tracing::field::Empty);
+        let commit =
+            tracing::Instrument::instrument(tokio::time::timeout(wt, w.commit()), span.clone());
+        let committed = commit.await;
+        span.record(
+            "outcome",
+            match &committed {
+                Ok(Ok(Committed::Kept)) => "kept",
+                Ok(Ok(Committed::Refused)) => "refused",
+                Ok(Err(_)) => "failed",
+                Err(_) => "timed_out",
+            },
+        );
+        match committed {
             Ok(Ok(c)) => {
                 if c == Committed::Kept && store.keeps_written_bytes() {
                     // The store now holds these very pieces; its capacity bounds them.
@@ -366,6 +382,7 @@ where
             // The chunk may have been committed between this request's store lookup and its
             // arrival here (a fill that just finished): then the store has it.
             if store.contains(&req.key) {
+                req.note(&cfg.metrics, Source::Hit);
                 durable.store(true, Ordering::Release);
                 return Ok(FillBody {
                     stream: futures_util::stream::empty().boxed(),
@@ -377,10 +394,13 @@ where
                 Wait::Until(t) => Some(t),
                 Wait::Forever => None,
             };
-            let permit = cfg
-                .budget
-                .reserve(expected, req.priority.clone(), deadline)
-                .await?;
+            let started = Instant::now();
+            let permit = tracing::Instrument::instrument(
+                cfg.budget.reserve(expected, req.priority.clone(), deadline),
+                tracing::debug_span!("budget_wait", bytes = expected),
+            )
+            .await?;
+            cfg.metrics.budget_wait(started.elapsed());
             let charge = ChunkCharge::new(permit);
             let k = req.key.clone();
             let body = source
@@ -390,6 +410,12 @@ where
                     ..req.clone()
                 })
                 .await?;
+            let source = if body.from_peer() {
+                Source::Peer
+            } else {
+                Source::Origin
+            };
+            req.note(&cfg.metrics, source);
             // Where this chunk is kept: here if this replica fetched it itself; if another
             // replica (its owner) sent it, only when it is hot here.
             let target = match (&cfg.hot, body.from_peer()) {
@@ -498,6 +524,7 @@ mod tests {
             write_timeout: Duration::from_secs(5),
             tasks: TaskTracker::new(),
             hot: None,
+            metrics: Metrics::new(),
         }
     }
 

@@ -47,7 +47,17 @@ fn main() -> ExitCode {
         }
     };
     rt.block_on(async move {
-        shoal::telemetry::init(&cfg.telemetry);
+        let instance = cfg
+            .cluster
+            .advertised()
+            .unwrap_or_else(|| cfg.server.listen.to_string());
+        let telemetry = match shoal::telemetry::init(&cfg.telemetry, &instance) {
+            Ok(t) => t,
+            Err(e) => {
+                eprintln!("shoal: {e}");
+                return ExitCode::FAILURE;
+            }
+        };
         let origin = match shoal::app::build_origin(&cfg).await {
             Ok(o) => o,
             Err(e) => {
@@ -77,6 +87,7 @@ fn main() -> ExitCode {
         };
         running.shutdown().await;
         tracing::info!("stopped");
+        telemetry.shutdown(std::time::Duration::from_secs(5)).await;
         ExitCode::SUCCESS
     })
 }

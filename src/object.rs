@@ -26,6 +26,8 @@ use crate::chunk::{chunk_size_for, slices, ChunkKey, ChunkRequest, Tier};
 use crate::error::{Error, OriginError};
 use crate::layer::gate::{Priority, Wait};
 use crate::origin::{ByteStream, ObjectMeta};
+use crate::store::ChunkStore;
+use crate::telemetry::metrics::{CacheStatus, Report, Source};
 use bytes::Bytes;
 use futures_util::future::BoxFuture;
 use futures_util::{Stream, StreamExt};
@@ -52,8 +54,18 @@ pub struct ObjectRef {
     pub key: Arc<str>,
 }
 
-/// The metadata stack, type-erased: `ObjectRef` → metadata with a non-empty ETag.
-pub type MetaService = BoxCloneSyncService<ObjectRef, Arc<ObjectMeta>, Error>;
+/// A metadata lookup: the object, and the client request's report (told whether the
+/// metadata was cached).
+#[derive(Debug, Clone)]
+pub struct MetaRequest {
+    /// The object.
+    pub object: ObjectRef,
+    /// The client request's report, if any.
+    pub report: Option<Arc<Report>>,
+}
+
+/// The metadata stack, type-erased: `MetaRequest` → metadata with a non-empty ETag.
+pub type MetaService = BoxCloneSyncService<MetaRequest, Arc<ObjectMeta>, Error>;
 
 /// Forgets an object's cached metadata if it still describes the version with this ETag.
 pub type InvalidateFn = Arc<dyn Fn(ObjectRef, Arc<str>) -> BoxFuture<'static, ()> + Send + Sync>;
@@ -84,6 +96,8 @@ pub struct ObjectService {
     tiers: Arc<[Tier]>,
     policy: ReadPolicy,
     tasks: TaskTracker,
+    /// For `x-shoal-cache`: which chunks are already here.
+    store: Arc<dyn ChunkStore>,
 }
 
 impl ObjectService {
@@ -100,6 +114,7 @@ impl ObjectService {
         tiers: Vec<Tier>,
         policy: ReadPolicy,
         tasks: TaskTracker,
+        store: Arc<dyn ChunkStore>,
     ) -> Self {
         ObjectService {
             origin_id,
@@ -110,19 +125,29 @@ impl ObjectService {
             tiers: tiers.into(),
             policy,
             tasks,
+            store,
         }
     }
 
-    /// Current metadata of an object (cached; one origin HEAD per key at a time).
-    pub async fn head(&self, bucket: &str, key: &str) -> Result<Arc<ObjectMeta>, Error> {
+    /// Current metadata of an object (cached; one origin HEAD per key at a time). `report`,
+    /// when given, learns whether it was cached.
+    pub async fn head(
+        &self,
+        bucket: &str,
+        key: &str,
+        report: Option<&Arc<Report>>,
+    ) -> Result<Arc<ObjectMeta>, Error> {
         use tracing::Instrument;
         self.meta
             .clone()
-            .oneshot(ObjectRef {
-                bucket: bucket.into(),
-                key: key.into(),
+            .oneshot(MetaRequest {
+                object: ObjectRef {
+                    bucket: bucket.into(),
+                    key: key.into(),
+                },
+                report: report.cloned(),
             })
-            .instrument(tracing::debug_span!("head", bucket, key))
+            .instrument(tracing::debug_span!("metadata", bucket, key))
             .await
     }
 
@@ -139,7 +164,9 @@ impl ObjectService {
     }
 
     /// Streams bytes `start..=end` of the version `meta` describes. Resolves once the first
-    /// bytes are in hand (or the range is empty), so an error here is still a clean one.
+    /// bytes are in hand (or the range is empty), so an error here is still a clean one; the
+    /// status says where the bytes come from, as far as that is known then. `report` counts
+    /// every chunk's source as it is read.
     pub async fn open(
         &self,
         bucket: &str,
@@ -147,7 +174,8 @@ impl ObjectService {
         meta: &ObjectMeta,
         start: u64,
         end: u64,
-    ) -> Result<ByteStream, Error> {
+        report: Arc<Report>,
+    ) -> Result<(ByteStream, CacheStatus), Error> {
         let chunk_size = chunk_size_for(meta.size, self.base_chunk, &self.tiers);
         let bucket: Arc<str> = bucket.into();
         let key: Arc<str> = key.into();
@@ -168,6 +196,7 @@ impl ObjectService {
                 priority: None,
                 wait: Wait::Default,
                 from_peer: false,
+                report: Some(report.clone()),
             })
             .collect();
 
@@ -181,7 +210,7 @@ impl ObjectService {
             tasks: self.tasks.clone(),
         };
         let Some(first) = todo.pop_front() else {
-            return Ok(futures_util::stream::empty().boxed());
+            return Ok((futures_util::stream::empty().boxed(), CacheStatus::Hit));
         };
         let first = async {
             let mut body = self.chunks.clone().oneshot(first).await?;
@@ -192,11 +221,13 @@ impl ObjectService {
             }
         };
         let (head, body) = first.await.inspect_err(|e| version.saw(e))?;
+        let stored = todo.iter().filter(|r| self.store.contains(&r.key)).count();
+        let status = CacheStatus::of(report.first().unwrap_or(Source::Origin), stored, todo.len());
         let max_depth = self
             .policy
             .readahead
             .min((self.policy.readahead_bytes / chunk_size.max(1)) as usize);
-        Ok(Readahead {
+        let stream = Readahead {
             chunks: self.chunks.clone(),
             todo,
             ahead: VecDeque::new(),
@@ -216,7 +247,8 @@ impl ObjectService {
             tasks: self.tasks.clone(),
             span: tracing::Span::current(),
         }
-        .boxed())
+        .boxed();
+        Ok((stream, status))
     }
 }
 
@@ -480,7 +512,7 @@ mod tests {
             ..ObjectMeta::default()
         });
         let m2 = meta.clone();
-        let head = tower::service_fn(move |_r: ObjectRef| {
+        let head = tower::service_fn(move |_r: MetaRequest| {
             let m = m2.clone();
             async move { Ok::<_, Error>(m) }
         });
@@ -498,6 +530,7 @@ mod tests {
                 progress_timeout: Duration::from_secs(5),
             },
             TaskTracker::new(),
+            Arc::new(crate::store::MemoryStore::new(1 << 20)),
         );
         (svc, asked, meta)
     }
@@ -505,7 +538,10 @@ mod tests {
     /// How far ahead of the chunk being read the requests went, at most.
     async fn widest_window(delayed: bool) -> u64 {
         let (svc, asked, meta) = service(40, delayed);
-        let mut s = svc.open("b", "k", &meta, 0, (40 << 20) - 1).await.unwrap();
+        let (mut s, _) = svc
+            .open("b", "k", &meta, 0, (40 << 20) - 1, Arc::default())
+            .await
+            .unwrap();
         let (mut read, mut widest) = (0u64, 0u64);
         while let Some(b) = s.next().await {
             read += b.unwrap().len() as u64;

@@ -125,12 +125,14 @@ impl Tls {
 }
 
 /// Listener limits.
-#[derive(Clone, Copy, Debug)]
+#[derive(Clone)]
 pub struct Limits {
     /// Open connections at most (`server.max_connections`).
     pub max_connections: usize,
     /// HTTP/2 streams per connection (`server.http2_max_streams`).
     pub http2_max_streams: u32,
+    /// Where open and refused connections are counted (the S3 listener's).
+    pub metrics: Option<crate::telemetry::metrics::Metrics>,
 }
 
 /// Serves `app` on `listener` (over TLS when `tls` is set) until `stop` is cancelled, then lets
@@ -166,6 +168,7 @@ pub async fn serve(
         let _ = sock.set_nodelay(true);
         match conns.clone().try_acquire_owned() {
             Ok(permit) => {
+                let permit = Counted::new(permit, limits.metrics.clone());
                 let svc = TowerToHyperService::new(app.clone());
                 match &tls {
                     None => {
@@ -213,6 +216,9 @@ pub async fn serve(
             }
             Err(_) => match rejecting.clone().try_acquire_owned() {
                 Ok(permit) => {
+                    if let Some(m) = &limits.metrics {
+                        m.connection_refused();
+                    }
                     tracing::warn!(%peer, max = limits.max_connections, "connection cap reached; answering 503 SlowDown");
                     tasks.spawn(async move {
                         let _ = tokio::time::timeout(REJECT_DEADLINE, reject(sock)).await;
@@ -220,6 +226,9 @@ pub async fn serve(
                     });
                 }
                 Err(_) => {
+                    if let Some(m) = &limits.metrics {
+                        m.connection_refused();
+                    }
                     tracing::warn!(%peer, "connection cap reached and too many rejections pending; closing");
                     drop(sock);
                 }
@@ -230,6 +239,35 @@ pub async fn serve(
     graceful.shutdown().await;
     tasks.close();
     tasks.wait().await;
+}
+
+/// A connection slot, counted as open in the metrics while it is held.
+struct Counted {
+    _permit: tokio::sync::OwnedSemaphorePermit,
+    metrics: Option<crate::telemetry::metrics::Metrics>,
+}
+
+impl Counted {
+    fn new(
+        permit: tokio::sync::OwnedSemaphorePermit,
+        metrics: Option<crate::telemetry::metrics::Metrics>,
+    ) -> Self {
+        if let Some(m) = &metrics {
+            m.connections(1);
+        }
+        Counted {
+            _permit: permit,
+            metrics,
+        }
+    }
+}
+
+impl Drop for Counted {
+    fn drop(&mut self) {
+        if let Some(m) = &self.metrics {
+            m.connections(-1);
+        }
+    }
 }
 
 /// Answers one request on an over-cap connection with 503 `SlowDown` and closes it.

@@ -665,13 +665,16 @@ log_format = "json"
 }
 
 /// Nothing secret reaches the logs, even at debug level: the users' secrets, the cluster
-/// secret, the origin's secret key, and the signatures of signed and presigned requests.
+/// secret (given in the environment), the origin's secret key, the trace collector's token
+/// (`OTEL_EXPORTER_OTLP_HEADERS`), and the signatures of signed and presigned requests.
 #[test]
 fn secrets_never_reach_the_logs() {
     let g = garage();
     let port = free_port();
     let cluster_secret = "cluster-secret-not-for-logs-42";
     let user_secret = "user-secret-not-for-logs-77";
+    let otlp_token = "otlp-token-not-for-logs-55";
+    let collector = format!("http://127.0.0.1:{}", free_port());
     let toml = format!(
         r#"
 [server]
@@ -688,7 +691,6 @@ secret_access_key = "{SECRET_KEY}"
 listen = "127.0.0.1:{port}"
 advertise = "127.0.0.1:{port}"
 peers = ["127.0.0.1:{port}"]
-secret = "{cluster_secret}"
 [auth]
 mode = "sigv4"
 [[auth.users]]
@@ -696,10 +698,19 @@ access_key_id = "logger"
 secret_access_key = "{user_secret}"
 [telemetry]
 log_format = "json"
+otlp_endpoint = "{collector}"
 "#,
         ep = g.endpoint
     );
-    let mut shoal = ShoalProcess::start_with_env(&toml, &[("RUST_LOG", "debug")]);
+    let headers = format!("authorization=Bearer {otlp_token}");
+    let mut shoal = ShoalProcess::start_with_env(
+        &toml,
+        &[
+            ("RUST_LOG", "debug"),
+            ("SHOAL_CLUSTER__SECRET", cluster_secret),
+            ("OTEL_EXPORTER_OTLP_HEADERS", &headers),
+        ],
+    );
     let rt = tokio::runtime::Runtime::new().unwrap();
     let (bucket, sigs) = rt.block_on(async {
         let c = client(&g.endpoint);
@@ -730,7 +741,8 @@ log_format = "json"
         let sig = url.split("X-Amz-Signature=").nth(1).unwrap().to_owned();
         (b, vec![sig])
     });
-    std::thread::sleep(Duration::from_millis(300));
+    // Long enough for the exporter to try the (closed) collector and log that it failed.
+    std::thread::sleep(Duration::from_millis(2500));
     let _ = shoal.child.kill();
     let _ = shoal.child.wait();
     let logs = shoal.logs.lock().unwrap().join("\n");
@@ -738,7 +750,11 @@ log_format = "json"
         logs.contains(&bucket),
         "the logs were captured at debug level"
     );
-    for secret in [user_secret, cluster_secret, SECRET_KEY]
+    assert!(
+        logs.contains("opentelemetry"),
+        "the exporter's own debug lines were captured"
+    );
+    for secret in [user_secret, cluster_secret, SECRET_KEY, otlp_token]
         .iter()
         .map(|s| s.to_string())
         .chain(sigs)

@@ -164,6 +164,22 @@ fn manifests_are_valid_kubernetes_objects_that_agree_with_each_other() {
             .map(|p| p.container_port)
             .unwrap_or_else(|| panic!("container port {name}"))
     };
+    // Annotation-based scraping reads the ops port's /metrics.
+    let ann = sts
+        .spec
+        .template
+        .metadata
+        .as_ref()
+        .and_then(|m| m.annotations.clone())
+        .unwrap_or_default();
+    assert_eq!(
+        ann.get("prometheus.io/path").map(String::as_str),
+        Some("/metrics")
+    );
+    assert_eq!(
+        ann.get("prometheus.io/port").map(String::as_str),
+        Some(port("ops").to_string().as_str())
+    );
     for (probe, path) in [
         (c.liveness_probe.as_ref(), "/healthz"),
         (c.readiness_probe.as_ref(), "/readyz"),
@@ -229,5 +245,78 @@ fn the_image_builds_the_binary_and_exposes_the_ports() {
     assert!(
         d.contains("USER 10001"),
         "runs as the non-root user the StatefulSet expects"
+    );
+}
+
+#[test]
+fn the_dashboard_queries_only_metrics_and_labels_shoal_exports() {
+    let root = Path::new(env!("CARGO_MANIFEST_DIR"));
+    let text = std::fs::read_to_string(root.join("deploy/grafana/shoal-dashboard.json")).unwrap();
+    let dash: serde_json::Value = serde_json::from_str(&text).expect("the dashboard is JSON");
+    // What Shoal exports, from its own exposition: every family's sample names (a labelled
+    // family shows once it has a series).
+    use shoal::telemetry::metrics::*;
+    let m = Metrics::new();
+    m.request(Op::Get, 200, std::time::Duration::ZERO, 0);
+    m.chunk(Source::Hit);
+    m.origin(OriginOutcome::Ok);
+    m.peer(PeerOutcome::Served);
+    m.metadata(MetaResult::Hit);
+    let exposition = m.render(Default::default());
+    let mut exported = std::collections::BTreeSet::new();
+    for l in exposition.lines() {
+        let mut w = l.split_whitespace();
+        if let (Some("#"), Some("TYPE"), Some(name), Some(kind)) =
+            (w.next(), w.next(), w.next(), w.next())
+        {
+            let suffixes: &[&str] = match kind {
+                "counter" => &["_total"],
+                "histogram" => &["_bucket", "_sum", "_count"],
+                _ => &[""],
+            };
+            for s in suffixes {
+                exported.insert(format!("{name}{s}"));
+            }
+        }
+    }
+    assert!(exported.contains("shoal_requests_total"), "{exported:?}");
+    let labels = ["op", "status", "result", "outcome", "le", "instance"];
+    let mut queries = 0;
+    for panel in dash["panels"].as_array().unwrap() {
+        for t in panel["targets"].as_array().into_iter().flatten() {
+            let expr = t["expr"].as_str().unwrap();
+            queries += 1;
+            let mut rest = expr;
+            while let Some(i) = rest.find("shoal_") {
+                let name: String = rest[i..]
+                    .chars()
+                    .take_while(|c| c.is_ascii_lowercase() || *c == '_')
+                    .collect();
+                assert!(
+                    exported.contains(&name),
+                    "{name} is not exported (in {expr})"
+                );
+                rest = &rest[i + name.len()..];
+            }
+            for by in expr.split("by (").skip(1) {
+                for l in by.split(')').next().unwrap().split(',') {
+                    assert!(labels.contains(&l.trim()), "unknown label {l} in {expr}");
+                }
+            }
+            let legend = t["legendFormat"].as_str().unwrap_or("");
+            for l in legend.split("{{").skip(1) {
+                let l = l.split("}}").next().unwrap();
+                assert!(
+                    labels.contains(&l),
+                    "unknown label {l} in the legend {legend}"
+                );
+            }
+        }
+        let w = panel["gridPos"]["w"].as_u64().unwrap() + panel["gridPos"]["x"].as_u64().unwrap();
+        assert!(w <= 24, "a panel is wider than the dashboard");
+    }
+    assert!(
+        queries >= 15,
+        "the dashboard has its panels ({queries} queries)"
     );
 }

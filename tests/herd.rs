@@ -496,6 +496,10 @@ async fn connections_over_the_cap_are_answered_not_dropped() {
     assert!(answer.starts_with("HTTP/1.1 503"), "{answer}");
     assert!(answer.contains("<Code>SlowDown</Code>"), "{answer}");
     assert!(answer.to_ascii_lowercase().contains("connection: close"));
+    // Counted for the operator: two open, one refused.
+    let m = shoal.running.metrics.render(Default::default());
+    assert!(m.contains("\nshoal_connections 2\n"), "{m}");
+    assert!(m.contains("\nshoal_connections_refused_total 1\n"), "{m}");
     drop(open.pop());
     tokio::time::sleep(Duration::from_millis(50)).await;
     let r = shoal.get(&format!("{b}/k")).await;

@@ -110,6 +110,32 @@ async fn conformance(s: Arc<dyn ChunkStore>, capacity: u64) {
         }
     }
     assert!(present > 0 && present < n, "present {present} of {n}");
+    // Chunks asked for more often than the residents displace them: every chunk that leaves
+    // is evicted and counted (`shoal_store_evictions_total`) — what was there, plus what was
+    // kept, minus what is there now.
+    let before = s.stats();
+    let mut kept = 0;
+    for i in 0..4 {
+        let k = key("wanted", i);
+        for _ in 0..4 {
+            assert!(read(&*s, &k, 0..1).await.is_none());
+        }
+        if put(&*s, &k, &bytes_for(&k, 200_000)).await.unwrap() == Committed::Kept {
+            kept += 1;
+        }
+        assert!(s.stats().used_bytes <= capacity);
+    }
+    let after = s.stats();
+    let gone = before.chunks + kept - after.chunks;
+    assert!(
+        gone > 0,
+        "nothing was evicted: {before:?} → {after:?}, {kept} kept"
+    );
+    assert_eq!(
+        after.evictions - before.evictions,
+        gone,
+        "{before:?} → {after:?}"
+    );
 
     // Concurrent readers and writers with eviction running: never wrong bytes, never a panic.
     let tasks: Vec<_> = (0..8u64)

@@ -203,6 +203,7 @@ pub fn decode(query: &str) -> Result<ChunkRequest, String> {
         priority: None,
         wait: Wait::Default,
         from_peer: true,
+        report: None,
     })
 }
 
@@ -269,7 +270,16 @@ async fn fill(State(st): State<Arc<InternalState>>, req: Request) -> Response {
         return plain(StatusCode::CONFLICT, "{\"reason\":\"not_owner\"}");
     }
     let len = creq.range.end - creq.range.start;
-    let span = tracing::debug_span!("internal_fill", chunk = ?creq.key, range = ?creq.range);
+    // A child of the asking replica's `peer_fill` span: one trace across replicas. It lasts
+    // until the last byte is sent.
+    let span = tracing::debug_span!(
+        "internal_fill",
+        otel.kind = "server",
+        chunk = %creq.key.path(),
+        range = ?creq.range
+    );
+    crate::telemetry::trace::accept_parent(&span, req.headers());
+    let held = span.clone();
     let opened = tracing::Instrument::instrument(
         async {
             let mut body = st.chunks.clone().oneshot(creq).await?;
@@ -285,6 +295,10 @@ async fn fill(State(st): State<Arc<InternalState>>, req: Request) -> Response {
     .await;
     match opened {
         Ok(body) => {
+            let body = body.map(move |b| {
+                let _ = &held;
+                b
+            });
             let mut r = Response::new(Body::from_stream(body));
             r.headers_mut()
                 .insert(http::header::CONTENT_LENGTH, HeaderValue::from(len));
@@ -350,10 +364,12 @@ impl PeerClient {
         let addr = self.membership.address(&peer);
         let pq = format!("/internal/fill?{}", encode(&req));
         let want = req.range.end - req.range.start;
-        let request = http::Request::get(format!("http://{addr}{pq}"))
+        let mut request = http::Request::get(format!("http://{addr}{pq}"))
             .header(AUTH_HEADER, self.secret.sign(now_secs(), &pq))
             .body(Empty::new())
             .map_err(|e| Error::Peer(format!("request: {e}").into()))?;
+        // The owner's spans join this request's trace.
+        crate::telemetry::trace::inject(request.headers_mut());
         let resp = match tokio::time::timeout(self.first_byte, self.http.request(request)).await {
             Ok(Ok(r)) => r,
             Ok(Err(e)) => return Err(Error::Peer(format!("{addr}: {e}").into())),
@@ -404,7 +420,12 @@ impl tower::Service<(Member, ChunkRequest)> for PeerClient {
     }
 
     fn call(&mut self, (peer, req): (Member, ChunkRequest)) -> Self::Future {
-        let span = tracing::debug_span!("peer_fill", %peer, chunk = ?req.key);
+        let span = tracing::debug_span!(
+            "peer_fill",
+            otel.kind = "client",
+            %peer,
+            chunk = %req.key.path()
+        );
         Box::pin(tracing::Instrument::instrument(
             self.clone().fetch(peer, req),
             span,
@@ -447,6 +468,7 @@ mod tests {
             priority: None,
             wait: Wait::Default,
             from_peer: false,
+            report: None,
         };
         let back = decode(&encode(&req)).unwrap();
         assert_eq!(back.key, req.key);

@@ -38,10 +38,23 @@ pub struct QueueTimeout(pub Duration);
 /// let layer = ConcurrencyLimitLayer::new(64, Duration::from_secs(5));
 /// assert_eq!(layer.available(), 64);
 /// ```
-#[derive(Clone, Debug)]
+#[derive(Clone)]
 pub struct ConcurrencyLimitLayer {
     gate: Gate,
     queue_timeout: Duration,
+    on_wait: Option<OnWait>,
+}
+
+/// A hook told how long each call waited for its slot.
+type OnWait = std::sync::Arc<dyn Fn(Duration) + Send + Sync>;
+
+impl std::fmt::Debug for ConcurrencyLimitLayer {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ConcurrencyLimitLayer")
+            .field("gate", &self.gate)
+            .field("queue_timeout", &self.queue_timeout)
+            .finish()
+    }
 }
 
 impl ConcurrencyLimitLayer {
@@ -51,7 +64,19 @@ impl ConcurrencyLimitLayer {
         ConcurrencyLimitLayer {
             gate: Gate::new(max as u64),
             queue_timeout,
+            on_wait: None,
         }
+    }
+
+    /// Calls `f` with how long each call waited for its slot (for metrics).
+    pub fn on_wait(mut self, f: impl Fn(Duration) + Send + Sync + 'static) -> Self {
+        self.on_wait = Some(std::sync::Arc::new(f));
+        self
+    }
+
+    /// Slots in use right now.
+    pub fn in_use(&self) -> usize {
+        (self.gate.total() - self.gate.available()) as usize
     }
 
     /// Free slots right now.
@@ -72,16 +97,18 @@ impl<S> Layer<S> for ConcurrencyLimitLayer {
             inner,
             gate: self.gate.clone(),
             queue_timeout: self.queue_timeout,
+            on_wait: self.on_wait.clone(),
         }
     }
 }
 
 /// Bounds concurrent response bodies. See the module docs.
-#[derive(Clone, Debug)]
+#[derive(Clone)]
 pub struct ConcurrencyLimit<S> {
     inner: S,
     gate: Gate,
     queue_timeout: Duration,
+    on_wait: Option<OnWait>,
 }
 
 impl<S, Req> Service<Req> for ConcurrencyLimit<S>
@@ -109,8 +136,15 @@ where
         };
         let wait = self.gate.acquire(1, req.priority().cloned(), deadline);
         let inner = self.inner.clone();
+        let on_wait = self.on_wait.clone();
         Box::pin(async move {
-            let permit = wait.await.map_err(|t| QueueTimeout(t.0))?;
+            let started = Instant::now();
+            let permit = tracing::Instrument::instrument(wait, tracing::debug_span!("queue_wait"))
+                .await
+                .map_err(|t| QueueTimeout(t.0))?;
+            if let Some(f) = on_wait {
+                f(started.elapsed());
+            }
             let body = inner.oneshot(req).await?;
             Ok(Permitted {
                 body,

@@ -45,8 +45,23 @@ pub struct NegativeCacheLayer<K, C, Req> {
     ttl: Duration,
     negative_ttl: Duration,
     max_entries: u64,
+    on_lookup: Option<OnLookup<Req>>,
     _req: PhantomData<fn(Req)>,
 }
+
+/// How a call was answered.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Lookup {
+    /// A remembered success.
+    Hit,
+    /// A remembered failure (`Class::Negative`).
+    NegativeHit,
+    /// Not remembered: answered by the inner service (this call's, or a concurrent call's
+    /// it was coalesced with).
+    Miss,
+}
+
+type OnLookup<Req> = std::sync::Arc<dyn Fn(&Req, Lookup) + Send + Sync>;
 
 impl<K, C, Req> NegativeCacheLayer<K, C, Req> {
     /// Caches by `key_of`; `classify` decides which failures are remembered.
@@ -58,8 +73,15 @@ impl<K, C, Req> NegativeCacheLayer<K, C, Req> {
             ttl: Duration::from_secs(300),
             negative_ttl: Duration::from_secs(60),
             max_entries: 10_000,
+            on_lookup: None,
             _req: PhantomData,
         }
+    }
+
+    /// Calls `f` with every request and how it was answered (for metrics).
+    pub fn on_lookup(mut self, f: impl Fn(&Req, Lookup) + Send + Sync + 'static) -> Self {
+        self.on_lookup = Some(std::sync::Arc::new(f));
+        self
     }
     /// How long a success is kept.
     pub fn ttl(mut self, ttl: Duration) -> Self {
@@ -122,6 +144,7 @@ where
             inner,
             key_of: self.key_of.clone(),
             cache,
+            on_lookup: self.on_lookup.clone(),
         }
     }
 }
@@ -135,6 +158,7 @@ where
     inner: S,
     key_of: K,
     cache: moka::future::Cache<K::Key, Result<S::Response, S::Error>>,
+    on_lookup: Option<OnLookup<Req>>,
 }
 
 impl<S, K, Req> Clone for NegativeCache<S, K, Req>
@@ -147,6 +171,7 @@ where
             inner: self.inner.clone(),
             key_of: self.key_of.clone(),
             cache: self.cache.clone(),
+            on_lookup: self.on_lookup.clone(),
         }
     }
 }
@@ -208,7 +233,23 @@ where
         let key = self.key_of.key_of(&req);
         let cache = self.cache.clone();
         let inner = self.inner.clone();
-        Box::pin(async move { cache.get_with(key, inner.oneshot(req)).await })
+        let Some(observe) = self.on_lookup.clone() else {
+            return Box::pin(async move { cache.get_with(key, inner.oneshot(req)).await });
+        };
+        Box::pin(async move {
+            if let Some(v) = cache.get(&key).await {
+                let how = if v.is_ok() {
+                    Lookup::Hit
+                } else {
+                    Lookup::NegativeHit
+                };
+                observe(&req, how);
+                return v;
+            }
+            // Counted as a miss even when it ends up coalesced with a concurrent one.
+            observe(&req, Lookup::Miss);
+            cache.get_with(key, inner.oneshot(req)).await
+        })
     }
 }
 

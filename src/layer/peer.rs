@@ -74,16 +74,40 @@ where
 /// assert_eq!(body.next().await.unwrap().unwrap(), "bob");
 /// # }
 /// ```
-#[derive(Clone, Debug)]
+#[derive(Clone)]
 pub struct PeerRoutingLayer<R, C> {
     route: R,
     client: C,
+    on_event: Option<OnEvent>,
 }
+
+/// What happened to a request routed to a peer (for metrics).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum PeerEvent {
+    /// The peer served it.
+    Served,
+    /// The peer did not, before the first byte: served locally.
+    Fallback,
+    /// The peer's stream broke after bytes: continued locally from the byte reached.
+    Resumed,
+}
+
+type OnEvent = std::sync::Arc<dyn Fn(PeerEvent) + Send + Sync>;
 
 impl<R, C> PeerRoutingLayer<R, C> {
     /// Routes with `route`, asks peers through `client` (a service of `(peer, request)`).
     pub fn new(route: R, client: C) -> Self {
-        PeerRoutingLayer { route, client }
+        PeerRoutingLayer {
+            route,
+            client,
+            on_event: None,
+        }
+    }
+
+    /// Calls `f` with what happened to every request sent to a peer (for metrics).
+    pub fn on_event(mut self, f: impl Fn(PeerEvent) + Send + Sync + 'static) -> Self {
+        self.on_event = Some(std::sync::Arc::new(f));
+        self
     }
 }
 
@@ -94,17 +118,19 @@ impl<S, R: Clone, C: Clone> Layer<S> for PeerRoutingLayer<R, C> {
             inner,
             route: self.route.clone(),
             client: self.client.clone(),
+            on_event: self.on_event.clone(),
         }
     }
 }
 
 /// Answers from the owning peer when there is one, else (or on failure) from `inner`. See the
 /// module docs.
-#[derive(Clone, Debug)]
+#[derive(Clone)]
 pub struct PeerRouting<S, R, C> {
     inner: S,
     route: R,
     client: C,
+    on_event: Option<OnEvent>,
 }
 
 /// A routed answer: the bytes, and whether the first of them came from a peer.
@@ -152,6 +178,12 @@ where
         let peer = self.route.route(&req);
         let inner = self.inner.clone();
         let client = self.client.clone();
+        let on_event = self.on_event.clone();
+        let event = move |e: PeerEvent| {
+            if let Some(f) = &on_event {
+                f(e);
+            }
+        };
         Box::pin(async move {
             let Some(peer) = peer else {
                 let local = inner.oneshot(req).await?;
@@ -174,11 +206,15 @@ where
                 }
             };
             match first.await {
-                Ok((b, rest)) if !b.is_empty() || req.expected_len() == Some(0) => Ok(Routed {
-                    stream: spliced(b, rest, peer, req, inner),
-                    from_peer: true,
-                }),
+                Ok((b, rest)) if !b.is_empty() || req.expected_len() == Some(0) => {
+                    event(PeerEvent::Served);
+                    Ok(Routed {
+                        stream: spliced(b, rest, peer, req, inner, event),
+                        from_peer: true,
+                    })
+                }
                 Ok(_) => {
+                    event(PeerEvent::Fallback);
                     tracing::warn!(%peer, "peer answered with an empty first piece; serving locally");
                     let local = inner.oneshot(req).await?;
                     Ok(Routed {
@@ -187,6 +223,7 @@ where
                     })
                 }
                 Err(e) => {
+                    event(PeerEvent::Fallback);
                     tracing::warn!(%peer, error = %e, "peer did not serve; serving locally");
                     let local = inner.oneshot(req).await?;
                     Ok(Routed {
@@ -206,6 +243,7 @@ fn spliced<S, Req, B, PB, E, P>(
     peer: P,
     req: Req,
     inner: S,
+    event: impl Fn(PeerEvent) + Send + 'static,
 ) -> BoxStream<'static, Result<Bytes, E>>
 where
     Req: Resumable + Send + 'static,
@@ -220,13 +258,14 @@ where
         Peer(PB),
         Local(B),
     }
-    struct St<S, Req, PB, B, P> {
+    struct St<S, Req, PB, B, P, F> {
         src: Src<PB, B>,
         inner: Option<S>,
         req: Req,
         delivered: u64,
         peer: P,
         done: bool,
+        event: F,
     }
     let st = St {
         src: Src::<PB, B>::Peer(rest),
@@ -235,6 +274,7 @@ where
         req,
         peer,
         done: false,
+        event,
     };
     let rest = futures_util::stream::unfold(st, |mut st| async move {
         loop {
@@ -266,6 +306,7 @@ where
             };
             let inner = st.inner.take()?;
             tracing::warn!(peer = %st.peer, %why, at = st.delivered, "peer stream broke; continuing locally");
+            (st.event)(PeerEvent::Resumed);
             match inner.oneshot(st.req.resume_from(st.delivered)).await {
                 Ok(local) => st.src = Src::Local(local),
                 Err(e) => {

@@ -65,16 +65,30 @@ impl Default for RetryPolicy {
 /// let layer = RetryUntilCommitLayer::new(RetryPolicy::default(), ShoalClassify);
 /// # let _ = layer;
 /// ```
-#[derive(Debug, Clone)]
+#[derive(Clone)]
 pub struct RetryUntilCommitLayer<C> {
     policy: RetryPolicy,
     classify: C,
+    on_retry: Option<OnRetry>,
 }
+
+/// A hook told of every repeated or resumed attempt.
+type OnRetry = std::sync::Arc<dyn Fn() + Send + Sync>;
 
 impl<C> RetryUntilCommitLayer<C> {
     /// Retries what `classify` calls transient, within `policy`.
     pub fn new(policy: RetryPolicy, classify: C) -> Self {
-        RetryUntilCommitLayer { policy, classify }
+        RetryUntilCommitLayer {
+            policy,
+            classify,
+            on_retry: None,
+        }
+    }
+
+    /// Calls `f` for every attempt repeated or resumed after a failure (for metrics).
+    pub fn on_retry(mut self, f: impl Fn() + Send + Sync + 'static) -> Self {
+        self.on_retry = Some(std::sync::Arc::new(f));
+        self
     }
 }
 
@@ -85,16 +99,18 @@ impl<S, C: Clone> Layer<S> for RetryUntilCommitLayer<C> {
             inner,
             policy: self.policy,
             classify: self.classify.clone(),
+            on_retry: self.on_retry.clone(),
         }
     }
 }
 
 /// Retries and resumes a byte-stream service. See the module docs.
-#[derive(Debug, Clone)]
+#[derive(Clone)]
 pub struct RetryUntilCommit<S, C> {
     inner: S,
     policy: RetryPolicy,
     classify: C,
+    on_retry: Option<OnRetry>,
 }
 
 struct Attempt<S, Req, C> {
@@ -107,6 +123,9 @@ struct Attempt<S, Req, C> {
     backoff: Duration,
     deadline: Instant,
     delivered: u64,
+    on_retry: Option<OnRetry>,
+    /// Calls made so far, for the span of each.
+    number: u32,
 }
 
 impl<S, Req, C> Attempt<S, Req, C>
@@ -131,6 +150,9 @@ where
     /// Sleeps the backoff before the next call and counts it.
     async fn back_off(&mut self) {
         tracing::debug!(tries = self.tries, delivered = self.delivered, "retrying");
+        if let Some(f) = &self.on_retry {
+            f();
+        }
         tokio::time::sleep(self.backoff).await;
         self.backoff = (self.backoff * 2).min(self.policy.backoff_max);
         self.tries += 1;
@@ -139,7 +161,9 @@ where
     async fn open(&mut self) -> Result<S::Response, S::Error> {
         loop {
             let req = self.req.resume_from(self.delivered);
-            match self.inner.clone().oneshot(req).await {
+            self.number += 1;
+            let span = tracing::debug_span!("attempt", number = self.number, from = self.delivered);
+            match tracing::Instrument::instrument(self.inner.clone().oneshot(req), span).await {
                 Ok(b) => return Ok(b),
                 Err(e) => {
                     if !self.allows(&e) {
@@ -180,6 +204,8 @@ where
             backoff: self.policy.backoff_initial,
             deadline: Instant::now() + self.policy.max_total,
             delivered: 0,
+            on_retry: self.on_retry.clone(),
+            number: 0,
         };
         Box::pin(async move {
             let first = at.open().await?;

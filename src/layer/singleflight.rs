@@ -106,8 +106,12 @@ pub struct SingleflightLayer<K, Req, D = NotDurable> {
     key_of: K,
     durable: D,
     tasks: TaskTracker,
+    observe: Option<Observe<Req>>,
     _req: PhantomData<fn(Req)>,
 }
+
+/// A hook told of every call: the request, and whether it joined a call already in flight.
+type Observe<Req> = Arc<dyn Fn(&Req, bool) + Send + Sync>;
 
 impl<K: Clone, Req, D: Clone> Clone for SingleflightLayer<K, Req, D> {
     fn clone(&self) -> Self {
@@ -115,6 +119,7 @@ impl<K: Clone, Req, D: Clone> Clone for SingleflightLayer<K, Req, D> {
             key_of: self.key_of.clone(),
             durable: self.durable.clone(),
             tasks: self.tasks.clone(),
+            observe: self.observe.clone(),
             _req: PhantomData,
         }
     }
@@ -127,12 +132,20 @@ impl<K, Req> SingleflightLayer<K, Req, NotDurable> {
             key_of,
             durable: NotDurable,
             tasks: TaskTracker::new(),
+            observe: None,
             _req: PhantomData,
         }
     }
 }
 
 impl<K, Req, D> SingleflightLayer<K, Req, D> {
+    /// Calls `f` for every request with whether it joined a call already in flight (`true`) or
+    /// started one (`false`) — for metrics.
+    pub fn on_call(mut self, f: impl Fn(&Req, bool) + Send + Sync + 'static) -> Self {
+        self.observe = Some(Arc::new(f));
+        self
+    }
+
     /// Uses `tasks` to own the leader tasks, so that shutdown can wait for running calls.
     pub fn with_tracker(mut self, tasks: TaskTracker) -> Self {
         self.tasks = tasks;
@@ -146,6 +159,7 @@ impl<K, Req, D> SingleflightLayer<K, Req, D> {
             key_of: self.key_of,
             durable,
             tasks: self.tasks,
+            observe: self.observe,
             _req: PhantomData,
         }
     }
@@ -164,6 +178,7 @@ where
             key_of: self.key_of.clone(),
             durable: self.durable.clone(),
             tasks: self.tasks.clone(),
+            observe: self.observe.clone(),
             flights: Arc::new(Mutex::new(HashMap::new())),
         }
     }
@@ -186,6 +201,7 @@ where
     key_of: K,
     durable: D,
     tasks: TaskTracker,
+    observe: Option<Observe<Req>>,
     flights: Flights<K::Key, S::Error>,
 }
 
@@ -201,6 +217,7 @@ where
             key_of: self.key_of.clone(),
             durable: self.durable.clone(),
             tasks: self.tasks.clone(),
+            observe: self.observe.clone(),
             flights: self.flights.clone(),
         }
     }
@@ -393,6 +410,9 @@ where
                     (Some(fp), Some(mine)) => mine.link(fp),
                     _ => {}
                 }
+                if let Some(o) = &self.observe {
+                    o(&req, true);
+                }
                 return Box::pin(async move { Ok(joined) });
             }
             let flights = self.flights.clone();
@@ -425,6 +445,9 @@ where
             let joined = Joined::new(flight.clone());
             (flight, joined)
         };
+        if let Some(o) = &self.observe {
+            o(&req, false);
+        }
         // Take the service that was driven to readiness; leave a fresh clone behind.
         let clone = self.inner.clone();
         let mut inner = std::mem::replace(&mut self.inner, clone);

@@ -28,6 +28,7 @@ use crate::error::Error;
 use crate::layer::singleflight::Progress;
 use crate::origin::{ByteStream, RangeRequest};
 use crate::store::ChunkStore;
+use crate::telemetry::metrics::{Metrics, Source};
 use bytes::Bytes;
 use futures_util::future::BoxFuture;
 use futures_util::{Stream, StreamExt};
@@ -63,6 +64,7 @@ const MAX_SWITCHES: u32 = 4;
 pub struct StoreLookupLayer {
     store: Arc<dyn ChunkStore>,
     direct: Option<Direct>,
+    metrics: Metrics,
 }
 
 #[derive(Clone)]
@@ -77,7 +79,14 @@ impl StoreLookupLayer {
         StoreLookupLayer {
             store,
             direct: None,
+            metrics: Metrics::new(),
         }
+    }
+
+    /// Counts store hits and direct reads in `metrics`.
+    pub fn metrics(mut self, metrics: Metrics) -> Self {
+        self.metrics = metrics;
+        self
     }
 
     /// Serves cold ranges deep inside a chunk straight from `origin` (see the module docs);
@@ -95,6 +104,7 @@ impl<S> Layer<S> for StoreLookupLayer {
             inner,
             store: self.store.clone(),
             direct: self.direct.clone(),
+            metrics: self.metrics.clone(),
         }
     }
 }
@@ -105,6 +115,7 @@ pub struct StoreLookup<S> {
     inner: S,
     store: Arc<dyn ChunkStore>,
     direct: Option<Direct>,
+    metrics: Metrics,
 }
 
 /// Where a read gets its next bytes from.
@@ -244,7 +255,8 @@ where
         let store = self.store.clone();
         let inner = self.inner.clone();
         let direct = self.direct.clone();
-        let span = tracing::debug_span!("chunk", chunk = ?req.key, range = ?req.range);
+        let metrics = self.metrics.clone();
+        let span = tracing::debug_span!("chunk", chunk = ?req.key, range = ?req.range, source = tracing::field::Empty);
         Box::pin(tracing::Instrument::instrument(
             async move {
                 let whole = || ChunkRequest {
@@ -255,6 +267,7 @@ where
                     // Readahead: no I/O now. A present chunk is read when the reader gets
                     // there; a missing one is filled (or joined) at low priority.
                     if store.contains(&req.key) {
+                        req.note(&metrics, Source::Hit);
                         let src = Src::Open { skip_store: false };
                         return Ok(follow(inner, store, req, src));
                     }
@@ -264,13 +277,14 @@ where
                 }
                 match store.get(&req.key, req.range.clone()).await {
                     Ok(Some(hit)) => {
-                        tracing::trace!("store hit");
+                        req.note(&metrics, Source::Hit);
                         return Ok(follow(inner, store, req, Src::Reading(hit)));
                     }
                     Ok(None) => {}
                     Err(e) => tracing::warn!(error = %e, "store read failed; refilling"),
                 }
                 if let Some(d) = direct.filter(|d| far_ahead(d, &req)) {
+                    req.note(&metrics, Source::Origin);
                     return serve_direct(d, inner, req).await;
                 }
                 let joined = inner.clone().oneshot(whole()).await?;

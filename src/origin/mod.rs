@@ -12,6 +12,7 @@ pub use s3::S3Origin;
 
 use crate::error::{Error, OriginError};
 use crate::layer::gate::{Priority, Queued, Wait};
+use crate::telemetry::metrics::{Metrics, OriginOutcome};
 use async_trait::async_trait;
 use bytes::Bytes;
 use futures_util::stream::BoxStream;
@@ -355,12 +356,74 @@ pub fn verify(req: &RangeRequest, a: &RangeAnswer) -> Result<(), OriginError> {
 #[derive(Clone)]
 pub struct OriginRanges {
     origin: Arc<dyn Origin>,
+    metrics: Metrics,
 }
 
 impl OriginRanges {
     /// Wraps an origin.
     pub fn new(origin: Arc<dyn Origin>) -> Self {
-        OriginRanges { origin }
+        OriginRanges {
+            origin,
+            metrics: Metrics::new(),
+        }
+    }
+
+    /// Counts origin requests (by outcome), bytes and bodies in flight in `metrics`.
+    pub fn metrics(mut self, metrics: Metrics) -> Self {
+        self.metrics = metrics;
+        self
+    }
+}
+
+fn outcome(e: &OriginError) -> OriginOutcome {
+    match e {
+        OriginError::NotFound | OriginError::NoSuchBucket => OriginOutcome::NotFound,
+        OriginError::EtagChanged => OriginOutcome::EtagChanged,
+        OriginError::Throttled(_) => OriginOutcome::Throttled,
+        OriginError::Unauthorized(_) => OriginOutcome::Unauthorized,
+        _ => OriginOutcome::Error,
+    }
+}
+
+/// Counts a body's bytes and marks it in flight until it ends or is dropped; the origin
+/// request's span lasts as long and is told the bytes received.
+struct Metered {
+    body: ByteStream,
+    metrics: Metrics,
+    done: bool,
+    bytes: u64,
+    span: tracing::Span,
+}
+
+impl futures_util::Stream for Metered {
+    type Item = Result<Bytes, Error>;
+    fn poll_next(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Option<Self::Item>> {
+        let item = self.body.poll_next_unpin(cx);
+        match &item {
+            std::task::Poll::Ready(Some(Ok(b))) => {
+                self.metrics.origin_bytes(b.len() as u64);
+                self.bytes += b.len() as u64;
+            }
+            std::task::Poll::Ready(_) if !self.done => {
+                self.done = true;
+                self.metrics.origin_inflight(-1);
+                self.span.record("bytes", self.bytes);
+            }
+            _ => {}
+        }
+        item
+    }
+}
+
+impl Drop for Metered {
+    fn drop(&mut self) {
+        if !self.done {
+            self.metrics.origin_inflight(-1);
+            self.span.record("bytes", self.bytes);
+        }
     }
 }
 
@@ -378,16 +441,48 @@ impl tower::Service<RangeRequest> for OriginRanges {
 
     fn call(&mut self, r: RangeRequest) -> Self::Future {
         let origin = self.origin.clone();
+        let metrics = self.metrics.clone();
         use tracing::Instrument;
-        let span = tracing::debug_span!("origin_get", bucket = %r.bucket, key = %r.key, offset = r.offset, len = r.len);
+        let span = tracing::debug_span!(
+            "origin_get",
+            otel.kind = "client",
+            bucket = %r.bucket,
+            key = %r.key,
+            offset = r.offset,
+            len = r.len,
+            outcome = tracing::field::Empty,
+            bytes = tracing::field::Empty,
+        );
+        let held = span.clone();
         Box::pin(
             async move {
                 if r.len == 0 {
                     return Ok(futures_util::stream::empty().boxed());
                 }
-                let answer = origin.get_range(&r).await.map_err(Error::Origin)?;
-                verify(&r, &answer).map_err(Error::Origin)?;
-                Ok(answer.body)
+                let asked = std::time::Instant::now();
+                let answer = origin.get_range(&r).await;
+                metrics.origin_first_byte(asked.elapsed());
+                let answer = answer.and_then(|a| verify(&r, &a).map(|()| a));
+                let answer = match answer {
+                    Ok(a) => a,
+                    Err(e) => {
+                        let o = outcome(&e);
+                        metrics.origin(o);
+                        tracing::Span::current().record("outcome", o.as_str());
+                        return Err(Error::Origin(e));
+                    }
+                };
+                metrics.origin(OriginOutcome::Ok);
+                tracing::Span::current().record("outcome", "ok");
+                metrics.origin_inflight(1);
+                Ok(Metered {
+                    body: answer.body,
+                    metrics,
+                    done: false,
+                    bytes: 0,
+                    span: held,
+                }
+                .boxed())
             }
             .instrument(span),
         )

@@ -15,6 +15,7 @@ pub mod xml;
 use crate::error::{Error, OriginError};
 use crate::object::ObjectService;
 use crate::origin::{ListRequest, ListVersion, ObjectMeta, Origin};
+use crate::telemetry::metrics::{MetaResult, Metrics, Op, Report};
 use axum::body::Body;
 use axum::extract::{Request, State};
 use axum::response::Response;
@@ -45,6 +46,15 @@ pub struct S3State {
     pub domain: Option<String>,
     /// Client authentication; `None` when `auth.mode = "none"`.
     pub auth: Option<auth::Authenticator>,
+    /// Request counts and latencies.
+    pub metrics: Metrics,
+}
+
+/// What the front learns about a request while serving it, for the access log, the metrics
+/// and `x-shoal-cache`.
+struct Ctx {
+    op: Op,
+    report: Arc<Report>,
 }
 
 /// The S3 router.
@@ -212,21 +222,76 @@ async fn handle(State(st): State<Arc<S3State>>, req: Request) -> Response {
     let started = Instant::now();
     let method = req.method().clone();
     let resource = req.uri().path().to_owned();
-    let span = tracing::info_span!("s3", request_id = %rid, method = %method, path = %resource);
-    let result = dispatch(&st, req).instrument(span.clone()).await;
-    let resp = stamp(
+    // Every line logged while serving the request carries its id (the span's field), and the
+    // span is the root of the request's trace — or a child of the client's `traceparent`.
+    let span = tracing::info_span!(
+        "request",
+        otel.name = %method,
+        otel.kind = "server",
+        request_id = %rid,
+        method = %method,
+        path = %resource,
+        op = tracing::field::Empty,
+        http.response.status_code = tracing::field::Empty,
+        cache = tracing::field::Empty,
+    );
+    crate::telemetry::trace::accept_parent(&span, req.headers());
+    let mut ctx = Ctx {
+        op: Op::Other,
+        report: Arc::default(),
+    };
+    let result = dispatch(&st, req, &mut ctx).instrument(span.clone()).await;
+    let mut resp = stamp(
         result.unwrap_or_else(|e| error_response(&e, method == Method::HEAD, &resource, &rid)),
         &rid,
     );
-    span.in_scope(|| {
-        tracing::info!(
-            status = resp.status().as_u16(),
-            elapsed_ms = started.elapsed().as_millis() as u64,
-            "request"
-        )
-    });
-    resp
+    if matches!(ctx.op, Op::Get | Op::Head) && !resp.headers().contains_key(CACHE_HEADER) {
+        // No body was opened (HEAD, 304, 412, an error, an empty object): the metadata
+        // lookup is what happened.
+        let v = match ctx.report.meta() {
+            Some(MetaResult::Hit | MetaResult::NegativeHit) => Some("hit"),
+            Some(MetaResult::Miss) => Some("miss"),
+            None => None,
+        };
+        if let Some(v) = v {
+            resp.headers_mut()
+                .insert(CACHE_HEADER, HeaderValue::from_static(v));
+        }
+    }
+    let status = resp.status().as_u16();
+    let cache = resp
+        .headers()
+        .get(CACHE_HEADER)
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or("-")
+        .to_owned();
+    span.record("op", ctx.op.as_str());
+    span.record("http.response.status_code", status);
+    span.record("cache", cache.as_str());
+    let content_length = resp
+        .headers()
+        .get(http::header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok()?.parse::<u64>().ok())
+        .filter(|_| method != Method::HEAD);
+    let (parts, body) = resp.into_parts();
+    let logged = crate::telemetry::access::Logged::new(
+        body,
+        crate::telemetry::access::Entry {
+            span,
+            started,
+            op: ctx.op,
+            status,
+            cache,
+            report: ctx.report,
+            metrics: st.metrics.clone(),
+        },
+        content_length,
+    );
+    Response::from_parts(parts, Body::new(logged))
 }
+
+/// The header that tells a client where a GET's or HEAD's answer came from.
+const CACHE_HEADER: &str = "x-shoal-cache";
 
 /// Adds the headers every answer carries: `x-amz-request-id` and `Server: Shoal`.
 fn stamp(mut resp: Response, rid: &str) -> Response {
@@ -254,7 +319,7 @@ fn error_response(e: &S3Error, head: bool, resource: &str, rid: &str) -> Respons
         .unwrap_or_else(|_| Response::new(Body::empty()))
 }
 
-async fn dispatch(st: &S3State, req: Request) -> Result<Response, S3Error> {
+async fn dispatch(st: &S3State, req: Request, ctx: &mut Ctx) -> Result<Response, S3Error> {
     let method = req.method().clone();
     let head = method == Method::HEAD;
     let header_bytes: usize = req
@@ -288,6 +353,21 @@ async fn dispatch(st: &S3State, req: Request) -> Result<Response, S3Error> {
         return Err(S3Error::method_not_allowed(method.as_str()));
     }
     let p = parse(&req, st.domain.as_deref())?;
+    ctx.op = if p.bucket.is_empty() {
+        Op::ListBuckets
+    } else if !p.key.is_empty() {
+        if head {
+            Op::Head
+        } else {
+            Op::Get
+        }
+    } else if head {
+        Op::HeadBucket
+    } else if p.has("location") {
+        Op::Location
+    } else {
+        Op::List
+    };
     if p.bucket.is_empty() {
         if let Some(op) = p.unsupported(&[]) {
             return Err(S3Error::not_implemented(&format!("The `{op}` operation")));
@@ -324,7 +404,7 @@ async fn dispatch(st: &S3State, req: Request) -> Result<Response, S3Error> {
     if let Some(op) = p.unsupported(&[]) {
         return Err(S3Error::not_implemented(&format!("GetObject with `?{op}`")));
     }
-    object_op(st, &p, req.headers(), head).await
+    object_op(st, &p, req.headers(), head, &ctx.report).await
 }
 
 fn xml_response(body: String, head: bool) -> Response {
@@ -481,13 +561,18 @@ async fn object_op(
     p: &Parsed,
     headers: &HeaderMap,
     head: bool,
+    report: &Arc<Report>,
 ) -> Result<Response, S3Error> {
     let (bucket, key) = (p.bucket.as_str(), p.key.as_str());
     let map = |e: &Error| S3Error::from_error(e, bucket, key);
     // One re-read of the metadata is allowed if the object changes before the first byte.
     let mut retried_etag = false;
     loop {
-        let meta = st.objects.head(bucket, key).await.map_err(|e| map(&e))?;
+        let meta = st
+            .objects
+            .head(bucket, key, Some(report))
+            .await
+            .map_err(|e| map(&e))?;
         let mut base = object_headers(&meta, p);
         match conditional::evaluate(headers, &meta.etag, meta.last_modified) {
             Outcome::Proceed => {}
@@ -525,8 +610,15 @@ async fn object_op(
         let body = if head || len == 0 {
             Body::empty()
         } else {
-            match st.objects.open(bucket, key, &meta, start, end).await {
-                Ok(s) => Body::from_stream(s),
+            match st
+                .objects
+                .open(bucket, key, &meta, start, end, report.clone())
+                .await
+            {
+                Ok((s, cache)) => {
+                    base.insert(CACHE_HEADER, HeaderValue::from_static(cache.as_str()));
+                    Body::from_stream(s)
+                }
                 Err(Error::Origin(OriginError::EtagChanged)) if !retried_etag => {
                     // Nothing was sent yet: read the metadata again (`open` has forgotten the
                     // old version's) and serve the version the origin has now.

@@ -98,6 +98,8 @@ struct Inner {
     corrupt: AtomicU64,
     failed_commits: AtomicU64,
     refused: AtomicU64,
+    /// Removals for size, refused admissions included (subtracted when counted).
+    sized_out: Arc<AtomicU64>,
     nonce: AtomicU64,
     unlink: std::sync::mpsc::Sender<Unlink>,
     /// Names this opening of the store in its temp files, so the start-up scan removes the
@@ -199,6 +201,8 @@ impl DiskStore {
         let _ = std::fs::remove_file(&probe);
         let (unlink, todo) = std::sync::mpsc::channel::<Unlink>();
         let evicted = unlink.clone();
+        let sized_out: Arc<AtomicU64> = Arc::default();
+        let counted = sized_out.clone();
         let index = moka::sync::Cache::builder()
             .max_capacity(capacity)
             .weigher(|_k: &ChunkId, size: &u64| u32::try_from(*size).unwrap_or(u32::MAX))
@@ -207,6 +211,7 @@ impl DiskStore {
                 // Replaced: the same file was committed again. Explicit: the caller removed it
                 // (and the file) itself. Size covers evictions and refused admissions.
                 if matches!(cause, RemovalCause::Size | RemovalCause::Expired) {
+                    counted.fetch_add(1, Ordering::Relaxed);
                     let _ = evicted.send(Unlink::Chunk((*k).clone()));
                 }
             })
@@ -219,6 +224,7 @@ impl DiskStore {
                 corrupt: AtomicU64::new(0),
                 failed_commits: AtomicU64::new(0),
                 refused: AtomicU64::new(0),
+                sized_out,
                 nonce: AtomicU64::new(0),
                 unlink,
                 instance: instance_tag(),
@@ -538,6 +544,11 @@ impl ChunkStore for DiskStore {
             corrupt: self.inner.corrupt.load(Ordering::Relaxed),
             failed_commits: self.inner.failed_commits.load(Ordering::Relaxed),
             refused: self.inner.refused.load(Ordering::Relaxed),
+            evictions: self
+                .inner
+                .sized_out
+                .load(Ordering::Relaxed)
+                .saturating_sub(self.inner.refused.load(Ordering::Relaxed)),
         }
     }
 }

@@ -50,18 +50,28 @@ pub struct MemoryStore {
     cache: moka::sync::Cache<ChunkKey, Arc<Stored>>,
     failed_commits: Arc<AtomicU64>,
     refused: Arc<AtomicU64>,
+    /// Removals for size, refused admissions included (subtracted when counted).
+    sized_out: Arc<AtomicU64>,
 }
 
 impl MemoryStore {
     /// A store holding at most `capacity` bytes of chunks.
     pub fn new(capacity: u64) -> Self {
+        let sized_out: Arc<AtomicU64> = Arc::default();
+        let s2 = sized_out.clone();
         MemoryStore {
             cache: moka::sync::Cache::builder()
                 .max_capacity(capacity)
                 .weigher(|_k: &ChunkKey, v: &Arc<Stored>| u32::try_from(v.len).unwrap_or(u32::MAX))
+                .eviction_listener(move |_k, _v, cause| {
+                    if cause == moka::notification::RemovalCause::Size {
+                        s2.fetch_add(1, Ordering::Relaxed);
+                    }
+                })
                 .build(),
             failed_commits: Arc::default(),
             refused: Arc::default(),
+            sized_out,
         }
     }
 }
@@ -148,6 +158,10 @@ impl ChunkStore for MemoryStore {
             corrupt: 0,
             failed_commits: self.failed_commits.load(Ordering::Relaxed),
             refused: self.refused.load(Ordering::Relaxed),
+            evictions: self
+                .sized_out
+                .load(Ordering::Relaxed)
+                .saturating_sub(self.refused.load(Ordering::Relaxed)),
         }
     }
 }

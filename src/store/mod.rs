@@ -50,6 +50,8 @@ pub struct StoreStats {
     pub failed_commits: u64,
     /// Complete chunks the admission policy declined to keep (see [`Committed::Refused`]).
     pub refused: u64,
+    /// Chunks evicted to stay within capacity.
+    pub evictions: u64,
 }
 
 /// What became of a complete chunk at commit.
