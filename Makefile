@@ -45,11 +45,17 @@ test-deps:
 test: test-deps lint
 	GARAGE_BIN=$(GARAGE) $(CARGO) test --all-targets
 	$(CARGO) test --doc
+	# The layers alone, as a user with `default-features = false` builds them.
+	$(CARGO) build --no-default-features
+	$(CARGO) test --no-default-features --lib --examples --test layers
+	$(CARGO) test --no-default-features --doc
 
 lint:
 	$(CARGO) fmt --all -- --check
 	$(CARGO) clippy --all-targets -- -D warnings
+	$(CARGO) clippy --no-default-features --all-targets -- -D warnings
 	RUSTDOCFLAGS="-D warnings" $(CARGO) doc --no-deps
+	RUSTDOCFLAGS="-D warnings" $(CARGO) doc --no-deps --no-default-features
 
 bench: test-deps
 	$(CARGO) bench --bench warm_get --bench singleflight

@@ -9,11 +9,11 @@ use crate::error::{Error, ShoalClassify};
 use crate::fill::{Fill, FillBody, FillConfig};
 use crate::layer::negative_cache::Lookup;
 use crate::layer::peer::PeerEvent;
-use crate::layer::store_lookup::OriginService;
 use crate::layer::{
     ConcurrencyLimitLayer, NegativeCacheLayer, PeerRoutingLayer, RetryPolicy,
-    RetryUntilCommitLayer, SingleflightLayer, StoreLookupLayer,
+    RetryUntilCommitLayer, SingleflightLayer,
 };
+use crate::lookup::{OriginService, StoreLookupLayer};
 use crate::object::{
     require_etag, ChunkService, InvalidateFn, MetaRequest, MetaService, ObjectRef, ObjectService,
     ReadPolicy,

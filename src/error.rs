@@ -85,24 +85,7 @@ impl Error {
     }
 }
 
-/// How a layer should treat an error: retry it, remember it, or pass it on.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Class {
-    /// Might succeed if asked again (5xx, reset, timeout, throttling).
-    Transient,
-    /// An answer about the object itself that holds for a while (404, no ETag): worth caching
-    /// negatively so a stampede of clients does not each ask the origin.
-    Negative,
-    /// Final for this request but not worth remembering (auth, ETag changed, bad request).
-    Final,
-}
-
-/// Classifies errors for the generic layers (`RetryUntilCommitLayer`, `NegativeCacheLayer`),
-/// which must not know what an S3 error is.
-pub trait Classify<E> {
-    /// The class of `e`.
-    fn classify(&self, e: &E) -> Class;
-}
+pub use crate::layer::{Class, Classify};
 
 /// The classification of Shoal's own errors.
 #[derive(Debug, Clone, Copy, Default)]

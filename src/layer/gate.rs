@@ -163,6 +163,9 @@ pub trait Queued {
     }
 }
 
+/// HTTP requests are urgent and wait the layer's default time.
+impl<B> Queued for http::Request<B> {}
+
 /// No units became free before the deadline.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
 #[error("no capacity free within {0:?}")]

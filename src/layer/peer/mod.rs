@@ -12,6 +12,8 @@
 //! The answer says where its first byte came from ([`Routed::from_peer`]), so a caller can
 //! treat a peer's bytes differently (Shoal keeps chunks at their owner only).
 
+pub mod http;
+
 use super::retry::Truncated;
 use super::Resumable;
 use bytes::Bytes;
@@ -60,6 +62,9 @@ where
 /// #[derive(Debug)]
 /// struct E;
 /// impl From<Truncated> for E { fn from(_: Truncated) -> Self { E } }
+/// impl std::fmt::Display for E {
+///     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result { f.write_str("failed") }
+/// }
 ///
 /// # #[tokio::main(flavor = "current_thread")] async fn main() {
 /// // Names starting with "b" belong to peer "b:9001"; the peer is down, so it is served here.

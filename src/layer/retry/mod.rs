@@ -12,8 +12,10 @@
 //! moving, while a dead origin is given up on after the configured attempts and time. Only
 //! errors classified [`Class::Transient`] are retried; a 404 or an ETag change is final.
 
+pub mod http;
+
 use super::Resumable;
-use crate::error::{Class, Classify};
+use super::{Class, Classify};
 use bytes::Bytes;
 use futures_util::future::BoxFuture;
 use futures_util::stream::BoxStream;
@@ -60,9 +62,16 @@ impl Default for RetryPolicy {
 /// Applies [`RetryUntilCommit`].
 ///
 /// ```
-/// use shoal::error::ShoalClassify;
-/// use shoal::layer::{RetryPolicy, RetryUntilCommitLayer};
-/// let layer = RetryUntilCommitLayer::new(RetryPolicy::default(), ShoalClassify);
+/// use shoal::layer::{Class, RetryPolicy, RetryUntilCommitLayer};
+///
+/// #[derive(Debug)]
+/// enum FetchError { Reset, NotFound }
+/// // Only what might succeed if asked again is retried.
+/// let classify = |e: &FetchError| match e {
+///     FetchError::Reset => Class::Transient,
+///     FetchError::NotFound => Class::Negative,
+/// };
+/// let layer = RetryUntilCommitLayer::new(RetryPolicy::default(), classify);
 /// # let _ = layer;
 /// ```
 #[derive(Clone)]

@@ -1,8 +1,8 @@
-//! `StoreLookupLayer`: Shoal's chunk reader. It answers from the chunk store when it can and
+//! Shoal's chunk reader (`StoreLookupLayer`): it answers from the chunk store when it can and
 //! otherwise follows the fill below, moving between the two at the exact byte reached.
 //!
-//! This layer is specific to Shoal (it knows [`ChunkRequest`] and [`ChunkStore`]); the generic,
-//! reusable layers are the others in [`crate::layer`].
+//! Not a reusable layer: it knows [`ChunkRequest`], [`ChunkStore`] and Shoal's errors, and
+//! sits on top of Shoal's own chunk stack. The generic layers are in [`crate::layer`].
 //!
 //! A read of `range` in one chunk is a small state machine:
 //!
@@ -53,7 +53,7 @@ const MAX_SWITCHES: u32 = 4;
 /// Applies [`StoreLookup`] with a shared store.
 ///
 /// ```
-/// use shoal::layer::StoreLookupLayer;
+/// use shoal::lookup::StoreLookupLayer;
 /// use shoal::store::MemoryStore;
 /// use std::sync::Arc;
 /// // Hits come from a 64 MiB memory store; misses go to the service below.

@@ -12,7 +12,16 @@
 //! before its deadline ([`Queued::wait`], else the layer's queue timeout) fails with
 //! [`QueueTimeout`], which Shoal answers as 503 `SlowDown` — a signal every S3 SDK backs off
 //! and retries on. That is why the slot is taken in the call's future rather than in
-//! `poll_ready`: `poll_ready` has no deadline, and a caller parked there would wait forever.
+//! `poll_ready`: the slot's priority and deadline come from the request, which `poll_ready`
+//! does not see.
+//!
+//! The HTTP face ([`ConcurrencyLimitLayer::http`], in [`mod@http`]) has no per-request
+//! priorities, so it takes the slot in `poll_ready` instead and is honest about capacity there:
+//! `LoadShed` above it sheds, and `Buffer` queues, exactly as tower documents. Its waiting is
+//! bounded in length and in time, and a caller past either gets 503 with `Retry-After`. Both
+//! faces hold the slot in the same [`Permitted`] body until the last byte.
+
+pub mod http;
 
 use super::gate::{Gate, GatePermit, Queued, Wait};
 use bytes::Bytes;
@@ -154,10 +163,50 @@ where
     }
 }
 
-/// A response stream that holds a permit until it ends, fails or is dropped.
+/// A response body that holds a permit until it ends, fails or is dropped: a `Stream` of
+/// bytes in the chunk stack, an `http_body::Body` in the HTTP face.
 pub struct Permitted<B> {
     body: B,
     permit: Option<GatePermit>,
+}
+
+impl<B> Permitted<B> {
+    /// `body`, holding `permit` until it ends.
+    pub fn new(body: B, permit: GatePermit) -> Self {
+        Permitted {
+            body,
+            permit: Some(permit),
+        }
+    }
+}
+
+impl<B> http_body::Body for Permitted<B>
+where
+    B: http_body::Body + Unpin,
+{
+    type Data = B::Data;
+    type Error = B::Error;
+
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<http_body::Frame<B::Data>, B::Error>>> {
+        let frame = Pin::new(&mut self.body).poll_frame(cx);
+        if matches!(frame, Poll::Ready(None) | Poll::Ready(Some(Err(_))))
+            || self.body.is_end_stream()
+        {
+            self.permit = None;
+        }
+        frame
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.body.is_end_stream()
+    }
+
+    fn size_hint(&self) -> http_body::SizeHint {
+        self.body.size_hint()
+    }
 }
 
 impl<B, E> Stream for Permitted<B>

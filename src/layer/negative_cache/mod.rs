@@ -7,9 +7,15 @@
 //!
 //! Concurrent calls for the same key are coalesced into one inner call (moka's `get_with`), so
 //! the layer is also the singleflight of the metadata path.
+//!
+//! What is kept, and for how long, is a [`Remember`] policy: by error class for services that
+//! answer values ([`ByClass`], the plain constructor), by status for HTTP services
+//! ([`NegativeCacheLayer::http`], in [`mod@http`]).
+
+pub mod http;
 
 use super::KeyOf;
-use crate::error::{Class, Classify};
+use super::{Class, Classify};
 use futures_util::future::BoxFuture;
 use std::marker::PhantomData;
 use std::task::{Context, Poll};
@@ -19,7 +25,7 @@ use tower::{Layer, Service, ServiceExt};
 /// Applies [`NegativeCache`].
 ///
 /// ```
-/// use shoal::error::{Class, Classify};
+/// use shoal::layer::{Class, Classify};
 /// use shoal::layer::NegativeCacheLayer;
 /// use std::time::Duration;
 /// use tower::{service_fn, Layer, ServiceExt};
@@ -100,25 +106,65 @@ impl<K, C, Req> NegativeCacheLayer<K, C, Req> {
     }
 }
 
-struct Expire<C> {
-    classify: C,
-    ttl: Duration,
-    negative_ttl: Duration,
+/// How long an answer is remembered; `Duration::ZERO` = not at all (it is still handed to
+/// the calls that were coalesced with the one that got it).
+pub trait Remember<R, E>: Send + Sync + 'static {
+    /// How long to keep `answer`.
+    fn keep_for(&self, answer: &Result<R, E>) -> Duration;
 }
 
-impl<Q, R, E, C> moka::Expiry<Q, Result<R, E>> for Expire<C>
+/// The plain face's policy: successes for `ttl`, failures classified [`Class::Negative`] for
+/// `negative_ttl`, other failures not at all.
+#[derive(Clone, Debug)]
+pub struct ByClass<C> {
+    /// Decides which failures are lasting.
+    pub classify: C,
+    /// How long a success is kept.
+    pub ttl: Duration,
+    /// How long a negative failure is kept.
+    pub negative_ttl: Duration,
+}
+
+impl<R, E, C> Remember<R, E> for ByClass<C>
 where
-    C: Classify<E>,
+    C: Classify<E> + Send + Sync + 'static,
 {
-    fn expire_after_create(&self, _k: &Q, v: &Result<R, E>, _at: Instant) -> Option<Duration> {
-        Some(match v {
+    fn keep_for(&self, answer: &Result<R, E>) -> Duration {
+        match answer {
             Ok(_) => self.ttl,
             Err(e) => match self.classify.classify(e) {
                 Class::Negative => self.negative_ttl,
                 // Handed to the callers that were waiting for this very call, then gone.
                 Class::Transient | Class::Final => Duration::ZERO,
             },
-        })
+        }
+    }
+}
+
+/// A cache of answers that expire as `policy` says.
+fn cache<Q, R, E>(
+    policy: impl Remember<R, E>,
+    max_entries: u64,
+) -> moka::future::Cache<Q, Result<R, E>>
+where
+    Q: std::hash::Hash + Eq + Send + Sync + 'static,
+    R: Clone + Send + Sync + 'static,
+    E: Clone + Send + Sync + 'static,
+{
+    moka::future::Cache::builder()
+        .max_capacity(max_entries)
+        .expire_after(Expire(policy))
+        .build()
+}
+
+struct Expire<P>(P);
+
+impl<Q, R, E, P> moka::Expiry<Q, Result<R, E>> for Expire<P>
+where
+    P: Remember<R, E>,
+{
+    fn expire_after_create(&self, _k: &Q, v: &Result<R, E>, _at: Instant) -> Option<Duration> {
+        Some(self.0.keep_for(v))
     }
 }
 
@@ -132,20 +178,13 @@ where
 {
     type Service = NegativeCache<S, K, Req>;
     fn layer(&self, inner: S) -> Self::Service {
-        let cache = moka::future::Cache::builder()
-            .max_capacity(self.max_entries)
-            .expire_after(Expire {
-                classify: self.classify.clone(),
-                ttl: self.ttl,
-                negative_ttl: self.negative_ttl,
-            })
-            .build();
-        NegativeCache {
-            inner,
-            key_of: self.key_of.clone(),
-            cache,
-            on_lookup: self.on_lookup.clone(),
-        }
+        let policy = ByClass {
+            classify: self.classify.clone(),
+            ttl: self.ttl,
+            negative_ttl: self.negative_ttl,
+        };
+        NegativeCache::remembering(inner, self.key_of.clone(), policy, self.max_entries)
+            .observed(self.on_lookup.clone())
     }
 }
 
@@ -183,6 +222,27 @@ where
     S::Error: Clone + Send + Sync + 'static,
     K: KeyOf<Req>,
 {
+    /// Caches `inner`'s answers by `key_of` for as long as `policy` says, at most
+    /// `max_entries` of them.
+    pub fn remembering(
+        inner: S,
+        key_of: K,
+        policy: impl Remember<S::Response, S::Error>,
+        max_entries: u64,
+    ) -> Self {
+        NegativeCache {
+            inner,
+            key_of,
+            cache: cache(policy, max_entries),
+            on_lookup: None,
+        }
+    }
+
+    fn observed(mut self, on_lookup: Option<OnLookup<Req>>) -> Self {
+        self.on_lookup = on_lookup;
+        self
+    }
+
     /// Forgets `key`, so the next call asks the inner service (used when a newer version of
     /// an object has been seen).
     pub async fn invalidate(&self, key: &K::Key) {
