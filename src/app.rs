@@ -373,6 +373,7 @@ pub async fn start_with(
     let state = Arc::new(S3State {
         objects,
         origin,
+        lists: crate::s3::list_cache::ListCache::new(cfg.list.ttl.0, cfg.list.max_entries),
         buckets: cfg.origin.buckets.clone(),
         domain: cfg.server.domain.clone(),
         auth: crate::s3::auth::Authenticator::from_config(&cfg.auth)?,

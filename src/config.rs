@@ -123,6 +123,8 @@ pub struct Config {
     pub fill: FillConfig,
     /// The object metadata (HEAD) cache.
     pub metadata: MetadataConfig,
+    /// The LIST cache.
+    pub list: ListConfig,
     /// Health and readiness listener.
     pub ops: OpsConfig,
     /// Replicas that share the work: membership, ownership, the internal fill listener.
@@ -488,6 +490,26 @@ impl Default for MetadataConfig {
             ttl: Dur(Duration::from_secs(300)),
             negative_ttl: Dur(Duration::from_secs(60)),
             max_entries: 10_000,
+        }
+    }
+}
+
+/// `list.*`: LIST pages may be answered from memory for a while (off by default, because a
+/// cached listing does not show objects written since).
+#[derive(Clone, Debug, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ListConfig {
+    /// How long an identical LIST is answered from the same origin page; 0 = never.
+    pub ttl: Dur,
+    /// Pages kept at most.
+    pub max_entries: u64,
+}
+
+impl Default for ListConfig {
+    fn default() -> Self {
+        ListConfig {
+            ttl: Dur(Duration::ZERO),
+            max_entries: 1_000,
         }
     }
 }
@@ -953,6 +975,9 @@ impl Config {
         if self.metadata.ttl.0.is_zero() {
             return bad("metadata.ttl", "must be > 0".into());
         }
+        if self.list.max_entries == 0 {
+            return bad("list.max_entries", "must be ≥ 1".into());
+        }
         self.validate_cluster()?;
         self.validate_auth()?;
         if tracing_subscriber::EnvFilter::try_new(&self.telemetry.log_level).is_err() {
@@ -990,6 +1015,48 @@ mod tests {
                 .merge(Toml::string("[auth]\nmode = \"none\""))
                 .merge(Toml::string(s)),
         )
+    }
+
+    /// Dotted paths of every key with a value in `v`.
+    fn keys(prefix: &str, v: &serde_json::Value, out: &mut Vec<String>) {
+        match v {
+            serde_json::Value::Object(m) => {
+                for (k, v) in m {
+                    let path = if prefix.is_empty() {
+                        k.clone()
+                    } else {
+                        format!("{prefix}.{k}")
+                    };
+                    keys(&path, v, out);
+                }
+            }
+            serde_json::Value::Null => {}
+            _ => out.push(prefix.to_string()),
+        }
+    }
+
+    #[test]
+    fn the_example_config_is_valid_and_lists_every_key() {
+        let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("config/shoal.example.toml");
+        Config::from_figment(
+            Figment::from(Serialized::defaults(Config::default())).merge(Toml::file_exact(&path)),
+        )
+        .expect("the example config is valid");
+        let example = Figment::from(Toml::file_exact(&path));
+        let mut all = Vec::new();
+        keys(
+            "",
+            &serde_json::to_value(Config::default()).unwrap(),
+            &mut all,
+        );
+        let missing: Vec<_> = all
+            .iter()
+            .filter(|k| example.find_value(k).is_err())
+            .collect();
+        assert!(
+            missing.is_empty(),
+            "keys missing from the example: {missing:?}"
+        );
     }
 
     #[test]

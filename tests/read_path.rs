@@ -4,6 +4,7 @@ mod common;
 
 use common::faulty::Faulty;
 use common::*;
+use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -482,5 +483,93 @@ async fn an_etag_change_before_the_first_byte_serves_the_new_version() {
     assert_eq!(origin.heads(), 2, "metadata re-read once");
     // And a full GET is all version 2.
     assert!(body(shoal.get(&format!("{b}/obj")).await).await == v2);
+    shoal.stop().await;
+}
+
+/// Keys in a ListObjectsV2 answer.
+fn listed_keys(xml: &str) -> Vec<String> {
+    xml.split("<Key>")
+        .skip(1)
+        .filter_map(|s| s.split("</Key>").next())
+        .map(str::to_owned)
+        .collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn list_ttl_answers_identical_lists_from_one_origin_page() {
+    let g = garage();
+    let c = client(&g.endpoint);
+    let b = bucket(&c, "listttl").await;
+    for i in 0..5 {
+        put(&c, &b, &format!("data/{i}"), data(10, i)).await;
+    }
+    let mut cfg = config(g);
+    cfg.list.ttl = shoal::config::Dur(Duration::from_secs(3600));
+    let origin = Faulty::new(s3_origin(&cfg).await);
+    let shoal = Arc::new(Shoal::start(&cfg, origin.clone()).await);
+    let path = format!("{b}?list-type=2&prefix=data/");
+    // Twenty concurrent identical LISTs: one origin LIST, the same answer for all.
+    let tasks: Vec<_> = (0..20)
+        .map(|_| {
+            let (s, path) = (shoal.clone(), path.clone());
+            tokio::spawn(async move {
+                let r = s.get(&path).await;
+                assert_eq!(r.status(), 200);
+                let cache = r.headers()["x-shoal-cache"].to_str().unwrap().to_owned();
+                (cache, r.text().await.unwrap())
+            })
+        })
+        .collect();
+    let mut misses = 0;
+    for t in tasks {
+        let (cache, xml) = t.await.unwrap();
+        misses += usize::from(cache == "miss");
+        assert_eq!(
+            listed_keys(&xml),
+            (0..5).map(|i| format!("data/{i}")).collect::<Vec<_>>()
+        );
+    }
+    assert_eq!(
+        origin.lists.load(Ordering::SeqCst),
+        1,
+        "one origin LIST for 20 clients"
+    );
+    assert_eq!(misses, 1, "one of them asked the origin");
+
+    // Within the TTL a new object is not listed (that is the trade `list.ttl` makes)...
+    put(&c, &b, "data/new", data(10, 99)).await;
+    let r = shoal.get(&path).await;
+    assert_eq!(r.headers()["x-shoal-cache"], "hit");
+    assert!(!listed_keys(&r.text().await.unwrap()).contains(&"data/new".to_string()));
+    // ...but a LIST with other parameters is its own page, asked of the origin.
+    let r = shoal
+        .get(&format!("{b}?list-type=2&prefix=data/&max-keys=100"))
+        .await;
+    assert_eq!(r.headers()["x-shoal-cache"], "miss");
+    assert!(listed_keys(&r.text().await.unwrap()).contains(&"data/new".to_string()));
+    assert_eq!(origin.lists.load(Ordering::SeqCst), 2);
+    Arc::try_unwrap(shoal).ok().unwrap().stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn list_is_not_cached_by_default() {
+    let g = garage();
+    let c = client(&g.endpoint);
+    let b = bucket(&c, "listoff").await;
+    put(&c, &b, "a", data(10, 1)).await;
+    let cfg = config(g);
+    let origin = Faulty::new(s3_origin(&cfg).await);
+    let shoal = Shoal::start(&cfg, origin.clone()).await;
+    let path = format!("{b}?list-type=2");
+    let r = shoal.get(&path).await;
+    assert!(r.headers().get("x-shoal-cache").is_none());
+    put(&c, &b, "b", data(10, 2)).await;
+    let r = shoal.get(&path).await;
+    assert_eq!(listed_keys(&r.text().await.unwrap()), ["a", "b"]);
+    assert_eq!(
+        origin.lists.load(Ordering::SeqCst),
+        2,
+        "every LIST asks the origin"
+    );
     shoal.stop().await;
 }

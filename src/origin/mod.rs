@@ -49,7 +49,7 @@ pub struct ObjectMeta {
 }
 
 /// Which LIST API a client used; the answer keeps that shape.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum ListVersion {
     /// ListObjects (marker based).
     V1,
@@ -58,7 +58,7 @@ pub enum ListVersion {
 }
 
 /// A LIST request with every S3 parameter.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
 pub struct ListRequest {
     /// V1 or V2.
     pub version: ListVersion,

@@ -9,6 +9,7 @@ pub mod auth;
 pub mod conditional;
 
 pub mod error;
+pub mod list_cache;
 pub mod range;
 pub mod xml;
 
@@ -40,6 +41,8 @@ pub struct S3State {
     pub objects: ObjectService,
     /// LIST and bucket operations go straight to the origin.
     pub origin: Arc<dyn Origin>,
+    /// LIST pages kept for `list.ttl` (off by default).
+    pub lists: list_cache::ListCache,
     /// Bucket allowlist; empty = any.
     pub buckets: Vec<String>,
     /// Base domain for virtual-hosted-style addressing.
@@ -503,11 +506,21 @@ async fn bucket_op(st: &S3State, p: &Parsed, head: bool) -> Result<Response, S3E
             .param("fetch-owner")
             .is_some_and(|v| v.eq_ignore_ascii_case("true")),
     };
-    let page = st.origin.list(&p.bucket, &req).await.map_err(map)?;
-    Ok(xml_response(
-        xml::list_result(&p.bucket, &req, &page),
-        false,
-    ))
+    let (page, from) = st
+        .lists
+        .list(&*st.origin, &p.bucket, &req)
+        .await
+        .map_err(map)?;
+    let mut resp = xml_response(xml::list_result(&p.bucket, &req, &page), false);
+    if st.lists.enabled() {
+        let v = match from {
+            list_cache::Listed::Origin => "miss",
+            list_cache::Listed::Cache => "hit",
+        };
+        resp.headers_mut()
+            .insert(CACHE_HEADER, HeaderValue::from_static(v));
+    }
+    Ok(resp)
 }
 
 /// The object headers of SPEC §1.1, with `response-*` overrides applied.

@@ -29,6 +29,7 @@ pub struct Rules {
 pub struct Faulty {
     inner: Arc<dyn Origin>,
     pub heads: AtomicUsize,
+    pub lists: AtomicUsize,
     pub gets: Mutex<Vec<(String, u64, u64)>>,
     /// Every range GET in order: (key, offset, urgent when issued).
     pub issued: Mutex<Vec<(String, u64, bool)>>,
@@ -42,6 +43,7 @@ impl Faulty {
         Arc::new(Faulty {
             inner,
             heads: AtomicUsize::new(0),
+            lists: AtomicUsize::new(0),
             gets: Mutex::new(Vec::new()),
             issued: Mutex::new(Vec::new()),
             delivered: Arc::default(),
@@ -197,6 +199,9 @@ impl Origin for Faulty {
     }
 
     async fn list(&self, bucket: &str, req: &ListRequest) -> Result<ListPage, OriginError> {
+        self.lists.fetch_add(1, Ordering::SeqCst);
+        // A little latency, so that concurrent identical LISTs overlap.
+        tokio::time::sleep(Duration::from_millis(50)).await;
         self.inner.list(bucket, req).await
     }
 
