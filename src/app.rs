@@ -5,7 +5,7 @@ use crate::chunk::ChunkRequest;
 use crate::cluster::internal::{InternalState, PeerClient, Secret};
 use crate::cluster::{self, HotCache, Member, Membership, Tiered};
 use crate::config::{Config, OriginKind, StoreKind};
-use crate::error::{Error, ShoalClassify};
+use crate::error::{Error, OriginError, ShoalClassify};
 use crate::fill::{Fill, FillBody, FillConfig};
 use crate::layer::negative_cache::Lookup;
 use crate::layer::peer::PeerEvent;
@@ -18,7 +18,9 @@ use crate::object::{
     require_etag, ChunkService, InvalidateFn, MetaRequest, MetaService, ObjectRef, ObjectService,
     ReadPolicy,
 };
-use crate::origin::{ByteStream, LocalOrigin, Origin, OriginRanges, RangeRequest, S3Origin};
+use crate::origin::{
+    ByteStream, LocalOrigin, Origin, OriginRanges, Prefetched, RangeRequest, S3Origin,
+};
 use crate::s3::{self, S3State};
 use crate::server::Limits;
 use crate::store::{ChunkStore, DiskStore, MemoryStore};
@@ -99,6 +101,8 @@ pub struct Shared {
     pub membership: Membership,
     /// Where everything is counted.
     pub metrics: Metrics,
+    /// First chunks that cold GETs' metadata lookups are already receiving.
+    pub prefetched: Prefetched,
 }
 
 /// The chunk stack of DESIGN.md, top to bottom, sharing the budget for every byte it holds
@@ -117,6 +121,7 @@ pub fn chunk_stack(
         tasks,
         membership,
         metrics,
+        prefetched,
     } = shared.clone();
     let retry = &cfg.fill.retry;
     let (m1, m2) = (metrics.clone(), metrics.clone());
@@ -137,7 +142,11 @@ pub fn chunk_stack(
             )
             .on_retry(move || m2.origin_retry()),
         )
-        .service(OriginRanges::new(origin).metrics(metrics.clone()));
+        .service(
+            OriginRanges::new(origin)
+                .metrics(metrics.clone())
+                .prefetched(prefetched),
+        );
     let direct: OriginService = BoxCloneSyncService::new(
         origin_stack
             .clone()
@@ -215,13 +224,39 @@ pub fn object_service(
 ) -> ObjectService {
     let (tasks, metrics) = (shared.tasks.clone(), shared.metrics.clone());
     let o = origin.clone();
+    let (prefetched, membership) = (shared.prefetched.clone(), shared.membership.clone());
+    let base_chunk = cfg.chunk.size.0;
     let head = tower::service_fn(move |r: MetaRequest| {
-        let o = o.clone();
+        let (o, prefetched) = (o.clone(), prefetched.clone());
+        // In a cluster the first chunk may belong to another replica, which fills it itself.
+        let one_trip = r.reads_first_chunk && !membership.is_clustered();
         async move {
-            let m = o
-                .head(&r.object.bucket, &r.object.key)
-                .await
-                .map_err(Error::Origin)?;
+            let (bucket, key) = (&*r.object.bucket, &*r.object.key);
+            if one_trip {
+                // One round trip: the first chunk's GET also says what a HEAD would; its bytes
+                // are parked for that chunk's fill, which follows at once.
+                match o.get_first(bucket, key, base_chunk).await {
+                    Ok((meta, answer)) => {
+                        let meta = require_etag(meta)?;
+                        let len = base_chunk.min(meta.size);
+                        // An origin that ignored the Range sends the whole object: not a chunk.
+                        let ranged = answer.content_range.is_some() || meta.size <= base_chunk;
+                        if len > 0 && ranged {
+                            prefetched.park(bucket, key, &meta.etag, len, answer);
+                        }
+                        return Ok(meta);
+                    }
+                    Err(
+                        e @ (OriginError::NotFound
+                        | OriginError::NoSuchBucket
+                        | OriginError::Unauthorized(_)),
+                    ) => return Err(Error::Origin(e)),
+                    // Anything else (an empty object's range, a transient failure): ask HEAD,
+                    // and let the fill retry the bytes as it always does.
+                    Err(e) => tracing::debug!(error = %e, "first-chunk GET failed; asking HEAD"),
+                }
+            }
+            let m = o.head(bucket, key).await.map_err(Error::Origin)?;
             require_etag(m)
         }
     });
@@ -367,6 +402,7 @@ pub async fn start_with(
         tasks: fills.clone(),
         membership: membership.clone(),
         metrics: metrics.clone(),
+        prefetched: Prefetched::default(),
     };
     let chunks = chunk_stack(cfg, origin.clone(), store.clone(), hot, &shared);
     let objects = object_service(cfg, origin.clone(), chunks.clone(), store.clone(), &shared);

@@ -62,6 +62,9 @@ pub struct MetaRequest {
     pub object: ObjectRef,
     /// The client request's report, if any.
     pub report: Option<Arc<Report>>,
+    /// The request is a GET that reads the object's first chunk: on a miss the metadata may
+    /// be learned from that chunk's own origin GET (one round trip instead of HEAD + GET).
+    pub reads_first_chunk: bool,
 }
 
 /// The metadata stack, type-erased: `MetaRequest` → metadata with a non-empty ETag.
@@ -137,6 +140,18 @@ impl ObjectService {
         key: &str,
         report: Option<&Arc<Report>>,
     ) -> Result<Arc<ObjectMeta>, Error> {
+        self.meta(bucket, key, report, false).await
+    }
+
+    /// Like [`ObjectService::head`], for a GET: `reads_first_chunk` says the GET starts at
+    /// byte 0, so that a miss can be answered by the first chunk's own origin GET.
+    pub async fn meta(
+        &self,
+        bucket: &str,
+        key: &str,
+        report: Option<&Arc<Report>>,
+        reads_first_chunk: bool,
+    ) -> Result<Arc<ObjectMeta>, Error> {
         use tracing::Instrument;
         self.meta
             .clone()
@@ -146,6 +161,7 @@ impl ObjectService {
                     key: key.into(),
                 },
                 report: report.cloned(),
+                reads_first_chunk,
             })
             .instrument(tracing::debug_span!("metadata", bucket, key))
             .await

@@ -143,6 +143,7 @@ async fn concurrent_cold_gets_make_one_origin_get_per_chunk() {
     put(&c, &b, "big", want.to_vec()).await;
     let cfg = config(g);
     let origin = Faulty::new(s3_origin(&cfg).await);
+    origin.one_trip.store(true, Ordering::SeqCst);
     let shoal = Arc::new(Shoal::start(&cfg, origin.clone()).await);
     let tasks: Vec<_> = (0..32)
         .map(|_| {
@@ -162,7 +163,11 @@ async fn concurrent_cold_gets_make_one_origin_get_per_chunk() {
     gets.sort();
     let expected: Vec<(u64, u64)> = (0..64).map(|i| ((i * MIB) as u64, MIB as u64)).collect();
     assert_eq!(gets, expected, "exactly one origin range GET per chunk");
-    assert_eq!(origin.heads(), 1, "one origin HEAD for 32 clients");
+    assert_eq!(
+        origin.heads(),
+        0,
+        "the first chunk's GET told the metadata: no HEAD for 32 clients"
+    );
     Arc::try_unwrap(shoal).ok().unwrap().stop().await;
 }
 
@@ -571,5 +576,80 @@ async fn list_is_not_cached_by_default() {
         2,
         "every LIST asks the origin"
     );
+    shoal.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_cold_get_asks_the_origin_once_for_metadata_and_first_chunk() {
+    let g = garage();
+    let c = client(&g.endpoint);
+    let b = bucket(&c, "onetrip").await;
+    let want = data(3 * MIB + MIB / 2, 31);
+    put(&c, &b, "obj", want.clone()).await;
+    let mut cfg = config(g);
+    // Objects of 4 MiB and more are cut into 4 MiB chunks: their first chunk is longer than
+    // the first GET's 1 MiB, and continues with a pinned GET of the rest.
+    cfg.chunk.tiers = vec![shoal::config::TierConfig {
+        min_object_size: shoal::config::ByteSize(4 * MIB as u64),
+        chunk_size: shoal::config::ByteSize(4 * MIB as u64),
+    }];
+    let origin = Faulty::new(s3_origin(&cfg).await);
+    origin.one_trip.store(true, Ordering::SeqCst);
+    let shoal = Shoal::start(&cfg, origin.clone()).await;
+
+    // A cold GET: no HEAD; the first chunk is the first GET's bytes.
+    let r = shoal.get(&format!("{b}/obj")).await;
+    assert_eq!(r.status(), 200);
+    assert_eq!(r.headers()["content-length"], want.len().to_string());
+    assert!(body(r).await == want);
+    assert_eq!(origin.heads(), 0);
+    let m = MIB as u64;
+    assert_eq!(
+        origin.gets_for("obj"),
+        [(0, m), (m, m), (2 * m, m), (3 * m, m / 2)]
+    );
+    // Warm, and HEAD, from the cache.
+    assert!(body(shoal.get(&format!("{b}/obj")).await).await == want);
+    let h = shoal
+        .http
+        .head(shoal.url(&format!("{b}/obj")))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(h.headers()["content-length"], want.len().to_string());
+    assert_eq!(origin.heads(), 0);
+    assert_eq!(origin.gets_for("obj").len(), 4);
+
+    // A bigger tier: the first GET's 1 MiB, then the rest of the 4 MiB chunk, pinned.
+    let big = data(6 * MIB, 32);
+    put(&c, &b, "big", big.clone()).await;
+    let r = shoal.get(&format!("{b}/big")).await;
+    assert_eq!(r.status(), 200);
+    assert!(
+        body(r).await == big,
+        "exact bytes across the prefetched part and the rest"
+    );
+    let mut gets = origin.gets_for("big");
+    gets.sort();
+    assert_eq!(gets, [(0, m), (m, 3 * m), (4 * m, 2 * m)]);
+    assert_eq!(origin.heads(), 0);
+
+    // A range that does not start at 0 still asks HEAD first (its first chunk is elsewhere).
+    put(&c, &b, "ranged", want.clone()).await;
+    let r = shoal
+        .get_range(&format!("{b}/ranged"), "bytes=2000000-2000099")
+        .await;
+    assert_eq!(r.status(), 206);
+    assert!(body(r).await == want[2_000_000..2_000_100]);
+    assert_eq!(origin.heads(), 1);
+
+    // An empty object (a range of it is unsatisfiable): answered via HEAD, 200 and empty.
+    put(&c, &b, "empty", Vec::new()).await;
+    let r = shoal.get(&format!("{b}/empty")).await;
+    assert_eq!(r.status(), 200);
+    assert!(body(r).await.is_empty());
+    // A missing object: 404 from the first GET, remembered like a HEAD's.
+    let r = shoal.get(&format!("{b}/missing")).await;
+    assert_eq!(r.status(), 404);
     shoal.stop().await;
 }

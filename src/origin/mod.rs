@@ -150,6 +150,22 @@ pub trait Origin: Send + Sync + 'static {
     /// an implementation reports, it does not judge.
     async fn get_range(&self, req: &RangeRequest) -> Result<RangeAnswer, OriginError>;
 
+    /// The object's metadata and its first `len` bytes (fewer if it is smaller), in one
+    /// round trip where the origin can: a GET of `bytes=0-(len-1)` answers with everything a
+    /// HEAD would, so a cold GET need not ask twice. The answer is what the origin said, for
+    /// [`verify`]; the default asks HEAD, then the range pinned to the HEAD's ETag.
+    async fn get_first(
+        &self,
+        bucket: &str,
+        key: &str,
+        len: u64,
+    ) -> Result<(ObjectMeta, RangeAnswer), OriginError> {
+        let meta = self.head(bucket, key).await?;
+        let req = RangeRequest::new(bucket, key, &meta.etag, meta.size, 0, len.min(meta.size));
+        let answer = self.get_range(&req).await?;
+        Ok((meta, answer))
+    }
+
     /// One LIST page.
     async fn list(&self, bucket: &str, req: &ListRequest) -> Result<ListPage, OriginError>;
 
@@ -170,6 +186,14 @@ impl<T: Origin + ?Sized> Origin for Arc<T> {
     }
     async fn get_range(&self, req: &RangeRequest) -> Result<RangeAnswer, OriginError> {
         (**self).get_range(req).await
+    }
+    async fn get_first(
+        &self,
+        bucket: &str,
+        key: &str,
+        len: u64,
+    ) -> Result<(ObjectMeta, RangeAnswer), OriginError> {
+        (**self).get_first(bucket, key, len).await
     }
     async fn list(&self, bucket: &str, req: &ListRequest) -> Result<ListPage, OriginError> {
         (**self).list(bucket, req).await
@@ -293,7 +317,7 @@ impl std::fmt::Debug for RangeAnswer {
 }
 
 /// Parses `bytes S-E/T` (T may be `*`, returned as `None`).
-fn parse_content_range(v: &str) -> Option<(u64, u64, Option<u64>)> {
+pub(crate) fn parse_content_range(v: &str) -> Option<(u64, u64, Option<u64>)> {
     let rest = v.trim().strip_prefix("bytes ")?;
     let (span, total) = rest.split_once('/')?;
     let (s, e) = span.split_once('-')?;
@@ -351,12 +375,76 @@ pub fn verify(req: &RangeRequest, a: &RangeAnswer) -> Result<(), OriginError> {
     Ok(())
 }
 
+/// First-chunk answers that a cold GET's metadata lookup received ([`Origin::get_first`]),
+/// parked until the chunk stack asks the origin for that chunk: the fill reads the bytes that
+/// are already on their way instead of asking again. An answer nobody takes (the client went
+/// away, a conditional GET was answered 304, the chunk was in the store after all) is dropped
+/// after [`Prefetched::KEEP`], which closes its connection.
+#[derive(Clone, Default)]
+pub struct Prefetched {
+    parked: Arc<std::sync::Mutex<std::collections::HashMap<PrefetchKey, Parked>>>,
+}
+
+type PrefetchKey = (Arc<str>, Arc<str>, Arc<str>);
+
+struct Parked {
+    /// Bytes the answer carries.
+    len: u64,
+    answer: RangeAnswer,
+    /// Tells a parked answer from a later one of the same key when it expires.
+    id: u64,
+}
+
+impl Prefetched {
+    /// How long an answer waits for its fill.
+    pub const KEEP: std::time::Duration = std::time::Duration::from_secs(10);
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, std::collections::HashMap<PrefetchKey, Parked>> {
+        self.parked.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Parks the first `len` bytes of version `etag` of `bucket/key`.
+    pub fn park(&self, bucket: &str, key: &str, etag: &str, len: u64, answer: RangeAnswer) {
+        static NEXT: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+        let id = NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        let k: PrefetchKey = (bucket.into(), key.into(), etag.into());
+        self.lock().insert(k.clone(), Parked { len, answer, id });
+        let weak = Arc::downgrade(&self.parked);
+        tokio::spawn(async move {
+            tokio::time::sleep(Self::KEEP).await;
+            if let Some(parked) = weak.upgrade() {
+                let mut map = parked.lock().unwrap_or_else(|p| p.into_inner());
+                if map.get(&k).is_some_and(|p| p.id == id) {
+                    map.remove(&k);
+                }
+            }
+        });
+    }
+
+    /// Takes the parked first bytes of version `etag` of `bucket/key`: `(len, answer)`.
+    pub fn take(&self, bucket: &str, key: &str, etag: &str) -> Option<(u64, RangeAnswer)> {
+        let k: PrefetchKey = (bucket.into(), key.into(), etag.into());
+        self.lock().remove(&k).map(|p| (p.len, p.answer))
+    }
+
+    /// Answers parked right now.
+    pub fn len(&self) -> usize {
+        self.lock().len()
+    }
+
+    /// Whether nothing is parked.
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+}
+
 /// The origin as a tower service of ranged reads: the bottom of the chunk stack. Every answer
 /// is [`verify`]-ed here, once, whatever the origin kind.
 #[derive(Clone)]
 pub struct OriginRanges {
     origin: Arc<dyn Origin>,
     metrics: Metrics,
+    prefetched: Prefetched,
 }
 
 impl OriginRanges {
@@ -365,7 +453,14 @@ impl OriginRanges {
         OriginRanges {
             origin,
             metrics: Metrics::new(),
+            prefetched: Prefetched::default(),
         }
+    }
+
+    /// Serves a chunk that starts at byte 0 from `prefetched` when its answer is parked there.
+    pub fn prefetched(mut self, prefetched: Prefetched) -> Self {
+        self.prefetched = prefetched;
+        self
     }
 
     /// Counts origin requests (by outcome), bytes and bodies in flight in `metrics`.
@@ -442,6 +537,11 @@ impl tower::Service<RangeRequest> for OriginRanges {
     fn call(&mut self, r: RangeRequest) -> Self::Future {
         let origin = self.origin.clone();
         let metrics = self.metrics.clone();
+        let parked = if r.offset == 0 {
+            self.prefetched.take(&r.bucket, &r.key, &r.etag)
+        } else {
+            None
+        };
         use tracing::Instrument;
         let span = tracing::debug_span!(
             "origin_get",
@@ -459,10 +559,18 @@ impl tower::Service<RangeRequest> for OriginRanges {
                 if r.len == 0 {
                     return Ok(futures_util::stream::empty().boxed());
                 }
-                let asked = std::time::Instant::now();
-                let answer = origin.get_range(&r).await;
-                metrics.origin_first_byte(asked.elapsed());
-                let answer = answer.and_then(|a| verify(&r, &a).map(|()| a));
+                let answer = match parked {
+                    // The bytes the metadata lookup's GET is already receiving.
+                    Some((len, answer)) if len > 0 && len <= r.len => {
+                        first_then_rest(origin, &r, len, answer)
+                    }
+                    _ => {
+                        let asked = std::time::Instant::now();
+                        let answer = origin.get_range(&r).await;
+                        metrics.origin_first_byte(asked.elapsed());
+                        answer.and_then(|a| verify(&r, &a).map(|()| a))
+                    }
+                };
                 let answer = match answer {
                     Ok(a) => a,
                     Err(e) => {
@@ -487,6 +595,47 @@ impl tower::Service<RangeRequest> for OriginRanges {
             .instrument(span),
         )
     }
+}
+
+/// The answer for `r` from a parked answer of its first `len` bytes: verified as such, then
+/// followed — when the chunk is longer (a bigger size tier) — by a pinned GET of the rest,
+/// itself verified before any of its bytes are used.
+fn first_then_rest(
+    origin: Arc<dyn Origin>,
+    r: &RangeRequest,
+    len: u64,
+    first: RangeAnswer,
+) -> Result<RangeAnswer, OriginError> {
+    let mut head = r.clone();
+    head.len = len;
+    verify(&head, &first)?;
+    if len == r.len {
+        return Ok(first);
+    }
+    let mut rest = r.clone();
+    rest.offset = len;
+    rest.len = r.len - len;
+    let tail = futures_util::stream::once(async move {
+        match origin.get_range(&rest).await {
+            Ok(a) => match verify(&rest, &a) {
+                Ok(()) => a.body,
+                Err(e) => futures_util::stream::iter([Err(Error::Origin(e))]).boxed(),
+            },
+            Err(e) => futures_util::stream::iter([Err(Error::Origin(e))]).boxed(),
+        }
+    })
+    .flatten();
+    Ok(RangeAnswer {
+        etag: first.etag,
+        content_range: Some(format!(
+            "bytes {}-{}/{}",
+            r.offset,
+            r.offset + r.len - 1,
+            r.object_size
+        )),
+        content_length: Some(r.len),
+        body: first.body.chain(tail).boxed(),
+    })
 }
 
 #[cfg(test)]

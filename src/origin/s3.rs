@@ -93,6 +93,53 @@ impl S3Origin {
     pub fn client(&self) -> &Client {
         &self.client
     }
+
+    /// What a GET answered, for [`super::verify`], with a body that fails when it stalls for
+    /// `origin.timeout`.
+    fn range_answer(&self, out: aws_sdk_s3::operation::get_object::GetObjectOutput) -> RangeAnswer {
+        let etag = out.e_tag().map(str::to_owned);
+        let content_range = out.content_range().map(str::to_owned);
+        let content_length = out.content_length().and_then(|n| u64::try_from(n).ok());
+        let body = out.body;
+        let idle = self.timeout;
+        let stream = futures_util::stream::unfold(body, move |mut body| async move {
+            match tokio::time::timeout(idle, body.next()).await {
+                Ok(Some(Ok(b))) => Some((Ok(b), body)),
+                Ok(Some(Err(e))) => Some((
+                    Err(Error::Origin(OriginError::Transient(format!(
+                        "origin body: {e}"
+                    )))),
+                    body,
+                )),
+                Ok(None) => None,
+                Err(_) => Some((
+                    Err(Error::Origin(OriginError::Transient(format!(
+                        "origin body stalled for {idle:?}"
+                    )))),
+                    body,
+                )),
+            }
+        });
+        RangeAnswer {
+            etag,
+            content_range,
+            content_length,
+            body: stream.boxed(),
+        }
+    }
+}
+
+/// `x-amz-meta-*` pairs, names lowercased, sorted by name.
+fn user_metadata(m: Option<&std::collections::HashMap<String, String>>) -> Vec<(String, String)> {
+    let mut v: Vec<(String, String)> = m
+        .map(|m| {
+            m.iter()
+                .map(|(k, v)| (k.to_ascii_lowercase(), v.clone()))
+                .collect()
+        })
+        .unwrap_or_default();
+    v.sort();
+    v
 }
 
 fn map_err<E: ProvideErrorMetadata + std::fmt::Debug>(e: SdkError<E>) -> OriginError {
@@ -156,15 +203,7 @@ impl Origin for S3Origin {
             self.client.head_object().bucket(bucket).key(key).send(),
         )
         .await?;
-        let mut user_metadata: Vec<(String, String)> = out
-            .metadata()
-            .map(|m| {
-                m.iter()
-                    .map(|(k, v)| (k.to_ascii_lowercase(), v.clone()))
-                    .collect()
-            })
-            .unwrap_or_default();
-        user_metadata.sort();
+        let user_metadata = user_metadata(out.metadata());
         Ok(ObjectMeta {
             size: out.content_length().unwrap_or(0).max(0) as u64,
             etag: out
@@ -208,35 +247,61 @@ impl Origin for S3Origin {
                 .send(),
         )
         .await?;
-        let etag = out.e_tag().map(str::to_owned);
-        let content_range = out.content_range().map(str::to_owned);
-        let content_length = out.content_length().and_then(|n| u64::try_from(n).ok());
-        let body = out.body;
-        let idle = self.timeout;
-        let stream = futures_util::stream::unfold(body, move |mut body| async move {
-            match tokio::time::timeout(idle, body.next()).await {
-                Ok(Some(Ok(b))) => Some((Ok(b), body)),
-                Ok(Some(Err(e))) => Some((
-                    Err(Error::Origin(OriginError::Transient(format!(
-                        "origin body: {e}"
-                    )))),
-                    body,
-                )),
-                Ok(None) => None,
-                Err(_) => Some((
-                    Err(Error::Origin(OriginError::Transient(format!(
-                        "origin body stalled for {idle:?}"
-                    )))),
-                    body,
-                )),
+        Ok(self.range_answer(out))
+    }
+
+    async fn get_first(
+        &self,
+        bucket: &str,
+        key: &str,
+        len: u64,
+    ) -> Result<(ObjectMeta, RangeAnswer), OriginError> {
+        let out = answer(
+            self.timeout,
+            self.client
+                .get_object()
+                .bucket(bucket)
+                .key(key)
+                .range(format!("bytes=0-{}", len.max(1) - 1))
+                .customize()
+                // The same as `get_range`: retries and stalls are the fill's to handle.
+                .config_override(
+                    aws_sdk_s3::config::Builder::default()
+                        .retry_config(RetryConfig::disabled())
+                        .stalled_stream_protection(
+                            aws_sdk_s3::config::StalledStreamProtectionConfig::disabled(),
+                        ),
+                )
+                .send(),
+        )
+        .await?;
+        // A GET answers with every header a HEAD does; the size is the Content-Range total
+        // (or the length of a whole-object answer).
+        let size = match out.content_range().and_then(super::parse_content_range) {
+            Some((_, _, Some(total))) => total,
+            Some(_) => {
+                return Err(OriginError::Rejected(
+                    "origin answered a range without the object's size".into(),
+                ))
             }
-        });
-        Ok(RangeAnswer {
-            etag,
-            content_range,
-            content_length,
-            body: stream.boxed(),
-        })
+            None => out.content_length().unwrap_or(0).max(0) as u64,
+        };
+        let meta = ObjectMeta {
+            size,
+            etag: out
+                .e_tag()
+                .map(|e| e.trim_matches('"').to_owned())
+                .unwrap_or_default(),
+            content_type: out.content_type().map(str::to_owned),
+            last_modified: out.last_modified().and_then(to_system_time),
+            cache_control: out.cache_control().map(str::to_owned),
+            content_encoding: out.content_encoding().map(str::to_owned),
+            content_disposition: out.content_disposition().map(str::to_owned),
+            content_language: out.content_language().map(str::to_owned),
+            expires: out.expires_string().map(str::to_owned),
+            user_metadata: user_metadata(out.metadata()),
+        };
+        Ok((meta, self.range_answer(out)))
     }
 
     async fn list(&self, bucket: &str, req: &ListRequest) -> Result<ListPage, OriginError> {

@@ -580,10 +580,16 @@ async fn object_op(
     let map = |e: &Error| S3Error::from_error(e, bucket, key);
     // One re-read of the metadata is allowed if the object changes before the first byte.
     let mut retried_etag = false;
+    // A GET from byte 0 may learn a missing object's metadata from its first chunk's GET.
+    let from_zero = !head
+        && headers
+            .get(http::header::RANGE)
+            .and_then(|v| v.to_str().ok())
+            .is_none_or(|r| r.trim_start().starts_with("bytes=0-"));
     loop {
         let meta = st
             .objects
-            .head(bucket, key, Some(report))
+            .meta(bucket, key, Some(report), from_zero)
             .await
             .map_err(|e| map(&e))?;
         let mut base = object_headers(&meta, p);

@@ -30,6 +30,10 @@ pub struct Faulty {
     inner: Arc<dyn Origin>,
     pub heads: AtomicUsize,
     pub lists: AtomicUsize,
+    /// Whether a cold GET's first-chunk GET (`Origin::get_first`) reaches the origin as one
+    /// request (counted as a GET at offset 0). Off: it fails here unseen, and Shoal asks HEAD
+    /// then GET as before, so the fault rules above apply to every chunk as they always did.
+    pub one_trip: std::sync::atomic::AtomicBool,
     pub gets: Mutex<Vec<(String, u64, u64)>>,
     /// Every range GET in order: (key, offset, urgent when issued).
     pub issued: Mutex<Vec<(String, u64, bool)>>,
@@ -44,6 +48,7 @@ impl Faulty {
             inner,
             heads: AtomicUsize::new(0),
             lists: AtomicUsize::new(0),
+            one_trip: Default::default(),
             gets: Mutex::new(Vec::new()),
             issued: Mutex::new(Vec::new()),
             delivered: Arc::default(),
@@ -196,6 +201,22 @@ impl Origin for Faulty {
         });
         answer.body = s.boxed();
         Ok(answer)
+    }
+
+    async fn get_first(
+        &self,
+        bucket: &str,
+        key: &str,
+        len: u64,
+    ) -> Result<(ObjectMeta, RangeAnswer), OriginError> {
+        if !self.one_trip.load(Ordering::SeqCst) {
+            return Err(OriginError::Transient(
+                "one round trip is off in this test".into(),
+            ));
+        }
+        self.gets.lock().unwrap().push((key.to_owned(), 0, len));
+        self.issued.lock().unwrap().push((key.to_owned(), 0, true));
+        self.inner.get_first(bucket, key, len).await
     }
 
     async fn list(&self, bucket: &str, req: &ListRequest) -> Result<ListPage, OriginError> {
