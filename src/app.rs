@@ -235,14 +235,16 @@ pub fn object_service(
             if one_trip {
                 // One round trip: the first chunk's GET also says what a HEAD would; its bytes
                 // are parked for that chunk's fill, which follows at once.
+                let asked = std::time::Instant::now();
                 match o.get_first(bucket, key, base_chunk).await {
                     Ok((meta, answer)) => {
+                        let first_byte = asked.elapsed();
                         let meta = require_etag(meta)?;
                         let len = base_chunk.min(meta.size);
                         // An origin that ignored the Range sends the whole object: not a chunk.
                         let ranged = answer.content_range.is_some() || meta.size <= base_chunk;
                         if len > 0 && ranged {
-                            prefetched.park(bucket, key, &meta.etag, len, answer);
+                            prefetched.park(bucket, key, &meta.etag, len, answer, first_byte);
                         }
                         return Ok(meta);
                     }

@@ -391,6 +391,8 @@ struct Parked {
     /// Bytes the answer carries.
     len: u64,
     answer: RangeAnswer,
+    /// How long the origin took to answer (counted when a fill takes the answer).
+    first_byte: std::time::Duration,
     /// Tells a parked answer from a later one of the same key when it expires.
     id: u64,
 }
@@ -403,12 +405,29 @@ impl Prefetched {
         self.parked.lock().unwrap_or_else(|p| p.into_inner())
     }
 
-    /// Parks the first `len` bytes of version `etag` of `bucket/key`.
-    pub fn park(&self, bucket: &str, key: &str, etag: &str, len: u64, answer: RangeAnswer) {
+    /// Parks the first `len` bytes of version `etag` of `bucket/key`, which the origin took
+    /// `first_byte` to start answering.
+    pub fn park(
+        &self,
+        bucket: &str,
+        key: &str,
+        etag: &str,
+        len: u64,
+        answer: RangeAnswer,
+        first_byte: std::time::Duration,
+    ) {
         static NEXT: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
         let id = NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         let k: PrefetchKey = (bucket.into(), key.into(), etag.into());
-        self.lock().insert(k.clone(), Parked { len, answer, id });
+        self.lock().insert(
+            k.clone(),
+            Parked {
+                len,
+                answer,
+                id,
+                first_byte,
+            },
+        );
         let weak = Arc::downgrade(&self.parked);
         tokio::spawn(async move {
             tokio::time::sleep(Self::KEEP).await;
@@ -421,10 +440,18 @@ impl Prefetched {
         });
     }
 
-    /// Takes the parked first bytes of version `etag` of `bucket/key`: `(len, answer)`.
-    pub fn take(&self, bucket: &str, key: &str, etag: &str) -> Option<(u64, RangeAnswer)> {
+    /// Takes the parked first bytes of version `etag` of `bucket/key`:
+    /// `(len, answer, time the origin took to answer)`.
+    pub fn take(
+        &self,
+        bucket: &str,
+        key: &str,
+        etag: &str,
+    ) -> Option<(u64, RangeAnswer, std::time::Duration)> {
         let k: PrefetchKey = (bucket.into(), key.into(), etag.into());
-        self.lock().remove(&k).map(|p| (p.len, p.answer))
+        self.lock()
+            .remove(&k)
+            .map(|p| (p.len, p.answer, p.first_byte))
     }
 
     /// Answers parked right now.
@@ -561,7 +588,8 @@ impl tower::Service<RangeRequest> for OriginRanges {
                 }
                 let answer = match parked {
                     // The bytes the metadata lookup's GET is already receiving.
-                    Some((len, answer)) if len > 0 && len <= r.len => {
+                    Some((len, answer, first_byte)) if len > 0 && len <= r.len => {
+                        metrics.origin_first_byte(first_byte);
                         first_then_rest(origin, &r, len, answer)
                     }
                     _ => {
