@@ -226,8 +226,12 @@ pub fn object_service(
     let o = origin.clone();
     let (prefetched, membership) = (shared.prefetched.clone(), shared.membership.clone());
     let base_chunk = cfg.chunk.size.0;
+    let (origin_id, tiers): (Arc<str>, Arc<[crate::chunk::Tier]>) =
+        (cfg.origin.id.as_str().into(), cfg.chunk.tiers().into());
+    let stored = store.clone();
     let head = tower::service_fn(move |r: MetaRequest| {
         let (o, prefetched) = (o.clone(), prefetched.clone());
+        let (origin_id, tiers, stored) = (origin_id.clone(), tiers.clone(), stored.clone());
         // In a cluster the first chunk may belong to another replica, which fills it itself.
         let one_trip = r.reads_first_chunk && !membership.is_clustered();
         async move {
@@ -243,7 +247,17 @@ pub fn object_service(
                         let len = base_chunk.min(meta.size);
                         // An origin that ignored the Range sends the whole object: not a chunk.
                         let ranged = answer.content_range.is_some() || meta.size <= base_chunk;
-                        if len > 0 && ranged {
+                        // Metadata can expire while the chunk stays stored: then no fill would
+                        // take the answer, and dropping it now closes it at once.
+                        let first = crate::chunk::ChunkKey {
+                            origin_id,
+                            bucket: r.object.bucket.clone(),
+                            key: r.object.key.clone(),
+                            etag: meta.etag.as_str().into(),
+                            chunk_size: crate::chunk::chunk_size_for(meta.size, base_chunk, &tiers),
+                            index: 0,
+                        };
+                        if len > 0 && ranged && !stored.contains(&first) {
                             prefetched.park(bucket, key, &meta.etag, len, answer, first_byte);
                         }
                         return Ok(meta);
@@ -320,6 +334,8 @@ pub struct Running {
     pub budget: Budget,
     /// This replica's metrics (also served at `/metrics`).
     pub metrics: Metrics,
+    /// First-chunk answers parked for their fills (tests check that none is left behind).
+    pub prefetched: Prefetched,
     tls: Option<crate::server::Tls>,
     stop: CancellationToken,
     servers: TaskTracker,
@@ -399,12 +415,13 @@ pub async fn start_with(
     } else {
         None
     };
+    let prefetched = Prefetched::default();
     let shared = Shared {
         budget: budget.clone(),
         tasks: fills.clone(),
         membership: membership.clone(),
         metrics: metrics.clone(),
-        prefetched: Prefetched::default(),
+        prefetched: prefetched.clone(),
     };
     let chunks = chunk_stack(cfg, origin.clone(), store.clone(), hot, &shared);
     let objects = object_service(cfg, origin.clone(), chunks.clone(), store.clone(), &shared);
@@ -551,6 +568,7 @@ pub async fn start_with(
         store,
         budget,
         metrics,
+        prefetched,
         tls,
         stop,
         servers,

@@ -653,3 +653,37 @@ async fn a_cold_get_asks_the_origin_once_for_metadata_and_first_chunk() {
     assert_eq!(r.status(), 404);
     shoal.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_first_chunk_answer_nobody_needs_is_not_kept() {
+    let g = garage();
+    let c = client(&g.endpoint);
+    let b = bucket(&c, "onetripstored").await;
+    let want = data(2 * MIB, 41);
+    put(&c, &b, "obj", want.clone()).await;
+    let mut cfg = config(g);
+    cfg.metadata.ttl = shoal::config::Dur(Duration::from_millis(500));
+    let origin = Faulty::new(s3_origin(&cfg).await);
+    origin.one_trip.store(true, Ordering::SeqCst);
+    let shoal = Shoal::start(&cfg, origin.clone()).await;
+    assert!(body(shoal.get(&format!("{b}/obj")).await).await == want);
+    assert!(
+        shoal.running.prefetched.is_empty(),
+        "the first chunk's fill took it"
+    );
+    // The metadata expires, the chunks stay: the next GET's first-chunk answer finds its
+    // chunk stored and is dropped at once instead of waiting for a fill that never comes.
+    tokio::time::sleep(Duration::from_millis(700)).await;
+    let r = shoal.get(&format!("{b}/obj")).await;
+    assert_eq!(r.headers()["x-shoal-cache"], "hit");
+    assert!(body(r).await == want);
+    assert_eq!(
+        origin.gets_for("obj").iter().filter(|g| g.0 == 0).count(),
+        2
+    );
+    assert!(
+        shoal.running.prefetched.is_empty(),
+        "nothing parked for a stored chunk"
+    );
+    shoal.stop().await;
+}
