@@ -125,11 +125,11 @@ pub fn chunk_stack(
     } = shared.clone();
     let retry = &cfg.fill.retry;
     let (m1, m2) = (metrics.clone(), metrics.clone());
+    let limit = ConcurrencyLimitLayer::new(cfg.fill.origin_concurrency, cfg.fill.queue_timeout.0)
+        .on_wait(move |d| m1.origin_queue(d));
+    let slots = limit.gate();
     let origin_stack = ServiceBuilder::new()
-        .layer(
-            ConcurrencyLimitLayer::new(cfg.fill.origin_concurrency, cfg.fill.queue_timeout.0)
-                .on_wait(move |d| m1.origin_queue(d)),
-        )
+        .layer(limit)
         .layer(
             RetryUntilCommitLayer::new(
                 RetryPolicy {
@@ -145,7 +145,8 @@ pub fn chunk_stack(
         .service(
             OriginRanges::new(origin)
                 .metrics(metrics.clone())
-                .prefetched(prefetched),
+                .prefetched(prefetched)
+                .hedge(cfg.fill.hedge_after.0, slots),
         );
     let direct: OriginService = BoxCloneSyncService::new(
         origin_stack

@@ -459,6 +459,10 @@ pub struct FillConfig {
     pub buffer_budget: ByteSize,
     /// Retry budget.
     pub retry: RetryConfig,
+    /// A chunk's origin GET that has not answered within this long gets a second, identical
+    /// GET (a hedge) if an origin slot is free; the first answer wins and the other is
+    /// cancelled. 0 = never.
+    pub hedge_after: Dur,
 }
 
 impl Default for FillConfig {
@@ -468,6 +472,7 @@ impl Default for FillConfig {
             queue_timeout: Dur(Duration::from_secs(5)),
             buffer_budget: ByteSize(1 << 30),
             retry: RetryConfig::default(),
+            hedge_after: Dur(Duration::ZERO),
         }
     }
 }
@@ -921,6 +926,16 @@ impl Config {
         if self.chunk.readahead > 256 {
             return bad("chunk.readahead", "must be at most 256".into());
         }
+        if !self.fill.hedge_after.0.is_zero() && self.fill.hedge_after.0 >= self.origin.timeout.0 {
+            return bad(
+                "fill.hedge_after",
+                format!(
+                    "{} is not shorter than origin.timeout ({}): the hedge would never be sent",
+                    humantime::format_duration(self.fill.hedge_after.0),
+                    humantime::format_duration(self.origin.timeout.0)
+                ),
+            );
+        }
         if self.fill.origin_concurrency == 0 {
             return bad("fill.origin_concurrency", "must be ≥ 1".into());
         }
@@ -1158,6 +1173,17 @@ mod tests {
         assert!(d.fill.retry.max_total.0 >= d.origin.timeout.0 + d.fill.retry.backoff_initial.0);
         // One attempt means no retries, by choice: nothing to cover.
         assert!(from_toml("[fill.retry]\nattempts = 1\nmax_total = \"1s\"").is_ok());
+    }
+
+    #[test]
+    fn a_hedge_must_come_before_the_origin_timeout() {
+        let e = from_toml("[fill]\nhedge_after = \"10s\"")
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("fill.hedge_after"), "{e}");
+        assert!(from_toml("[fill]\nhedge_after = \"200ms\"").is_ok());
+        assert!(from_toml("[fill]\nhedge_after = \"0s\"").is_ok());
+        assert!(from_toml("[list]\nmax_entries = 0").is_err());
     }
 
     #[test]

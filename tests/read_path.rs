@@ -687,3 +687,74 @@ async fn a_first_chunk_answer_nobody_needs_is_not_kept() {
     );
     shoal.stop().await;
 }
+
+/// A slow origin GET gets one hedge when `fill.hedge_after` is set and a slot is free; the
+/// first answer wins and the slow one is cancelled.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_slow_origin_get_is_hedged_once() {
+    let g = garage();
+    let c = client(&g.endpoint);
+    let b = bucket(&c, "hedge").await;
+    let want = data(3 * MIB, 51);
+    put(&c, &b, "obj", want.clone()).await;
+    let mut cfg = config(g);
+    cfg.fill.hedge_after = shoal::config::Dur(Duration::from_millis(100));
+    cfg.origin.timeout = shoal::config::Dur(Duration::from_secs(60));
+    cfg.fill.retry.max_total = shoal::config::Dur(Duration::from_secs(120));
+    let origin = Faulty::new(s3_origin(&cfg).await);
+    let shoal = Shoal::start(&cfg, origin.clone()).await;
+    // The first GET of chunk 1 hangs for a minute: without a hedge this GET would take that.
+    origin.delay_next("obj", MIB as u64, Duration::from_secs(60));
+    let r = tokio::time::timeout(Duration::from_secs(20), shoal.get(&format!("{b}/obj")))
+        .await
+        .expect("the hedge answered");
+    assert_eq!(r.status(), 200);
+    let got = tokio::time::timeout(Duration::from_secs(20), body(r))
+        .await
+        .expect("the body completed");
+    assert!(got == want);
+    let at_1: Vec<_> = origin
+        .gets_for("obj")
+        .into_iter()
+        .filter(|g| g.0 == MIB as u64)
+        .collect();
+    assert_eq!(at_1.len(), 2, "one hedge, no more");
+    assert_eq!(
+        origin.cancelled.load(Ordering::SeqCst),
+        1,
+        "the slow GET was cancelled"
+    );
+    assert_eq!(
+        origin.gets_for("obj").len(),
+        4,
+        "the other chunks were not hedged"
+    );
+    shoal.stop().await;
+}
+
+/// Hedging is off by default, and a hedge needs a free origin slot: with
+/// `origin_concurrency = 1` the slow GET is simply waited for.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn hedges_are_off_by_default_and_count_against_origin_concurrency() {
+    let g = garage();
+    let c = client(&g.endpoint);
+    let b = bucket(&c, "nohedge").await;
+    let want = data(MIB, 52);
+    put(&c, &b, "obj", want.clone()).await;
+    for (hedge_after, concurrency) in [(0u64, 64usize), (50, 1)] {
+        let mut cfg = config(g);
+        cfg.fill.hedge_after = shoal::config::Dur(Duration::from_millis(hedge_after));
+        cfg.fill.origin_concurrency = concurrency;
+        let origin = Faulty::new(s3_origin(&cfg).await);
+        let shoal = Shoal::start(&cfg, origin.clone()).await;
+        origin.delay_next("obj", 0, Duration::from_millis(600));
+        assert!(body(shoal.get(&format!("{b}/obj")).await).await == want);
+        assert_eq!(
+            origin.gets_for("obj").len(),
+            1,
+            "no hedge ({hedge_after} ms, {concurrency} slots)"
+        );
+        assert_eq!(origin.cancelled.load(Ordering::SeqCst), 0);
+        shoal.stop().await;
+    }
+}

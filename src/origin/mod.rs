@@ -472,6 +472,8 @@ pub struct OriginRanges {
     origin: Arc<dyn Origin>,
     metrics: Metrics,
     prefetched: Prefetched,
+    /// `fill.hedge_after`, and the origin slots a hedge must take one of.
+    hedge: Option<(std::time::Duration, crate::layer::Gate)>,
 }
 
 impl OriginRanges {
@@ -481,7 +483,16 @@ impl OriginRanges {
             origin,
             metrics: Metrics::new(),
             prefetched: Prefetched::default(),
+            hedge: None,
         }
+    }
+
+    /// Hedges a GET that has not answered within `after` with a second one, when `slots` (the
+    /// origin concurrency limit's) has one free; the first answer wins, the other is dropped,
+    /// which cancels it. At most one hedge per request.
+    pub fn hedge(mut self, after: std::time::Duration, slots: crate::layer::Gate) -> Self {
+        self.hedge = (!after.is_zero()).then_some((after, slots));
+        self
     }
 
     /// Serves a chunk that starts at byte 0 from `prefetched` when its answer is parked there.
@@ -569,6 +580,7 @@ impl tower::Service<RangeRequest> for OriginRanges {
         } else {
             None
         };
+        let hedge = self.hedge.clone();
         use tracing::Instrument;
         let span = tracing::debug_span!(
             "origin_get",
@@ -594,7 +606,10 @@ impl tower::Service<RangeRequest> for OriginRanges {
                     }
                     _ => {
                         let asked = std::time::Instant::now();
-                        let answer = origin.get_range(&r).await;
+                        let answer = match hedge {
+                            Some((after, slots)) => hedged(&origin, &r, after, &slots).await,
+                            None => origin.get_range(&r).await,
+                        };
                         metrics.origin_first_byte(asked.elapsed());
                         answer.and_then(|a| verify(&r, &a).map(|()| a))
                     }
@@ -622,6 +637,37 @@ impl tower::Service<RangeRequest> for OriginRanges {
             }
             .instrument(span),
         )
+    }
+}
+
+/// `origin.get_range(r)`, with a second identical GET sent if the first has not answered
+/// within `after` and `slots` has a free slot (taken without waiting, held only while both
+/// run). The first to answer wins — a failed answer waits for the other — and dropping the
+/// other cancels it.
+async fn hedged(
+    origin: &Arc<dyn Origin>,
+    r: &RangeRequest,
+    after: std::time::Duration,
+    slots: &crate::layer::Gate,
+) -> Result<RangeAnswer, OriginError> {
+    let mut first = origin.get_range(r);
+    let permit = tokio::select! {
+        a = &mut first => return a,
+        () = tokio::time::sleep(after) => slots.try_acquire(1, r.priority.as_ref()),
+    };
+    let Some(_permit) = permit else {
+        // Every origin slot is busy: a hedge would only queue behind other chunks.
+        return first.await;
+    };
+    tracing::debug!(bucket = %r.bucket, key = %r.key, offset = r.offset, "hedging a slow origin GET");
+    let second = origin.get_range(r);
+    let (a, other) = match futures_util::future::select(first, second).await {
+        futures_util::future::Either::Left((a, other)) => (a, other),
+        futures_util::future::Either::Right((a, other)) => (a, other),
+    };
+    match a {
+        Ok(a) => Ok(a),
+        Err(_) => other.await,
     }
 }
 

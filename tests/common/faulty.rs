@@ -24,12 +24,16 @@ pub struct Rules {
     pub strip_etag: HashSet<String>,
     /// key → delay before every range GET is sent (origin latency).
     pub latency: HashMap<String, Duration>,
+    /// (key, offset) → the next range GET there waits this long before it is sent (once).
+    pub delay_next: HashMap<(String, u64), Duration>,
 }
 
 pub struct Faulty {
     inner: Arc<dyn Origin>,
     pub heads: AtomicUsize,
     pub lists: AtomicUsize,
+    /// Range GETs dropped while they waited (see `delay_next`).
+    pub cancelled: AtomicUsize,
     /// Whether a cold GET's first-chunk GET (`Origin::get_first`) reaches the origin as one
     /// request (counted as a GET at offset 0). Off: it fails here unseen, and Shoal asks HEAD
     /// then GET as before, so the fault rules above apply to every chunk as they always did.
@@ -48,6 +52,7 @@ impl Faulty {
             inner,
             heads: AtomicUsize::new(0),
             lists: AtomicUsize::new(0),
+            cancelled: AtomicUsize::new(0),
             one_trip: Default::default(),
             gets: Mutex::new(Vec::new()),
             issued: Mutex::new(Vec::new()),
@@ -82,6 +87,16 @@ impl Faulty {
     }
 
     /// Every range GET of `key` waits `d` before it reaches the origin.
+    /// The next range GET of `key` at `offset` waits `d` before it is sent; a GET dropped
+    /// while it waits (a hedge won) is counted in `cancelled`.
+    pub fn delay_next(&self, key: &str, offset: u64, d: Duration) {
+        self.rules
+            .lock()
+            .unwrap()
+            .delay_next
+            .insert((key.into(), offset), d);
+    }
+
     pub fn latency(&self, key: &str, d: Duration) {
         self.rules.lock().unwrap().latency.insert(key.into(), d);
     }
@@ -138,6 +153,25 @@ impl Origin for Faulty {
             .unwrap()
             .push((key.to_owned(), offset, urgent));
 
+        let delay = self
+            .rules
+            .lock()
+            .unwrap()
+            .delay_next
+            .remove(&(key.to_owned(), offset));
+        if let Some(d) = delay {
+            struct Counted<'a>(&'a AtomicUsize, bool);
+            impl Drop for Counted<'_> {
+                fn drop(&mut self) {
+                    if !self.1 {
+                        self.0.fetch_add(1, Ordering::SeqCst);
+                    }
+                }
+            }
+            let mut guard = Counted(&self.cancelled, false);
+            tokio::time::sleep(d).await;
+            guard.1 = true;
+        }
         let latency = self.rules.lock().unwrap().latency.get(key).copied();
         if let Some(d) = latency {
             tokio::time::sleep(d).await;

@@ -97,6 +97,12 @@ impl ConcurrencyLimitLayer {
     pub fn queued(&self) -> usize {
         self.gate.queued()
     }
+
+    /// The slots themselves, for work that must count against the same limit without going
+    /// through the layer (a hedged second request takes one with [`Gate::try_acquire`]).
+    pub fn gate(&self) -> Gate {
+        self.gate.clone()
+    }
 }
 
 impl<S> Layer<S> for ConcurrencyLimitLayer {
