@@ -4,9 +4,11 @@
 
 CARGO ?= cargo
 GARAGE ?= $(shell command -v garage 2>/dev/null || echo $(HOME)/.cargo/bin/garage)
+# cachey installs its binary as `server`.
+CACHEY ?= $(HOME)/.cargo/bin/server
 DEMO := target/demo-origin/demo
 
-.PHONY: run cluster test test-deps lint bench demo-data clean-demo
+.PHONY: run cluster test test-deps lint bench bench-deps demo-data clean-demo
 
 run: demo-data
 	$(CARGO) run --release -- serve --config config/dev.toml
@@ -57,9 +59,20 @@ lint:
 	RUSTDOCFLAGS="-D warnings" $(CARGO) doc --no-deps
 	RUSTDOCFLAGS="-D warnings" $(CARGO) doc --no-deps --no-default-features
 
-bench: test-deps
+bench: test-deps bench-deps
 	$(CARGO) bench --bench warm_get --bench singleflight
 	GARAGE_BIN=$(GARAGE) $(CARGO) bench --bench herd
+	GARAGE_BIN=$(GARAGE) CACHEY_BIN=$(CACHEY) $(CARGO) bench --bench peers
+
+# The peers Shoal is compared with: nginx (proxy_cache + slice), wrk, and cachey.
+bench-deps:
+	@command -v nginx >/dev/null 2>&1 && command -v wrk >/dev/null 2>&1 || { \
+		echo "installing nginx and wrk (benchmarks)"; \
+		apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq nginx wrk >/dev/null; }
+	@if [ ! -x "$(CACHEY)" ]; then \
+		echo "installing cachey, the Rust peer (first time only, several minutes)"; \
+		$(CARGO) install cachey --locked --version 0.10.14; \
+	fi
 
 
 clean-demo:

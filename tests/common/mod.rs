@@ -24,6 +24,38 @@ pub const REGION: &str = "garage";
 /// The shared Garage instance of this test process.
 pub struct Garage {
     pub endpoint: String,
+    /// Garage's website endpoint: anonymous GETs of a bucket that allows it, with the bucket
+    /// named by the `Host` header `{bucket}.web.garage` (what an unsigned proxy such as nginx
+    /// can read from, in the benchmarks).
+    pub web_endpoint: String,
+    cfg: PathBuf,
+}
+
+impl Garage {
+    /// A new bucket that the test key owns and that anyone can also read through the website
+    /// endpoint (made with Garage's own CLI, which names buckets globally).
+    pub fn public_bucket(&self, hint: &str) -> String {
+        let name = format!("{hint}-{}", std::process::id());
+        let run = |args: &[&str]| {
+            let out = Command::new(garage_bin())
+                .arg("-c")
+                .arg(&self.cfg)
+                .args(args)
+                .output()
+                .expect("garage cli");
+            assert!(
+                out.status.success(),
+                "garage {args:?}: {}",
+                String::from_utf8_lossy(&out.stderr)
+            );
+        };
+        run(&["bucket", "create", &name]);
+        run(&[
+            "bucket", "allow", "--read", "--write", "--owner", &name, "--key", ACCESS_KEY,
+        ]);
+        run(&["bucket", "website", "--allow", &name]);
+        name
+    }
 }
 
 pub fn free_port() -> u16 {
@@ -80,7 +112,7 @@ fn start_garage() -> Garage {
     let dir = base.join(std::process::id().to_string());
     let _ = std::fs::remove_dir_all(&dir);
     std::fs::create_dir_all(&dir).unwrap();
-    let (s3, rpc, admin) = (free_port(), free_port(), free_port());
+    let (s3, rpc, admin, web) = (free_port(), free_port(), free_port(), free_port());
     let cfg = dir.join("garage.toml");
     std::fs::write(
         &cfg,
@@ -95,6 +127,9 @@ rpc_secret = "{secret}"
 [s3_api]
 s3_region = "{REGION}"
 api_bind_addr = "127.0.0.1:{s3}"
+[s3_web]
+bind_addr = "127.0.0.1:{web}"
+root_domain = ".web.garage"
 [admin]
 api_bind_addr = "127.0.0.1:{admin}"
 "#,
@@ -205,7 +240,11 @@ api_bind_addr = "127.0.0.1:{admin}"
     })
     .join()
     .expect("garage readiness check");
-    Garage { endpoint }
+    Garage {
+        endpoint,
+        web_endpoint: format!("http://127.0.0.1:{web}"),
+        cfg,
+    }
 }
 
 /// An SDK client for `endpoint` with the test credentials (Garage or Shoal).
