@@ -185,17 +185,28 @@ async fn a_stale_replica_gets_409_and_falls_back_to_a_local_fill() {
     let rs = replicas(g, 3, origin.clone()).await;
     // The stale replica knows only itself and replica 0.
     let p0 = rs[0].running.cluster_addr.unwrap().port();
-    let ps = free_port();
-    let stale = Shoal::start(&replica_config(g, ps, &[p0, ps]), origin.clone()).await;
     // A chunk the stale replica routes to replica 0, which replica 0 knows belongs elsewhere.
+    // Whether one of the 16 chunks is such depends on the addresses (rendezvous hashing), so
+    // a stale replica is started on other ports until one is.
     let me0 = rs[0].running.membership.me();
-    let index = (0..16u64)
-        .find(|&i| {
+    let mut found = None;
+    for _ in 0..20 {
+        let ps = free_port();
+        let stale = Shoal::start(&replica_config(g, ps, &[p0, ps]), origin.clone()).await;
+        let index = (0..16u64).find(|&i| {
             let path = chunk(&b, "obj", &etag, i).path();
             stale.running.membership.owner(&path) == me0
                 && rs[0].running.membership.owner(&path) != me0
-        })
-        .expect("some chunk is misrouted by the stale view");
+        });
+        match index {
+            Some(i) => {
+                found = Some((stale, i));
+                break;
+            }
+            None => stale.stop().await,
+        }
+    }
+    let (stale, index) = found.expect("some chunk is misrouted by a stale view");
     let (lo, hi) = (index as usize * MIB, (index as usize + 1) * MIB - 1);
     let r = stale
         .get_range(&format!("{b}/obj"), &format!("bytes={lo}-{hi}"))

@@ -58,11 +58,45 @@ impl Garage {
     }
 }
 
+/// A loopback port nothing listens on, for servers that must be told their port before
+/// they start (Garage, cluster replicas).
+///
+/// It comes from below the kernel's ephemeral range (`ip_local_port_range`, 32768 and up by
+/// default), never from a port-0 bind: a port handed out by the kernel as ephemeral can be
+/// taken again by any outgoing connection (to Garage, to a peer) before the server binds it,
+/// which made tests fail now and then with "Address already in use". Ports are never handed
+/// out twice in one process.
 pub fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .map(|a| a.port())
-        .expect("no free loopback port")
+    use std::collections::HashSet;
+    use std::sync::Mutex;
+    static GIVEN: OnceLock<Mutex<HashSet<u16>>> = OnceLock::new();
+    let given = GIVEN.get_or_init(Default::default);
+    let low = std::fs::read_to_string("/proc/sys/net/ipv4/ip_local_port_range")
+        .ok()
+        .and_then(|r| r.split_whitespace().next()?.parse::<u16>().ok())
+        .unwrap_or(32768);
+    let (from, to) = if low > 12000 {
+        (10000, low)
+    } else {
+        (low.max(1024), 10000)
+    };
+    // A different start in every process, so that processes running side by side (CI and a
+    // developer's run) rarely try the same ports.
+    let seed = std::process::id() as u64 * 7919
+        + std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|d| d.subsec_nanos() as u64)
+            .unwrap_or(0);
+    let span = (to - from) as u64;
+    let mut given = given.lock().unwrap();
+    for i in 0..span {
+        let port = from + ((seed + i * 7) % span) as u16;
+        if !given.contains(&port) && TcpListener::bind(("127.0.0.1", port)).is_ok() {
+            given.insert(port);
+            return port;
+        }
+    }
+    panic!("no free loopback port below the ephemeral range");
 }
 
 fn garage_bin() -> PathBuf {
