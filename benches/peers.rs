@@ -68,6 +68,19 @@ struct Proc(Child);
 
 impl Drop for Proc {
     fn drop(&mut self) {
+        // SIGTERM first: nginx's master stops its workers on it, while a SIGKILLed master
+        // leaves them running.
+        // SAFETY: kill(2) on our own child's pid.
+        unsafe {
+            libc::kill(self.0.id() as i32, libc::SIGTERM);
+        }
+        let deadline = Instant::now() + Duration::from_secs(5);
+        while Instant::now() < deadline {
+            if let Ok(Some(_)) = self.0.try_wait() {
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
         let _ = self.0.kill();
         let _ = self.0.wait();
     }
