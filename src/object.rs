@@ -223,7 +223,6 @@ impl ObjectService {
             },
             etag,
             invalidate: self.invalidate.clone(),
-            tasks: self.tasks.clone(),
         };
         let Some(first) = todo.pop_front() else {
             return Ok((futures_util::stream::empty().boxed(), CacheStatus::Hit));
@@ -236,7 +235,15 @@ impl ObjectService {
                 None => Ok((Bytes::new(), body)),
             }
         };
-        let (head, body) = first.await.inspect_err(|e| version.saw(e))?;
+        let (head, body) = match first.await {
+            Ok(v) => v,
+            Err(e) => {
+                if let Some(forget) = version.saw(&e) {
+                    forget.await;
+                }
+                return Err(e);
+            }
+        };
         let stored = todo.iter().filter(|r| self.store.contains(&r.key)).count();
         let status = CacheStatus::of(report.first().unwrap_or(Source::Origin), stored, todo.len());
         let max_depth = self
@@ -258,6 +265,7 @@ impl ObjectService {
             }),
             opening: None,
             failed: false,
+            failing: None,
             progress_timeout: self.policy.progress_timeout,
             version,
             tasks: self.tasks.clone(),
@@ -273,23 +281,24 @@ struct Version {
     object: ObjectRef,
     etag: Arc<str>,
     invalidate: InvalidateFn,
-    tasks: TaskTracker,
 }
 
 impl Version {
-    /// Reacts to a chunk error: a changed or missing object invalidates its metadata.
-    fn saw(&self, e: &Error) {
-        if matches!(
+    /// Reacts to a chunk error: a changed or missing object invalidates its metadata. The
+    /// caller awaits it before passing the error on, so that a client which sees the failure
+    /// and asks again gets the new answer (not the forgotten version's metadata).
+    fn saw(&self, e: &Error) -> Option<BoxFuture<'static, ()>> {
+        if !matches!(
             e,
             Error::Origin(OriginError::EtagChanged | OriginError::NotFound)
         ) {
-            tracing::info!(
-                bucket = %self.object.bucket, key = %self.object.key,
-                "object changed or vanished at the origin; forgetting its metadata"
-            );
-            self.tasks
-                .spawn((self.invalidate)(self.object.clone(), self.etag.clone()));
+            return None;
         }
+        tracing::info!(
+            bucket = %self.object.bucket, key = %self.object.key,
+            "object changed or vanished at the origin; forgetting its metadata"
+        );
+        Some((self.invalidate)(self.object.clone(), self.etag.clone()))
     }
 }
 
@@ -328,6 +337,8 @@ struct Readahead {
     opening: Option<(BoxFuture<'static, Result<ByteStream, Error>>, ChunkRequest)>,
     /// A chunk failed: the stream is over.
     failed: bool,
+    /// The error that ends the stream, once the metadata it invalidates is forgotten.
+    failing: Option<(BoxFuture<'static, ()>, Error)>,
     progress_timeout: Duration,
     version: Version,
     tasks: TaskTracker,
@@ -374,11 +385,30 @@ impl Readahead {
         self.opening = Some((Box::pin(fut), r));
     }
 
-    fn fail(&mut self, e: Error) -> Poll<Option<Result<Bytes, Error>>> {
-        self.version.saw(&e);
-        self.failed = true;
+    fn fail(&mut self, e: Error, cx: &mut Context<'_>) -> Poll<Option<Result<Bytes, Error>>> {
         self.ahead.clear();
-        Poll::Ready(Some(Err(e)))
+        match self.version.saw(&e) {
+            Some(forget) => {
+                self.failing = Some((forget, e));
+                self.finish_failing(cx)
+            }
+            None => {
+                self.failed = true;
+                Poll::Ready(Some(Err(e)))
+            }
+        }
+    }
+
+    /// Forgets the metadata, then ends the stream with the error.
+    fn finish_failing(&mut self, cx: &mut Context<'_>) -> Poll<Option<Result<Bytes, Error>>> {
+        let Some((forget, _)) = self.failing.as_mut() else {
+            return Poll::Ready(None);
+        };
+        if forget.as_mut().poll(cx).is_pending() {
+            return Poll::Pending;
+        }
+        self.failed = true;
+        Poll::Ready(self.failing.take().map(|(_, e)| Err(e)))
     }
 }
 
@@ -387,6 +417,9 @@ impl Stream for Readahead {
 
     fn poll_next(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Self::Item>> {
         let this = &mut *self;
+        if this.failing.is_some() {
+            return this.finish_failing(cx);
+        }
         if this.failed {
             return Poll::Ready(None);
         }
@@ -408,7 +441,7 @@ impl Stream for Readahead {
                             this.open_now(r);
                             continue;
                         }
-                        return this.fail(e);
+                        return this.fail(e, cx);
                     }
                     Poll::Ready(None) => {
                         this.current = None;
@@ -423,7 +456,7 @@ impl Stream for Readahead {
                         if let Some(d) = cur.deadline.as_mut() {
                             if d.as_mut().poll(cx).is_ready() {
                                 let waited = this.progress_timeout;
-                                return this.fail(Error::SlowDown(waited));
+                                return this.fail(Error::SlowDown(waited), cx);
                             }
                         }
                         return Poll::Pending;
@@ -446,7 +479,7 @@ impl Stream for Readahead {
                     }
                     Poll::Ready(Err(e)) => {
                         this.opening = None;
-                        return this.fail(e);
+                        return this.fail(e, cx);
                     }
                 }
             }
