@@ -95,7 +95,7 @@ impl Priority {
             return;
         }
         let (wakers, linked) = {
-            let mut w = self.0.watchers.lock().unwrap_or_else(|p| p.into_inner());
+            let mut w = super::lock(&self.0.watchers);
             (std::mem::take(&mut w.0), std::mem::take(&mut w.1))
         };
         for w in wakers {
@@ -112,7 +112,7 @@ impl Priority {
             return;
         }
         {
-            let mut w = self.0.watchers.lock().unwrap_or_else(|p| p.into_inner());
+            let mut w = super::lock(&self.0.watchers);
             if !self.is_urgent() {
                 w.1.push(other.clone());
                 return;
@@ -127,7 +127,7 @@ impl Priority {
     }
 
     fn watch(&self, waker: &Waker) {
-        let mut w = self.0.watchers.lock().unwrap_or_else(|p| p.into_inner());
+        let mut w = super::lock(&self.0.watchers);
         if self.is_urgent() {
             drop(w);
             waker.wake_by_ref();
@@ -269,7 +269,7 @@ impl Gate {
 
     fn lock(&self) -> std::sync::MutexGuard<'_, State> {
         // Nothing panics while the lock is held, so a poisoned state is still consistent.
-        self.state.lock().unwrap_or_else(|p| p.into_inner())
+        super::lock(&self.state)
     }
 
     /// All units.

@@ -51,6 +51,14 @@ pub use retry::{RetryPolicy, RetryUntilCommit, RetryUntilCommitLayer, Truncated}
 pub use singleflight::{Durability, Released, Singleflight, SingleflightLayer};
 
 use std::hash::Hash;
+use std::sync::{Mutex, MutexGuard};
+
+/// Locks `m`, taking a poisoned value as it is: nothing in the layers panics while holding
+/// these locks, so the value is still consistent, and a layer must not fail every later call
+/// because one caller's task panicked elsewhere.
+pub(crate) fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|p| p.into_inner())
+}
 
 /// Extracts the deduplication or cache key of a request.
 ///

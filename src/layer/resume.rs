@@ -12,6 +12,7 @@
 //! [`PeerRoutingLayer::http`]: super::PeerRoutingLayer::http
 
 use super::http::{boxed, BoxError, DataStream, Head, RequestHead, ResponseBody, SharedError};
+use super::lock;
 use super::retry::Truncated;
 use super::{Class, Resumable};
 use bytes::Bytes;
@@ -23,7 +24,7 @@ use http::header::{
 };
 use http::{HeaderValue, StatusCode};
 use http_body::Body;
-use std::sync::{Arc, Mutex, MutexGuard};
+use std::sync::{Arc, Mutex};
 use std::task::{Context, Poll};
 use tower::{Service, ServiceExt};
 
@@ -341,8 +342,4 @@ where
             Ok(DataStream::new(answer.into_body()).map(body_error as fn(_) -> _))
         })
     }
-}
-
-fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
-    m.lock().unwrap_or_else(|p| p.into_inner())
 }

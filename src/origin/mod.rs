@@ -402,7 +402,7 @@ impl Prefetched {
     pub const KEEP: std::time::Duration = std::time::Duration::from_secs(10);
 
     fn lock(&self) -> std::sync::MutexGuard<'_, std::collections::HashMap<PrefetchKey, Parked>> {
-        self.parked.lock().unwrap_or_else(|p| p.into_inner())
+        crate::layer::lock(&self.parked)
     }
 
     /// Parks the first `len` bytes of version `etag` of `bucket/key`, which the origin took
@@ -432,7 +432,7 @@ impl Prefetched {
         tokio::spawn(async move {
             tokio::time::sleep(Self::KEEP).await;
             if let Some(parked) = weak.upgrade() {
-                let mut map = parked.lock().unwrap_or_else(|p| p.into_inner());
+                let mut map = crate::layer::lock(&parked);
                 if map.get(&k).is_some_and(|p| p.id == id) {
                     map.remove(&k);
                 }

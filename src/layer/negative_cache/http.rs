@@ -253,7 +253,7 @@ where
                     Ok(k.0.response(full(body)))
                 }
                 Ok(Answer::Passed(slot)) => {
-                    let taken = slot.lock().unwrap_or_else(|p| p.into_inner()).take();
+                    let taken = crate::layer::lock(&slot).take();
                     match taken {
                         Some(r) => Ok(r),
                         // Coalesced with a call whose streamed answer its own caller took:

@@ -59,7 +59,7 @@ use std::collections::{BTreeMap, HashMap, VecDeque};
 use std::future::{ready, Ready};
 use std::marker::PhantomData;
 use std::pin::Pin;
-use std::sync::{Arc, Mutex, MutexGuard};
+use std::sync::{Arc, Mutex};
 use std::task::{Context, Poll, Waker};
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;

@@ -4,10 +4,7 @@ use super::*;
 
 pub(super) type Flights<Q, H, E> = Arc<Mutex<HashMap<Q, Arc<Flight<H, E>>>>>;
 
-pub(super) fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
-    // Nothing panics while these locks are held, so a poisoned value is still consistent.
-    m.lock().unwrap_or_else(|p| p.into_inner())
-}
+pub(super) use crate::layer::lock;
 
 /// Deduplicates concurrent calls by key and shares one streamed answer. See the module docs.
 pub struct Singleflight<S, K, Req, D = NotDurable, Sh = Streams>
