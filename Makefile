@@ -1,5 +1,5 @@
 # Shoal: `make run` starts a demo on a local origin; `make test` installs what the tests
-# need (the Garage S3 server, rclone, boto3,
+# need (the Garage S3 server, rclone, boto3, moto,
 # the AWS CLI, prometheus_client) and runs everything.
 
 CARGO ?= cargo
@@ -35,6 +35,9 @@ test-deps:
 	@python3 -c "import prometheus_client" 2>/dev/null || { \
 		echo "installing prometheus_client (its parser checks /metrics)"; \
 		python3 -m pip install -q prometheus_client; }
+	@python3 -c "import moto.server, flask" 2>/dev/null || { \
+		echo "installing moto (a second S3 server, with versioning, for the fidelity tests)"; \
+		python3 -m pip install -q "moto[server]"; }
 	@python3 -c "import awscli" 2>/dev/null || { \
 		echo "installing the AWS CLI (client-compatibility tests)"; \
 		python3 -m pip install -q awscli; }

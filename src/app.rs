@@ -234,7 +234,8 @@ pub fn object_service(
         let (o, prefetched) = (o.clone(), prefetched.clone());
         let (origin_id, tiers, stored) = (origin_id.clone(), tiers.clone(), stored.clone());
         // In a cluster the first chunk may belong to another replica, which fills it itself.
-        let one_trip = r.reads_first_chunk && !membership.is_clustered();
+        let one_trip =
+            r.reads_first_chunk && r.object.sel.is_current() && !membership.is_clustered();
         async move {
             let (bucket, key) = (&*r.object.bucket, &*r.object.key);
             if one_trip {
@@ -273,7 +274,10 @@ pub fn object_service(
                     Err(e) => tracing::debug!(error = %e, "first-chunk GET failed; asking HEAD"),
                 }
             }
-            let m = o.head(bucket, key).await.map_err(Error::Origin)?;
+            let m = o
+                .head_selected(bucket, key, &r.object.sel)
+                .await
+                .map_err(Error::Origin)?;
             require_etag(m)
         }
     });

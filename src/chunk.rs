@@ -113,6 +113,9 @@ pub struct ChunkRequest {
     pub key: ChunkKey,
     /// Size of the whole object.
     pub object_size: u64,
+    /// The version id a client asked for (`?versionId=`), so the fill reads that version. Not
+    /// part of the chunk's identity: the ETag already pins the bytes.
+    pub version_id: Option<Arc<str>>,
     /// Wanted bytes of the chunk; `0..expected_len` for all of it.
     pub range: Range<u64>,
     /// `None` (urgent: a client waits for these bytes now) or a cell that says whether this
@@ -135,6 +138,7 @@ impl ChunkRequest {
         ChunkRequest {
             key,
             object_size,
+            version_id: None,
             range: 0..len,
             priority: None,
             wait: Wait::Default,

@@ -38,6 +38,10 @@ pub enum OriginError {
     /// A request the origin rejected as invalid (4xx other than the above).
     #[error("origin rejected the request: {0}")]
     Rejected(String),
+    /// The origin cannot serve this kind of request at all (an origin without versions,
+    /// say): 501, never retried.
+    #[error("not supported by the origin: {0}")]
+    Unsupported(String),
 }
 
 /// An error of the chunk stack or of object planning.
@@ -100,9 +104,10 @@ impl Classify<OriginError> for ShoalClassify {
             OriginError::Transient(_) | OriginError::Throttled(_) | OriginError::Protocol(_) => {
                 Class::Transient
             }
-            OriginError::Unauthorized(_) | OriginError::EtagChanged | OriginError::Rejected(_) => {
-                Class::Final
-            }
+            OriginError::Unauthorized(_)
+            | OriginError::EtagChanged
+            | OriginError::Rejected(_)
+            | OriginError::Unsupported(_) => Class::Final,
         }
     }
 }

@@ -322,6 +322,7 @@ where
         bucket: k.bucket.clone(),
         key: k.key.clone(),
         etag: k.etag.clone(),
+        version_id: req.version_id.clone(),
         object_size: req.object_size,
         offset: k.offset() + req.range.start,
         len: req.range.end - req.range.start,

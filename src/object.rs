@@ -25,7 +25,7 @@
 use crate::chunk::{chunk_size_for, slices, ChunkKey, ChunkRequest, Tier};
 use crate::error::{Error, OriginError};
 use crate::layer::gate::{Priority, Wait};
-use crate::origin::{ByteStream, ObjectMeta};
+use crate::origin::{ByteStream, ObjectMeta, Selector};
 use crate::store::ChunkStore;
 use crate::telemetry::metrics::{CacheStatus, Report, Source};
 use bytes::Bytes;
@@ -52,6 +52,8 @@ pub struct ObjectRef {
     pub bucket: Arc<str>,
     /// Key.
     pub key: Arc<str>,
+    /// Which version or part (the current object, whole, by default).
+    pub sel: Selector,
 }
 
 /// A metadata lookup: the object, and the client request's report (told whether the
@@ -140,15 +142,18 @@ impl ObjectService {
         key: &str,
         report: Option<&Arc<Report>>,
     ) -> Result<Arc<ObjectMeta>, Error> {
-        self.meta(bucket, key, report, false).await
+        self.meta(bucket, key, &Selector::default(), report, false)
+            .await
     }
 
     /// Like [`ObjectService::head`], for a GET: `reads_first_chunk` says the GET starts at
     /// byte 0, so that a miss can be answered by the first chunk's own origin GET.
+    /// `sel` picks a version or part; only the current object can be learned from a GET.
     pub async fn meta(
         &self,
         bucket: &str,
         key: &str,
+        sel: &Selector,
         report: Option<&Arc<Report>>,
         reads_first_chunk: bool,
     ) -> Result<Arc<ObjectMeta>, Error> {
@@ -159,6 +164,7 @@ impl ObjectService {
                 object: ObjectRef {
                     bucket: bucket.into(),
                     key: key.into(),
+                    sel: sel.clone(),
                 },
                 report: report.cloned(),
                 reads_first_chunk,
@@ -168,11 +174,12 @@ impl ObjectService {
     }
 
     /// Forgets cached metadata of an object if it still holds the version `etag`.
-    pub async fn invalidate(&self, bucket: &str, key: &str, etag: &str) {
+    pub async fn invalidate(&self, bucket: &str, key: &str, sel: &Selector, etag: &str) {
         (self.invalidate)(
             ObjectRef {
                 bucket: bucket.into(),
                 key: key.into(),
+                sel: sel.clone(),
             },
             etag.into(),
         )
@@ -182,11 +189,14 @@ impl ObjectService {
     /// Streams bytes `start..=end` of the version `meta` describes. Resolves once the first
     /// bytes are in hand (or the range is empty), so an error here is still a clean one; the
     /// status says where the bytes come from, as far as that is known then. `report` counts
-    /// every chunk's source as it is read.
+    /// every chunk's source as it is read. `sel` is the version or part the metadata was
+    /// looked up for: a specific version is read as that version.
+    #[allow(clippy::too_many_arguments)]
     pub async fn open(
         &self,
         bucket: &str,
         key: &str,
+        sel: &Selector,
         meta: &ObjectMeta,
         start: u64,
         end: u64,
@@ -208,6 +218,7 @@ impl ObjectService {
                     index: s.index,
                 },
                 object_size: meta.size,
+                version_id: sel.version_id.clone(),
                 range: s.range,
                 priority: None,
                 wait: Wait::Default,
@@ -220,6 +231,7 @@ impl ObjectService {
             object: ObjectRef {
                 bucket: bucket.clone(),
                 key: key.clone(),
+                sel: sel.clone(),
             },
             etag,
             invalidate: self.invalidate.clone(),
@@ -588,7 +600,15 @@ mod tests {
     async fn widest_window(delayed: bool) -> u64 {
         let (svc, asked, meta) = service(40, delayed);
         let (mut s, _) = svc
-            .open("b", "k", &meta, 0, (40 << 20) - 1, Arc::default())
+            .open(
+                "b",
+                "k",
+                &Selector::default(),
+                &meta,
+                0,
+                (40 << 20) - 1,
+                Arc::default(),
+            )
             .await
             .unwrap();
         let (mut read, mut widest) = (0u64, 0u64);

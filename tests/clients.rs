@@ -507,17 +507,7 @@ async fn typed_errors_from_the_rust_sdk() {
         .await
         .unwrap_err();
     assert_eq!(e.code(), Some("MethodNotAllowed"));
-    let e = f
-        .via
-        .get_object()
-        .bucket(&f.bucket)
-        .key("plain.txt")
-        .part_number(1)
-        .send()
-        .await
-        .unwrap_err();
-    assert_eq!(e.code(), Some("NotImplemented"));
-    assert!(e.message().unwrap_or("").contains("partNumber"), "{e:?}");
+    // ACLs are passed to the origin, which (Garage) does not implement them: its own error.
     let e = f
         .via
         .get_object_acl()
@@ -527,6 +517,7 @@ async fn typed_errors_from_the_rust_sdk() {
         .await
         .unwrap_err();
     assert_eq!(e.code(), Some("NotImplemented"));
+    assert!(e.message().unwrap_or("").contains("GetObjectAcl"), "{e:?}");
     // Every error names its request id, in the envelope and the header alike.
     let e = f
         .via
@@ -737,7 +728,8 @@ async fn buckets_allowlist_and_virtual_hosts() {
         .iter()
         .filter_map(|b| b.name().map(str::to_owned))
         .collect();
-    assert_eq!(names, vec![allowed.clone(), "absent-bucket".to_string()]);
+    // In name order, as S3 lists them.
+    assert_eq!(names, vec!["absent-bucket".to_string(), allowed.clone()]);
     // Outside the allowlist: 403 AccessDenied for every operation.
     let e = via
         .get_object()
@@ -843,7 +835,7 @@ async fn hostile_requests_get_clear_4xx_and_never_break_the_server() {
             Some("InvalidArgument"),
         ),
         (
-            format!("{b}?versioning"),
+            format!("{b}?not-a-subresource"),
             vec![],
             501,
             Some("NotImplemented"),

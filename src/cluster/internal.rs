@@ -142,8 +142,13 @@ fn enc(s: &str) -> String {
 /// The query string of an internal fill for `req` (fields in a fixed order).
 pub fn encode(req: &ChunkRequest) -> String {
     let k = &req.key;
+    let version = req
+        .version_id
+        .as_deref()
+        .map(|v| format!("&version_id={}", enc(v)))
+        .unwrap_or_default();
     format!(
-        "origin_id={}&bucket={}&key={}&etag={}&chunk_size={}&index={}&object_size={}&start={}&end={}",
+        "origin_id={}&bucket={}&key={}&etag={}&chunk_size={}&index={}&object_size={}&start={}&end={}{version}",
         enc(&k.origin_id),
         enc(&k.bucket),
         enc(&k.key),
@@ -199,6 +204,7 @@ pub fn decode(query: &str) -> Result<ChunkRequest, String> {
     Ok(ChunkRequest {
         key,
         object_size,
+        version_id: f.get("version_id").map(|v| v.as_str().into()),
         range: start..end,
         priority: None,
         wait: Wait::Default,
@@ -464,6 +470,7 @@ mod tests {
                 index: 2,
             },
             object_size: 5 << 20,
+            version_id: Some("v 1/=".into()),
             range: 100..200,
             priority: None,
             wait: Wait::Default,
@@ -473,6 +480,7 @@ mod tests {
         let back = decode(&encode(&req)).unwrap();
         assert_eq!(back.key, req.key);
         assert_eq!((back.object_size, back.range.clone()), (5 << 20, 100..200));
+        assert_eq!(back.version_id.as_deref(), Some("v 1/="));
         assert!(
             back.from_peer,
             "a decoded request is served on a peer's behalf"

@@ -6,7 +6,8 @@
 //! a new ETag, and a ranged read checks the ETag it was pinned to.
 
 use super::{
-    ListEntry, ListPage, ListRequest, ListVersion, ObjectMeta, Origin, RangeAnswer, RangeRequest,
+    BucketInfo, BucketList, ListEntry, ListPage, ListRequest, ListVersion, ObjectMeta, Origin,
+    RangeAnswer, RangeRequest,
 };
 use crate::error::{Error, OriginError};
 use async_trait::async_trait;
@@ -291,16 +292,26 @@ impl Origin for LocalOrigin {
         self.bucket_dir(bucket).map(|_| ())
     }
 
-    async fn list_buckets(&self) -> Result<Vec<String>, OriginError> {
-        let mut names: Vec<String> = std::fs::read_dir(&self.root)
+    async fn list_buckets(&self) -> Result<BucketList, OriginError> {
+        let mut buckets: Vec<BucketInfo> = std::fs::read_dir(&self.root)
             .map_err(io_err)?
             .flatten()
             .filter(|e| e.path().is_dir())
-            .filter_map(|e| e.file_name().into_string().ok())
-            .filter(|n| !n.starts_with('.'))
+            .filter_map(|e| {
+                let created = e
+                    .metadata()
+                    .ok()
+                    .and_then(|m| m.created().or(m.modified()).ok());
+                let name = e.file_name().into_string().ok()?;
+                Some(BucketInfo { name, created })
+            })
+            .filter(|b| !b.name.starts_with('.'))
             .collect();
-        names.sort();
-        Ok(names)
+        buckets.sort_by(|a, b| a.name.cmp(&b.name));
+        Ok(BucketList {
+            buckets,
+            owner: None,
+        })
     }
 
     fn region(&self) -> &str {

@@ -46,6 +46,77 @@ pub struct ObjectMeta {
     pub expires: Option<String>,
     /// `x-amz-meta-*` pairs (names without the prefix, lowercase), sorted by name.
     pub user_metadata: Vec<(String, String)>,
+    /// `x-amz-version-id`, when the origin's bucket is versioned.
+    pub version_id: Option<String>,
+    /// `x-amz-mp-parts-count`: how many parts a multipart object has.
+    pub parts_count: Option<u32>,
+    /// The byte range `(first, last)` of the part asked for by number (`?partNumber=`).
+    pub part_range: Option<(u64, u64)>,
+    /// The object's stored checksums as the origin reported them (`x-amz-checksum-*` header
+    /// names, lowercase, with `x-amz-checksum-type`); `None` when unknown (the metadata came
+    /// from a ranged GET, which does not carry them).
+    pub checksums: Option<Vec<(String, String)>>,
+}
+
+/// Which variant of an object a read means: the current version (the default), a specific
+/// version (`?versionId=`), and/or one part of a multipart object (`?partNumber=`).
+#[derive(Debug, Clone, Default, PartialEq, Eq, Hash)]
+pub struct Selector {
+    /// `versionId`.
+    pub version_id: Option<Arc<str>>,
+    /// `partNumber`.
+    pub part_number: Option<u32>,
+}
+
+impl Selector {
+    /// The current version, whole.
+    pub fn is_current(&self) -> bool {
+        self.version_id.is_none() && self.part_number.is_none()
+    }
+}
+
+/// A bucket as ListBuckets names it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct BucketInfo {
+    /// Name.
+    pub name: String,
+    /// `CreationDate`, when the origin says.
+    pub created: Option<SystemTime>,
+}
+
+/// A ListBuckets answer.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct BucketList {
+    /// The buckets.
+    pub buckets: Vec<BucketInfo>,
+    /// The owner (id, display name), as the origin names it.
+    pub owner: Option<(String, Option<String>)>,
+}
+
+/// A read-only request Shoal does not cache, sent to the origin as the client made it (with
+/// Shoal's credentials): sub-resources such as `?tagging` or `?versions`, and SSE-C reads.
+#[derive(Debug, Clone)]
+pub struct RawRequest {
+    /// GET or HEAD.
+    pub method: http::Method,
+    /// Bucket.
+    pub bucket: String,
+    /// Key; empty for a bucket sub-resource.
+    pub key: String,
+    /// The client's query parameters (decoded), minus its own authentication.
+    pub query: Vec<(String, String)>,
+    /// The client's headers worth forwarding (ranges, conditionals, SSE-C, attributes).
+    pub headers: http::HeaderMap,
+}
+
+/// The origin's answer to a [`RawRequest`], passed on as it is.
+pub struct RawAnswer {
+    /// Status.
+    pub status: http::StatusCode,
+    /// Headers (hop-by-hop ones removed).
+    pub headers: http::HeaderMap,
+    /// Body.
+    pub body: ByteStream,
 }
 
 /// Which LIST API a client used; the answer keeps that shape.
@@ -144,6 +215,32 @@ pub trait Origin: Send + Sync + 'static {
     /// Metadata of the current version of an object.
     async fn head(&self, bucket: &str, key: &str) -> Result<ObjectMeta, OriginError>;
 
+    /// Metadata of one version and/or part of an object (`?versionId=`, `?partNumber=`). An
+    /// origin without versions or parts answers the current object to an empty selector and
+    /// refuses any other.
+    async fn head_selected(
+        &self,
+        bucket: &str,
+        key: &str,
+        sel: &Selector,
+    ) -> Result<ObjectMeta, OriginError> {
+        if sel.is_current() {
+            return self.head(bucket, key).await;
+        }
+        Err(OriginError::Unsupported(
+            "object versions and parts are not supported by this origin".into(),
+        ))
+    }
+
+    /// Sends a request Shoal does not cache to the origin as the client made it (with
+    /// Shoal's credentials) and hands back its answer, error or not, unchanged.
+    async fn passthrough(&self, req: RawRequest) -> Result<RawAnswer, OriginError> {
+        let _ = req;
+        Err(OriginError::Unsupported(
+            "this request is not supported by this origin".into(),
+        ))
+    }
+
     /// The bytes `req` asks for, of the version whose ETag is `req.etag`, pinned with
     /// `If-Match` where the origin supports it. The answer carries what the origin said about
     /// itself (ETag, `Content-Range`, length); [`verify`] checks it before any byte is used, so
@@ -172,8 +269,8 @@ pub trait Origin: Send + Sync + 'static {
     /// Whether the bucket exists and can be read.
     async fn head_bucket(&self, bucket: &str) -> Result<(), OriginError>;
 
-    /// The buckets the origin credentials can see (ListBuckets when no allowlist is set).
-    async fn list_buckets(&self) -> Result<Vec<String>, OriginError>;
+    /// The buckets the origin credentials can see, with their creation dates and owner.
+    async fn list_buckets(&self) -> Result<BucketList, OriginError>;
 
     /// The region Shoal reports for GetBucketLocation.
     fn region(&self) -> &str;
@@ -201,8 +298,19 @@ impl<T: Origin + ?Sized> Origin for Arc<T> {
     async fn head_bucket(&self, bucket: &str) -> Result<(), OriginError> {
         (**self).head_bucket(bucket).await
     }
-    async fn list_buckets(&self) -> Result<Vec<String>, OriginError> {
+    async fn list_buckets(&self) -> Result<BucketList, OriginError> {
         (**self).list_buckets().await
+    }
+    async fn head_selected(
+        &self,
+        bucket: &str,
+        key: &str,
+        sel: &Selector,
+    ) -> Result<ObjectMeta, OriginError> {
+        (**self).head_selected(bucket, key, sel).await
+    }
+    async fn passthrough(&self, req: RawRequest) -> Result<RawAnswer, OriginError> {
+        (**self).passthrough(req).await
     }
     fn region(&self) -> &str {
         (**self).region()
@@ -218,6 +326,9 @@ pub struct RangeRequest {
     pub key: Arc<str>,
     /// The version; the origin must refuse if the object no longer has it.
     pub etag: Arc<str>,
+    /// The version id a client asked for (`?versionId=`): read that version, not the
+    /// current one.
+    pub version_id: Option<Arc<str>>,
     /// Size of that version: the total an origin's `Content-Range` must state.
     pub object_size: u64,
     /// First byte.
@@ -244,6 +355,7 @@ impl RangeRequest {
             bucket: bucket.into(),
             key: key.into(),
             etag: etag.into(),
+            version_id: None,
             object_size,
             offset,
             len,
@@ -262,6 +374,7 @@ impl RangeRequest {
             bucket: k.bucket.clone(),
             key: k.key.clone(),
             etag: k.etag.clone(),
+            version_id: r.version_id.clone(),
             object_size: r.object_size,
             offset: k.offset() + r.range.start,
             len: r.range.end - r.range.start,

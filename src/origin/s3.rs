@@ -5,17 +5,183 @@
 //! a proxy in front of it) that ignores `If-Match` or `Range` is caught there, not trusted.
 
 use super::{
-    ListEntry, ListPage, ListRequest, ListVersion, ObjectMeta, Origin, RangeAnswer, RangeRequest,
+    BucketInfo, BucketList, ListEntry, ListPage, ListRequest, ListVersion, ObjectMeta, Origin,
+    RangeAnswer, RangeRequest, RawAnswer, RawRequest, Selector,
 };
 use crate::config::OriginConfig;
 use crate::error::{Error, OriginError};
 use async_trait::async_trait;
+use aws_sdk_s3::config::interceptors::BeforeDeserializationInterceptorContextMut;
 use aws_sdk_s3::config::retry::RetryConfig;
 use aws_sdk_s3::config::{BehaviorVersion, Credentials, Region};
+use aws_sdk_s3::config::{ConfigBag, Intercept, RuntimeComponents};
 use aws_sdk_s3::error::{ProvideErrorMetadata, SdkError};
 use aws_sdk_s3::Client;
 use futures_util::StreamExt;
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime};
+
+/// The key the SDK is given when the real key is one it refuses to build a request for (only
+/// whitespace: `" "`, `"\t"`, `"\n"`, which S3 itself accepts). The request is built for this
+/// key, and its URI is rewritten to the real one before signing.
+const PLACEHOLDER: &str = "shoal-placeholder-key-9f1c";
+
+/// The key to give the SDK for `key`.
+fn sdk_key(key: &str) -> &str {
+    if key.trim().is_empty() {
+        PLACEHOLDER
+    } else {
+        key
+    }
+}
+
+/// S3's encoding of a key in a path: everything but RFC 3986 unreserved characters and `/`.
+fn encode_key(key: &str) -> String {
+    super::url_encode(key)
+}
+
+/// S3's encoding of a query component: everything but RFC 3986 unreserved characters.
+fn encode_query(s: &str) -> String {
+    use percent_encoding::{utf8_percent_encode, AsciiSet, NON_ALPHANUMERIC};
+    const KEEP: &AsciiSet = &NON_ALPHANUMERIC
+        .remove(b'-')
+        .remove(b'_')
+        .remove(b'.')
+        .remove(b'~');
+    utf8_percent_encode(s, KEEP).to_string()
+}
+
+/// Rewrites a request the SDK built for [`PLACEHOLDER`] (or for any key, when `query` is
+/// given) to the exact `key` and query, before it is signed.
+fn rewrite_uri(uri: &str, key: &str, query: Option<&str>) -> Option<String> {
+    let (path_end, old_query) = match uri.find('?') {
+        Some(i) => (i, Some(&uri[i + 1..])),
+        None => (uri.len(), None),
+    };
+    let mut out = uri[..path_end].to_owned();
+    let marker = format!("/{PLACEHOLDER}");
+    if let Some(at) = out
+        .rfind(&marker)
+        .filter(|at| at + marker.len() == out.len())
+    {
+        out.truncate(at);
+        if !key.is_empty() {
+            out.push('/');
+            out.push_str(&encode_key(key));
+        } else if !out[out.find("://").map_or(0, |i| i + 3)..].contains('/') {
+            // Virtual-hosted style: the bucket's root.
+            out.push('/');
+        }
+    }
+    match query.or(old_query) {
+        Some(q) if !q.is_empty() => {
+            out.push('?');
+            out.push_str(q);
+        }
+        _ => {}
+    }
+    Some(out)
+}
+
+/// A closure for `mutate_request` that puts the real key back into a placeholder request.
+fn exact_key(
+    key: &str,
+) -> impl Fn(&mut aws_sdk_s3::config::http::HttpRequest) + Send + Sync + 'static {
+    let key = (key.trim().is_empty()).then(|| key.to_owned());
+    move |req| {
+        if let Some(k) = &key {
+            if let Some(u) = rewrite_uri(req.uri(), k, None) {
+                let _ = req.set_uri(u);
+            }
+        }
+    }
+}
+
+/// What the origin answered to a passthrough: status, headers and the body, untouched.
+type Captured = (u16, http::HeaderMap, aws_smithy_types::body::SdkBody);
+
+/// Takes the origin's answer to a passthrough before the SDK reads it: status, headers and
+/// body are kept as they arrived, and the SDK is left an empty 200 to "deserialize". The SDK
+/// never judges an answer it was not built for (a tagging document, an error, a header in a
+/// form it does not parse), so Shoal can pass on exactly what the origin said.
+#[derive(Debug, Clone, Default)]
+struct Capture(Arc<Mutex<Option<Captured>>>);
+
+impl Intercept for Capture {
+    fn name(&self) -> &'static str {
+        "ShoalCapture"
+    }
+    fn modify_before_deserialization(
+        &self,
+        ctx: &mut BeforeDeserializationInterceptorContextMut<'_>,
+        _rc: &RuntimeComponents,
+        _cfg: &mut ConfigBag,
+    ) -> Result<(), aws_sdk_s3::error::BoxError> {
+        let r = ctx.response_mut();
+        let headers = raw_headers(r.headers().iter());
+        let status = r.status().as_u16();
+        let body = std::mem::replace(r.body_mut(), aws_smithy_types::body::SdkBody::empty());
+        let names: Vec<String> = r.headers().iter().map(|(k, _)| k.to_owned()).collect();
+        for n in names {
+            r.headers_mut().remove(n);
+        }
+        if let Ok(ok) = aws_sdk_s3::config::http::HttpResponse::try_from(http::Response::new(
+            aws_smithy_types::body::SdkBody::empty(),
+        )) {
+            *r.status_mut() = ok.status();
+        }
+        *crate::layer::lock(&self.0) = Some((status, headers, body));
+        Ok(())
+    }
+}
+
+/// Headers as the origin sent them, without hop-by-hop ones and the origin's own identity.
+fn raw_headers<'a>(it: impl Iterator<Item = (&'a str, &'a str)>) -> http::HeaderMap {
+    let mut h = http::HeaderMap::new();
+    for (k, v) in it {
+        let lk = k.to_ascii_lowercase();
+        if matches!(
+            lk.as_str(),
+            "connection"
+                | "keep-alive"
+                | "transfer-encoding"
+                | "te"
+                | "trailer"
+                | "upgrade"
+                | "proxy-connection"
+                | "server"
+                | "date"
+                | "x-amz-request-id"
+        ) {
+            continue;
+        }
+        if let (Ok(n), Ok(v)) = (
+            http::HeaderName::from_bytes(lk.as_bytes()),
+            http::HeaderValue::from_str(v),
+        ) {
+            h.append(n, v);
+        }
+    }
+    h
+}
+
+/// The checksum headers S3 may send for an object (with `x-amz-checksum-mode: ENABLED`).
+fn checksums_of(h: &aws_sdk_s3::operation::head_object::HeadObjectOutput) -> Vec<(String, String)> {
+    let mut v = Vec::new();
+    for (name, value) in [
+        ("x-amz-checksum-crc32", h.checksum_crc32()),
+        ("x-amz-checksum-crc32c", h.checksum_crc32_c()),
+        ("x-amz-checksum-crc64nvme", h.checksum_crc64_nvme()),
+        ("x-amz-checksum-sha1", h.checksum_sha1()),
+        ("x-amz-checksum-sha256", h.checksum_sha256()),
+        ("x-amz-checksum-type", h.checksum_type().map(|t| t.as_str())),
+    ] {
+        if let Some(x) = value {
+            v.push((name.to_owned(), x.to_owned()));
+        }
+    }
+    v
+}
 
 /// Bounds the wait for an origin's answer (status and headers) by `origin.timeout`. An origin
 /// that accepts the connection and then says nothing is a transient failure, retried like one.
@@ -40,6 +206,9 @@ pub struct S3Origin {
     client: Client,
     region: String,
     timeout: Duration,
+    /// Whether each bucket exists, learned (by HeadBucket) only when an object HEAD says 404,
+    /// whose answer has no body to tell `NoSuchKey` from `NoSuchBucket`.
+    buckets: moka::future::Cache<String, bool>,
 }
 
 impl S3Origin {
@@ -86,6 +255,10 @@ impl S3Origin {
             client: Client::from_conf(b.build()),
             region: cfg.region.clone(),
             timeout: cfg.timeout.0,
+            buckets: moka::future::Cache::builder()
+                .max_capacity(10_000)
+                .time_to_live(BUCKET_TTL)
+                .build(),
         })
     }
 
@@ -100,7 +273,31 @@ impl S3Origin {
         let etag = out.e_tag().map(str::to_owned);
         let content_range = out.content_range().map(str::to_owned);
         let content_length = out.content_length().and_then(|n| u64::try_from(n).ok());
-        let body = out.body;
+        RangeAnswer {
+            etag,
+            content_range,
+            content_length,
+            body: self.idle_guarded(out.body),
+        }
+    }
+
+    /// Whether `bucket` exists (cached for [`BUCKET_TTL`]); asked only after an object's
+    /// HEAD said 404. When HeadBucket itself fails, the bucket is taken to exist (the answer
+    /// stays `NoSuchKey`, as before).
+    async fn bucket_exists(&self, bucket: &str) -> bool {
+        if let Some(known) = self.buckets.get(bucket).await {
+            return known;
+        }
+        let exists = !matches!(
+            self.head_bucket(bucket).await,
+            Err(OriginError::NoSuchBucket | OriginError::NotFound)
+        );
+        self.buckets.insert(bucket.to_owned(), exists).await;
+        exists
+    }
+
+    /// A body that fails when it stalls for `origin.timeout`.
+    fn idle_guarded(&self, body: aws_sdk_s3::primitives::ByteStream) -> super::ByteStream {
         let idle = self.timeout;
         let stream = futures_util::stream::unfold(body, move |mut body| async move {
             match tokio::time::timeout(idle, body.next()).await {
@@ -120,14 +317,12 @@ impl S3Origin {
                 )),
             }
         });
-        RangeAnswer {
-            etag,
-            content_range,
-            content_length,
-            body: stream.boxed(),
-        }
+        stream.boxed()
     }
 }
+
+/// How long Shoal trusts what it learned about a bucket's existence.
+const BUCKET_TTL: Duration = Duration::from_secs(30);
 
 /// `x-amz-meta-*` pairs, names lowercased, sorted by name.
 fn user_metadata(m: Option<&std::collections::HashMap<String, String>>) -> Vec<(String, String)> {
@@ -198,14 +393,47 @@ fn prefixes(p: &[aws_sdk_s3::types::CommonPrefix]) -> Vec<String> {
 #[async_trait]
 impl Origin for S3Origin {
     async fn head(&self, bucket: &str, key: &str) -> Result<ObjectMeta, OriginError> {
-        let out = answer(
+        self.head_selected(bucket, key, &Selector::default()).await
+    }
+
+    async fn head_selected(
+        &self,
+        bucket: &str,
+        key: &str,
+        sel: &Selector,
+    ) -> Result<ObjectMeta, OriginError> {
+        let sent = answer(
             self.timeout,
-            self.client.head_object().bucket(bucket).key(key).send(),
+            self.client
+                .head_object()
+                .bucket(bucket)
+                .key(sdk_key(key))
+                .set_version_id(sel.version_id.as_deref().map(str::to_owned))
+                .set_part_number(sel.part_number.and_then(|n| i32::try_from(n).ok()))
+                .checksum_mode(aws_sdk_s3::types::ChecksumMode::Enabled)
+                .customize()
+                .mutate_request(exact_key(key))
+                .send(),
         )
-        .await?;
-        let user_metadata = user_metadata(out.metadata());
+        .await;
+        let out = match sent {
+            Ok(out) => out,
+            Err(OriginError::NotFound) if !self.bucket_exists(bucket).await => {
+                return Err(OriginError::NoSuchBucket)
+            }
+            Err(e) => return Err(e),
+        };
+        let part_range = match (sel.part_number, out.content_range()) {
+            (Some(_), Some(cr)) => super::parse_content_range(cr).map(|(s, e, _)| (s, e)),
+            _ => None,
+        };
+        // With a part number, the object's size is the Content-Range total.
+        let size = match out.content_range().and_then(super::parse_content_range) {
+            Some((_, _, Some(total))) if sel.part_number.is_some() => total,
+            _ => out.content_length().unwrap_or(0).max(0) as u64,
+        };
         Ok(ObjectMeta {
-            size: out.content_length().unwrap_or(0).max(0) as u64,
+            size,
             etag: out
                 .e_tag()
                 .map(|e| e.trim_matches('"').to_owned())
@@ -217,8 +445,82 @@ impl Origin for S3Origin {
             content_disposition: out.content_disposition().map(str::to_owned),
             content_language: out.content_language().map(str::to_owned),
             expires: out.expires_string().map(str::to_owned),
-            user_metadata,
+            user_metadata: user_metadata(out.metadata()),
+            version_id: out.version_id().map(str::to_owned),
+            parts_count: out.parts_count().and_then(|n| u32::try_from(n).ok()),
+            part_range,
+            checksums: Some(checksums_of(&out)),
         })
+    }
+
+    async fn passthrough(&self, req: RawRequest) -> Result<RawAnswer, OriginError> {
+        let query: Vec<String> = req
+            .query
+            .iter()
+            .map(|(k, v)| {
+                if v.is_empty() {
+                    encode_query(k)
+                } else {
+                    format!("{}={}", encode_query(k), encode_query(v))
+                }
+            })
+            .collect();
+        let query = query.join("&");
+        let key = req.key.clone();
+        let method = req.method.clone();
+        let headers = req.headers.clone();
+        let capture = Capture::default();
+        let sent = tokio::time::timeout(
+            self.timeout,
+            self.client
+                .get_object()
+                .bucket(&req.bucket)
+                .key(PLACEHOLDER)
+                .customize()
+                .interceptor(capture.clone())
+                .mutate_request(move |r| {
+                    if let Some(u) = rewrite_uri(r.uri(), &key, Some(&query)) {
+                        let _ = r.set_uri(u);
+                    }
+                    let _ = r.set_method(method.as_str());
+                    for (k, v) in &headers {
+                        if let Ok(v) = v.to_str() {
+                            r.headers_mut().insert(k.as_str().to_owned(), v.to_owned());
+                        }
+                    }
+                })
+                // The client retries as it sees fit; Shoal passes the first answer on.
+                .config_override(
+                    aws_sdk_s3::config::Builder::default()
+                        .retry_config(RetryConfig::disabled())
+                        .stalled_stream_protection(
+                            aws_sdk_s3::config::StalledStreamProtectionConfig::disabled(),
+                        ),
+                )
+                .send(),
+        )
+        .await
+        .map_err(|_| {
+            OriginError::Transient(format!("origin did not answer within {:?}", self.timeout))
+        })?;
+        let captured = crate::layer::lock(&capture.0).take();
+        match (sent, captured) {
+            (_, Some((status, headers, body))) => {
+                let status = http::StatusCode::from_u16(status)
+                    .map_err(|_| OriginError::Protocol(format!("status {status}")))?;
+                let body = self.idle_guarded(aws_sdk_s3::primitives::ByteStream::new(body));
+                Ok(RawAnswer {
+                    status,
+                    headers,
+                    body,
+                })
+            }
+            // No answer at all: a connection error or a timeout.
+            (Err(e), None) => Err(map_err(e)),
+            (Ok(_), None) => Err(OriginError::Protocol(
+                "the origin's answer was not seen".into(),
+            )),
+        }
     }
 
     async fn get_range(&self, r: &RangeRequest) -> Result<RangeAnswer, OriginError> {
@@ -228,10 +530,12 @@ impl Origin for S3Origin {
             self.client
                 .get_object()
                 .bucket(&*r.bucket)
-                .key(&*r.key)
+                .key(sdk_key(&r.key))
+                .set_version_id(r.version_id.as_deref().map(str::to_owned))
                 .range(format!("bytes={}-{end}", r.offset))
                 .if_match(format!("\"{}\"", r.etag))
                 .customize()
+                .mutate_request(exact_key(&r.key))
                 // RetryUntilCommitLayer owns retries of fills; SDK retries underneath it would
                 // multiply the attempts and hide them from the budget. Stalls are detected
                 // below with `origin.timeout`, the one knob the retry budget is checked
@@ -261,9 +565,10 @@ impl Origin for S3Origin {
             self.client
                 .get_object()
                 .bucket(bucket)
-                .key(key)
+                .key(sdk_key(key))
                 .range(format!("bytes=0-{}", len.max(1) - 1))
                 .customize()
+                .mutate_request(exact_key(key))
                 // The same as `get_range`: retries and stalls are the fill's to handle.
                 .config_override(
                     aws_sdk_s3::config::Builder::default()
@@ -300,6 +605,11 @@ impl Origin for S3Origin {
             content_language: out.content_language().map(str::to_owned),
             expires: out.expires_string().map(str::to_owned),
             user_metadata: user_metadata(out.metadata()),
+            version_id: out.version_id().map(str::to_owned),
+            parts_count: out.parts_count().and_then(|n| u32::try_from(n).ok()),
+            part_range: None,
+            // A ranged GET does not carry the object's checksums.
+            checksums: None,
         };
         Ok((meta, self.range_answer(out)))
     }
@@ -385,13 +695,24 @@ impl Origin for S3Origin {
         }
     }
 
-    async fn list_buckets(&self) -> Result<Vec<String>, OriginError> {
+    async fn list_buckets(&self) -> Result<BucketList, OriginError> {
         let out = answer(self.timeout, self.client.list_buckets().send()).await?;
-        Ok(out
-            .buckets()
-            .iter()
-            .filter_map(|b| b.name().map(str::to_owned))
-            .collect())
+        Ok(BucketList {
+            buckets: out
+                .buckets()
+                .iter()
+                .filter_map(|b| {
+                    Some(BucketInfo {
+                        name: b.name()?.to_owned(),
+                        created: b.creation_date().and_then(to_system_time),
+                    })
+                })
+                .collect(),
+            owner: out.owner().and_then(|o| {
+                o.id()
+                    .map(|id| (id.to_owned(), o.display_name().map(str::to_owned)))
+            }),
+        })
     }
 
     fn region(&self) -> &str {
@@ -402,6 +723,36 @@ impl Origin for S3Origin {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn placeholder_requests_are_rewritten_to_the_exact_key_and_query() {
+        let p = format!("http://127.0.0.1:9/b/{PLACEHOLDER}?x-id=GetObject");
+        assert_eq!(
+            rewrite_uri(&p, " ", None).unwrap(),
+            "http://127.0.0.1:9/b/%20?x-id=GetObject"
+        );
+        assert_eq!(
+            rewrite_uri(&p, "\t/a b", Some("tagging")).unwrap(),
+            "http://127.0.0.1:9/b/%09/a%20b?tagging"
+        );
+        // A bucket sub-resource: path style keeps the bucket, virtual-hosted style the root.
+        assert_eq!(
+            rewrite_uri(&p, "", Some("versioning")).unwrap(),
+            "http://127.0.0.1:9/b?versioning"
+        );
+        let v = format!("https://b.s3.amazonaws.com/{PLACEHOLDER}?x-id=GetObject");
+        assert_eq!(
+            rewrite_uri(&v, "", Some("versions&prefix=a")).unwrap(),
+            "https://b.s3.amazonaws.com/?versions&prefix=a"
+        );
+        // A URI without the placeholder keeps its path.
+        assert_eq!(
+            rewrite_uri("http://h/b/real", "x", Some("acl")).unwrap(),
+            "http://h/b/real?acl"
+        );
+        assert_eq!(sdk_key(" \n"), PLACEHOLDER);
+        assert_eq!(sdk_key(" a "), " a ");
+    }
 
     #[tokio::test]
     async fn a_silent_origin_is_a_transient_failure_not_a_hang() {

@@ -345,6 +345,22 @@ fn header_parts<'a>(auth: &'a str, headers: &HeaderMap) -> Result<Parts<'a>, Den
     })
 }
 
+/// Whether a (lowercased) query parameter is part of a presigned URL's authentication, which
+/// is the client's business with Shoal and never passed to the origin.
+pub fn is_presign_param(lower: &str) -> bool {
+    matches!(
+        lower,
+        "x-amz-algorithm"
+            | "x-amz-credential"
+            | "x-amz-date"
+            | "x-amz-expires"
+            | "x-amz-signedheaders"
+            | "x-amz-signature"
+            | "x-amz-security-token"
+            | "x-amz-content-sha256"
+    )
+}
+
 /// Parses a presigned URL's `X-Amz-*` parameters.
 fn query_parts<'a>(params: &'a [(String, String)]) -> Result<Parts<'a>, Denied> {
     let need =

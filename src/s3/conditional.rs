@@ -11,8 +11,9 @@ pub enum Outcome {
     Proceed,
     /// 304 Not Modified.
     NotModified,
-    /// 412 Precondition Failed.
-    Failed,
+    /// 412 Precondition Failed, naming the header that failed (`If-Match` or
+    /// `If-Unmodified-Since`), as S3's error body does.
+    Failed(&'static str),
 }
 
 /// Parses an HTTP-date (IMF-fixdate, RFC 850 or asctime); `None` if invalid, and an invalid
@@ -64,14 +65,14 @@ fn header<'a>(h: &'a HeaderMap, name: &str) -> Option<&'a str> {
 pub fn evaluate(h: &HeaderMap, etag: &str, last_modified: Option<SystemTime>) -> Outcome {
     if let Some(im) = header(h, "if-match") {
         if !etag_listed(im, etag, false) {
-            return Outcome::Failed;
+            return Outcome::Failed("If-Match");
         }
     } else if let (Some(d), Some(lm)) = (
         header(h, "if-unmodified-since").and_then(parse_date),
         last_modified,
     ) {
         if secs(lm) > secs(d) {
-            return Outcome::Failed;
+            return Outcome::Failed("If-Unmodified-Since");
         }
     }
     if let Some(inm) = header(h, "if-none-match") {
@@ -156,15 +157,17 @@ mod tests {
                         }
                         let want = {
                             let fail412 = match a {
-                                Some((_, ok)) => !ok,
-                                None => d.is_some_and(|(_, ok)| !ok),
+                                Some((_, ok)) => (!ok).then_some("If-Match"),
+                                None => d
+                                    .is_some_and(|(_, ok)| !ok)
+                                    .then_some("If-Unmodified-Since"),
                             };
                             let not_mod = match b {
                                 Some((_, ok)) => !ok,
                                 None => c.is_some_and(|(_, ok)| !ok),
                             };
-                            if fail412 {
-                                Outcome::Failed
+                            if let Some(c) = fail412 {
+                                Outcome::Failed(c)
                             } else if not_mod {
                                 Outcome::NotModified
                             } else {
@@ -196,7 +199,7 @@ mod tests {
         );
         assert_eq!(
             evaluate(&hm(&[("if-match", "W/\"abc123\"")]), ETAG, None),
-            Outcome::Failed
+            Outcome::Failed("If-Match")
         );
         assert_eq!(
             evaluate(&hm(&[("if-none-match", "W/\"abc123\"")]), ETAG, None),

@@ -157,6 +157,11 @@ impl S3Error {
                     "InvalidRequest",
                     format!("The origin rejected the request: {why}"),
                 ),
+                OriginError::Unsupported(what) => Self::new(
+                    S::NOT_IMPLEMENTED,
+                    "NotImplemented",
+                    format!("A header or query you provided implies functionality that is not implemented: {what}"),
+                ),
                 OriginError::Transient(_) | OriginError::Protocol(_) => {
                     Self::new(
                         S::BAD_GATEWAY,

@@ -15,7 +15,9 @@ pub mod xml;
 
 use crate::error::{Error, OriginError};
 use crate::object::ObjectService;
-use crate::origin::{ListRequest, ListVersion, ObjectMeta, Origin};
+use crate::origin::{
+    BucketInfo, BucketList, ListRequest, ListVersion, ObjectMeta, Origin, RawRequest, Selector,
+};
 use crate::telemetry::metrics::{MetaResult, Metrics, Op, Report};
 use axum::body::Body;
 use axum::extract::{Request, State};
@@ -177,6 +179,10 @@ impl Parsed {
     }
     fn has(&self, name: &str) -> bool {
         self.query.iter().any(|(k, _)| k == name)
+    }
+    /// The first of `subs` named in the query (a sub-resource that is passed through).
+    fn passthrough(&self, subs: &[&'static str]) -> Option<&'static str> {
+        subs.iter().copied().find(|s| self.has(s))
     }
     /// The first query parameter that names a sub-resource or operation we do not serve.
     fn unsupported(&self, allowed: &[&str]) -> Option<&str> {
@@ -375,16 +381,34 @@ async fn dispatch(st: &S3State, req: Request, ctx: &mut Ctx) -> Result<Response,
         if let Some(op) = p.unsupported(&[]) {
             return Err(S3Error::not_implemented(&format!("The `{op}` operation")));
         }
-        let mut names = if st.buckets.is_empty() {
-            st.origin
-                .list_buckets()
-                .await
-                .map_err(|e| S3Error::from_error(&Error::Origin(e), "", ""))?
-        } else {
-            st.buckets.clone()
+        let mut list = match st.origin.list_buckets().await {
+            Ok(list) => list,
+            // Credentials that may read the allowlisted buckets but not list them: the names
+            // are known, their dates are not.
+            Err(e) if !st.buckets.is_empty() => {
+                tracing::info!(error = %e, "origin ListBuckets failed; answering the allowlist");
+                BucketList::default()
+            }
+            Err(e) => return Err(S3Error::from_error(&Error::Origin(e), "", "")),
         };
-        names.retain(|b| principal.may_read(b));
-        return Ok(xml_response(xml::bucket_list(&names), head));
+        if !st.buckets.is_empty() {
+            let mut allowed: Vec<BucketInfo> = st
+                .buckets
+                .iter()
+                .map(|name| BucketInfo {
+                    name: name.clone(),
+                    created: list
+                        .buckets
+                        .iter()
+                        .find(|b| &b.name == name)
+                        .and_then(|b| b.created),
+                })
+                .collect();
+            allowed.sort_by(|a, b| a.name.cmp(&b.name));
+            list.buckets = allowed;
+        }
+        list.buckets.retain(|b| principal.may_read(&b.name));
+        return Ok(xml_response(xml::bucket_list(&list), head));
     }
     if !st.buckets.is_empty() && !st.buckets.contains(&p.bucket) {
         return Err(S3Error::access_denied().with("BucketName", p.bucket.clone()));
@@ -395,6 +419,11 @@ async fn dispatch(st: &S3State, req: Request, ctx: &mut Ctx) -> Result<Response,
         );
     }
     if p.key.is_empty() {
+        if let Some(sub) = p.passthrough(BUCKET_PASSTHROUGH) {
+            tracing::debug!(sub, "bucket sub-resource passed to the origin");
+            ctx.op = Op::Other;
+            return passthrough(st, &p, req.headers(), &method).await;
+        }
         return bucket_op(st, &p, head).await;
     }
     if p.key.len() > MAX_KEY_LEN {
@@ -404,10 +433,136 @@ async fn dispatch(st: &S3State, req: Request, ctx: &mut Ctx) -> Result<Response,
             "Your key is too long",
         ));
     }
-    if let Some(op) = p.unsupported(&[]) {
+    if let Some(sub) = p.passthrough(OBJECT_PASSTHROUGH) {
+        tracing::debug!(sub, "object sub-resource passed to the origin");
+        ctx.op = Op::Other;
+        return passthrough(st, &p, req.headers(), &method).await;
+    }
+    if is_sse_c(req.headers()) {
+        // Encrypted with the client's own key: only the origin can read it, and its bytes
+        // must never be kept where a request without the key could get them.
+        return passthrough(st, &p, req.headers(), &method).await;
+    }
+    if let Some(op) = p.unsupported(&["versionId", "partNumber"]) {
         return Err(S3Error::not_implemented(&format!("GetObject with `?{op}`")));
     }
     object_op(st, &p, req.headers(), head, &ctx.report).await
+}
+
+/// Object sub-resources that are read-only and passed to the origin uncached.
+const OBJECT_PASSTHROUGH: &[&str] = &[
+    "tagging",
+    "acl",
+    "attributes",
+    "legal-hold",
+    "retention",
+    "torrent",
+    "uploadId",
+];
+
+/// Bucket sub-resources that are read-only and passed to the origin uncached.
+const BUCKET_PASSTHROUGH: &[&str] = &[
+    "versions",
+    "versioning",
+    "policyStatus",
+    "policy",
+    "acl",
+    "tagging",
+    "cors",
+    "encryption",
+    "lifecycle",
+    "logging",
+    "notification",
+    "ownershipControls",
+    "publicAccessBlock",
+    "replication",
+    "requestPayment",
+    "website",
+    "accelerate",
+    "object-lock",
+    "uploads",
+    "intelligent-tiering",
+    "inventory",
+    "metrics",
+    "analytics",
+];
+
+/// Whether a request carries SSE-C headers (`x-amz-server-side-encryption-customer-*`).
+fn is_sse_c(h: &HeaderMap) -> bool {
+    h.keys().any(|k| {
+        k.as_str()
+            .starts_with("x-amz-server-side-encryption-customer-")
+    })
+}
+
+/// The client headers a passed-through request keeps: what changes the origin's answer.
+/// Authentication, hop-by-hop and host headers are Shoal's own to set.
+fn forwardable(h: &HeaderMap) -> HeaderMap {
+    let mut out = HeaderMap::new();
+    for (k, v) in h {
+        let n = k.as_str();
+        let keep = matches!(
+            n,
+            "range"
+                | "if-match"
+                | "if-none-match"
+                | "if-modified-since"
+                | "if-unmodified-since"
+                | "x-amz-object-attributes"
+                | "x-amz-max-parts"
+                | "x-amz-part-number-marker"
+                | "x-amz-checksum-mode"
+                | "x-amz-expected-bucket-owner"
+                | "x-amz-request-payer"
+        ) || n.starts_with("x-amz-server-side-encryption-customer-");
+        if keep {
+            out.append(k.clone(), v.clone());
+        }
+    }
+    out
+}
+
+/// Sends a request Shoal does not cache to the origin, with Shoal's credentials, and passes
+/// its answer on: status, headers and body as the origin gave them (its own error codes
+/// included), marked `x-shoal-cache: bypass`.
+async fn passthrough(
+    st: &S3State,
+    p: &Parsed,
+    headers: &HeaderMap,
+    method: &Method,
+) -> Result<Response, S3Error> {
+    let query = p
+        .query
+        .iter()
+        .filter(|(k, _)| {
+            let lk = k.to_ascii_lowercase();
+            // The client's own presigned-URL authentication is not the origin's business.
+            !(lk == "x-id" || (lk.starts_with("x-amz-") && auth::is_presign_param(&lk)))
+        })
+        .cloned()
+        .collect();
+    let answer = st
+        .origin
+        .passthrough(RawRequest {
+            method: method.clone(),
+            bucket: p.bucket.clone(),
+            key: p.key.clone(),
+            query,
+            headers: forwardable(headers),
+        })
+        .await
+        .map_err(|e| S3Error::from_error(&Error::Origin(e), &p.bucket, &p.key))?;
+    let body = if *method == Method::HEAD {
+        Body::empty()
+    } else {
+        Body::from_stream(answer.body)
+    };
+    let mut r = Response::new(body);
+    *r.status_mut() = answer.status;
+    *r.headers_mut() = answer.headers;
+    r.headers_mut()
+        .insert(CACHE_HEADER, HeaderValue::from_static("bypass"));
+    Ok(r)
 }
 
 fn xml_response(body: String, head: bool) -> Response {
@@ -523,6 +678,36 @@ async fn bucket_op(st: &S3State, p: &Parsed, head: bool) -> Result<Response, S3E
     Ok(resp)
 }
 
+/// The version and part a GET or HEAD names (`?versionId=`, `?partNumber=`).
+fn selector(p: &Parsed) -> Result<Selector, S3Error> {
+    let version_id = match p.param("versionId") {
+        None => None,
+        Some("") => {
+            return Err(S3Error::invalid_argument(
+                "Version id cannot be the empty string",
+            ))
+        }
+        Some(v) => Some(v.into()),
+    };
+    let part_number = match p.param("partNumber") {
+        None => None,
+        Some(v) => match v.parse::<u32>() {
+            Ok(n @ 1..=10_000) => Some(n),
+            _ => {
+                return Err(S3Error::invalid_argument(
+                    "Part number must be an integer between 1 and 10000, inclusive",
+                )
+                .with("ArgumentName", "partNumber".to_owned())
+                .with("ArgumentValue", v.to_owned()))
+            }
+        },
+    };
+    Ok(Selector {
+        version_id,
+        part_number,
+    })
+}
+
 /// The object headers of SPEC §1.1, with `response-*` overrides applied.
 fn object_headers(meta: &ObjectMeta, p: &Parsed) -> HeaderMap {
     let mut h = HeaderMap::new();
@@ -535,6 +720,7 @@ fn object_headers(meta: &ObjectMeta, p: &Parsed) -> HeaderMap {
         }
     };
     put("etag", Some(&format!("\"{}\"", meta.etag)));
+    put("x-amz-version-id", meta.version_id.as_deref());
     let lm = meta.last_modified.map(conditional::format_date);
     put("last-modified", lm.as_deref());
     put("accept-ranges", Some("bytes"));
@@ -577,21 +763,53 @@ async fn object_op(
     report: &Arc<Report>,
 ) -> Result<Response, S3Error> {
     let (bucket, key) = (p.bucket.as_str(), p.key.as_str());
-    let map = |e: &Error| S3Error::from_error(e, bucket, key);
+    let sel = selector(p)?;
+    let map = |e: &Error| match (e, &sel.version_id) {
+        // A version that does not exist is S3's `NoSuchVersion`, not `NoSuchKey`.
+        (Error::Origin(OriginError::NotFound), Some(v)) => S3Error::new(
+            StatusCode::NOT_FOUND,
+            "NoSuchVersion",
+            "The specified version does not exist.",
+        )
+        .with("Key", key)
+        .with("VersionId", v.to_string()),
+        _ => S3Error::from_error(e, bucket, key),
+    };
+    if sel.part_number.is_some() && headers.contains_key(http::header::RANGE) {
+        return Err(S3Error::invalid_request(
+            "Cannot specify both Range header and partNumber query parameter",
+        ));
+    }
+    let checksums_wanted = headers
+        .get("x-amz-checksum-mode")
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|v| v.eq_ignore_ascii_case("enabled"));
     // One re-read of the metadata is allowed if the object changes before the first byte.
     let mut retried_etag = false;
-    // A GET from byte 0 may learn a missing object's metadata from its first chunk's GET.
+    // A GET from byte 0 may learn a missing object's metadata from its first chunk's GET
+    // (not a version or a part, and not when the client wants the checksums a HEAD gives).
     let from_zero = !head
+        && sel.is_current()
+        && !checksums_wanted
         && headers
             .get(http::header::RANGE)
             .and_then(|v| v.to_str().ok())
             .is_none_or(|r| r.trim_start().starts_with("bytes=0-"));
     loop {
-        let meta = st
+        let mut meta = st
             .objects
-            .meta(bucket, key, Some(report), from_zero)
+            .meta(bucket, key, &sel, Some(report), from_zero)
             .await
             .map_err(|e| map(&e))?;
+        if checksums_wanted && meta.checksums.is_none() {
+            // Learned from a GET, which does not carry checksums: ask HEAD once.
+            st.objects.invalidate(bucket, key, &sel, &meta.etag).await;
+            meta = st
+                .objects
+                .meta(bucket, key, &sel, Some(report), false)
+                .await
+                .map_err(|e| map(&e))?;
+        }
         let mut base = object_headers(&meta, p);
         match conditional::evaluate(headers, &meta.etag, meta.last_modified) {
             Outcome::Proceed => {}
@@ -605,14 +823,33 @@ async fn object_op(
                 }
                 return Ok(r);
             }
-            Outcome::Failed => return Err(S3Error::precondition_failed("If-Match")),
+            Outcome::Failed(condition) => return Err(S3Error::precondition_failed(condition)),
         }
-        let range = headers
-            .get(http::header::RANGE)
-            .and_then(|v| v.to_str().ok())
-            .filter(|_| conditional::if_range_holds(headers, &meta.etag, meta.last_modified))
-            .and_then(range::parse);
-        let (status, start, end) = match range::resolve(range, meta.size) {
+        if let Some(n) = sel.part_number.and(meta.parts_count) {
+            base.insert("x-amz-mp-parts-count", HeaderValue::from(n));
+        }
+        let range = match (sel.part_number, meta.part_range) {
+            // A part is the byte range the origin named for it.
+            (Some(_), Some((s, e))) => Some(range::ByteRange::From(s, Some(e))),
+            _ => headers
+                .get(http::header::RANGE)
+                .and_then(|v| v.to_str().ok())
+                .filter(|_| conditional::if_range_holds(headers, &meta.etag, meta.last_modified))
+                .and_then(range::parse),
+        };
+        let resolved = range::resolve(range, meta.size);
+        if checksums_wanted && matches!(resolved, range::Resolved::Full) {
+            // S3 sends an object's checksums only with the whole object.
+            for (k, v) in meta.checksums.iter().flatten() {
+                if let (Ok(k), Ok(v)) = (
+                    HeaderName::from_bytes(k.as_bytes()),
+                    HeaderValue::from_str(v),
+                ) {
+                    base.insert(k, v);
+                }
+            }
+        }
+        let (status, start, end) = match resolved {
             range::Resolved::Unsatisfiable => return Err(S3Error::invalid_range(meta.size)),
             range::Resolved::Full => (StatusCode::OK, 0, meta.size.saturating_sub(1)),
             range::Resolved::Partial(s, e) => {
@@ -631,7 +868,7 @@ async fn object_op(
         } else {
             match st
                 .objects
-                .open(bucket, key, &meta, start, end, report.clone())
+                .open(bucket, key, &sel, &meta, start, end, report.clone())
                 .await
             {
                 Ok((s, cache)) => {
@@ -642,7 +879,7 @@ async fn object_op(
                     // Nothing was sent yet: read the metadata again (`open` has forgotten the
                     // old version's) and serve the version the origin has now.
                     tracing::info!(bucket, key, "object changed at origin; re-reading metadata");
-                    st.objects.invalidate(bucket, key, &meta.etag).await;
+                    st.objects.invalidate(bucket, key, &sel, &meta.etag).await;
                     retried_etag = true;
                     continue;
                 }

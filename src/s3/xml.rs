@@ -151,14 +151,28 @@ pub fn list_result(bucket: &str, req: &ListRequest, page: &ListPage) -> String {
 }
 
 /// `ListAllMyBucketsResult` naming `buckets`.
-pub fn bucket_list(buckets: &[String]) -> String {
+pub fn bucket_list(list: &crate::origin::BucketList) -> String {
     let mut out = String::from(DECL);
     let _ = write!(out, "<ListAllMyBucketsResult xmlns=\"{NS}\">");
-    out.push_str("<Owner><ID>shoal</ID><DisplayName>shoal</DisplayName></Owner><Buckets>");
-    for b in buckets {
+    // The origin's owner when it named one; else Shoal (an origin without owners).
+    let (id, name) = match &list.owner {
+        Some((id, name)) => (id.as_str(), name.as_deref()),
+        None => ("shoal", Some("shoal")),
+    };
+    out.push_str("<Owner>");
+    elem(&mut out, "ID", id);
+    if let Some(n) = name {
+        elem(&mut out, "DisplayName", n);
+    }
+    out.push_str("</Owner><Buckets>");
+    for b in &list.buckets {
         out.push_str("<Bucket>");
-        elem(&mut out, "Name", b);
-        elem(&mut out, "CreationDate", &iso8601(SystemTime::UNIX_EPOCH));
+        elem(&mut out, "Name", &b.name);
+        elem(
+            &mut out,
+            "CreationDate",
+            &iso8601(b.created.unwrap_or(SystemTime::UNIX_EPOCH)),
+        );
         out.push_str("</Bucket>");
     }
     out.push_str("</Buckets></ListAllMyBucketsResult>");

@@ -264,8 +264,28 @@ impl Origin for Faulty {
         self.inner.head_bucket(bucket).await
     }
 
-    async fn list_buckets(&self) -> Result<Vec<String>, OriginError> {
+    async fn list_buckets(&self) -> Result<shoal::origin::BucketList, OriginError> {
         self.inner.list_buckets().await
+    }
+
+    async fn head_selected(
+        &self,
+        bucket: &str,
+        key: &str,
+        sel: &shoal::origin::Selector,
+    ) -> Result<ObjectMeta, OriginError> {
+        if sel.is_current() {
+            return self.head(bucket, key).await;
+        }
+        self.heads.fetch_add(1, Ordering::SeqCst);
+        self.inner.head_selected(bucket, key, sel).await
+    }
+
+    async fn passthrough(
+        &self,
+        req: shoal::origin::RawRequest,
+    ) -> Result<shoal::origin::RawAnswer, OriginError> {
+        self.inner.passthrough(req).await
     }
 
     fn region(&self) -> &str {

@@ -4,6 +4,7 @@
 
 pub mod dns;
 pub mod faulty;
+pub mod moto;
 pub mod proxy;
 
 use aws_sdk_s3::config::{BehaviorVersion, Credentials, Region};
