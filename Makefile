@@ -1,5 +1,5 @@
 # Shoal: `make run` starts a demo on a local origin; `make test` installs what the tests
-# need (the Garage S3 server, rclone, boto3, moto,
+# need (the Garage S3 server, rclone, boto3, moto, Azurite and azure-storage-blob,
 # the AWS CLI, prometheus_client) and runs everything.
 
 CARGO ?= cargo
@@ -38,6 +38,13 @@ test-deps:
 	@python3 -c "import moto.server, flask" 2>/dev/null || { \
 		echo "installing moto (a second S3 server, with versioning, for the fidelity tests)"; \
 		python3 -m pip install -q "moto[server]"; }
+	@python3 -c "import azure.storage.blob" 2>/dev/null || { \
+		echo "installing azure-storage-blob (seeds the Azure origin's tests)"; \
+		python3 -m pip install -q azure-storage-blob; }
+	@command -v azurite-blob >/dev/null 2>&1 || { \
+		echo "installing Azurite, the Azure Storage emulator (Azure origin tests)"; \
+		command -v npm >/dev/null 2>&1 || { apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq nodejs npm >/dev/null; }; \
+		npm install -g --silent azurite@3; }
 	@python3 -c "import awscli" 2>/dev/null || { \
 		echo "installing the AWS CLI (client-compatibility tests)"; \
 		python3 -m pip install -q awscli; }
@@ -66,6 +73,7 @@ bench: test-deps bench-deps
 	$(CARGO) bench --bench warm_get --bench singleflight
 	GARAGE_BIN=$(GARAGE) $(CARGO) bench --bench herd
 	GARAGE_BIN=$(GARAGE) CACHEY_BIN=$(CACHEY) $(CARGO) bench --bench peers
+	GARAGE_BIN=$(GARAGE) $(CARGO) bench --bench stores
 
 # The peers Shoal is compared with: nginx (proxy_cache + slice), wrk, and cachey.
 bench-deps:

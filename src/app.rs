@@ -43,6 +43,7 @@ use tower::{Layer, ServiceBuilder, ServiceExt};
 pub async fn build_origin(cfg: &Config) -> Result<Arc<dyn Origin>, Error> {
     Ok(match cfg.origin.kind {
         OriginKind::S3 => Arc::new(S3Origin::new(&cfg.origin).await?),
+        OriginKind::Azure => Arc::new(crate::origin::AzureOrigin::new(&cfg.origin)?),
         OriginKind::Local => {
             let root = cfg
                 .origin
@@ -68,6 +69,7 @@ pub async fn build_store(cfg: &Config) -> Result<Arc<dyn ChunkStore>, Error> {
                 .map_err(|e| Error::Store(format!("cannot open the disk store: {e}").into()))?;
             Ok(Arc::new(store))
         }
+        StoreKind::S3 => Ok(Arc::new(crate::store::S3Store::open(&cfg.store).await?)),
     }
 }
 
@@ -234,8 +236,11 @@ pub fn object_service(
         let (o, prefetched) = (o.clone(), prefetched.clone());
         let (origin_id, tiers, stored) = (origin_id.clone(), tiers.clone(), stored.clone());
         // In a cluster the first chunk may belong to another replica, which fills it itself.
-        let one_trip =
-            r.reads_first_chunk && r.object.sel.is_current() && !membership.is_clustered();
+        // Nor when the store is shared: the first chunk is probably there already.
+        let one_trip = r.reads_first_chunk
+            && r.object.sel.is_current()
+            && !membership.is_clustered()
+            && !stored.is_shared();
         async move {
             let (bucket, key) = (&*r.object.bucket, &*r.object.key);
             if one_trip {
@@ -496,6 +501,15 @@ pub async fn start_with(
     };
     let r2 = ready.clone();
     let m2 = membership.clone();
+    let details: Arc<str> = match cfg.store.kind {
+        StoreKind::Memory => "store.kind = memory\n".to_owned(),
+        StoreKind::Disk => "store.kind = disk\n".to_owned(),
+        StoreKind::S3 => format!(
+            "store.kind = s3\nstore.bucket = {}\n",
+            cfg.store.bucket.as_deref().unwrap_or("")
+        ),
+    }
+    .into();
     let scrape = {
         let (metrics, store, budget, membership) = (
             metrics.clone(),
@@ -535,13 +549,17 @@ pub async fn start_with(
         .route(
             "/readyz",
             get(move || {
-                let (r, m) = (r2.clone(), m2.clone());
+                let (r, m, details) = (r2.clone(), m2.clone(), details.clone());
                 async move {
-                    // Ready once listening, with a first membership snapshot.
+                    // Ready once listening, with a first membership snapshot. The first line
+                    // says so; the next ones say what this replica runs on.
                     if r.load(Ordering::Acquire) && m.ready() {
-                        (StatusCode::OK, "ready")
+                        (StatusCode::OK, format!("ready\n{details}"))
                     } else {
-                        (StatusCode::SERVICE_UNAVAILABLE, "not ready")
+                        (
+                            StatusCode::SERVICE_UNAVAILABLE,
+                            format!("not ready\n{details}"),
+                        )
                     }
                 }
             }),

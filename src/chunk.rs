@@ -126,6 +126,9 @@ pub struct ChunkRequest {
     /// Asked by a peer through `/internal/fill`: serve it here, never forward it again (the
     /// loop guard of SPEC §3).
     pub from_peer: bool,
+    /// The store just failed to deliver this chunk (damaged, cut mid-read): the fill must not
+    /// send the reader back to it, even if the store still says it has the chunk.
+    pub bypass_store: bool,
     /// The client request's tally of where its chunks came from (for `x-shoal-cache` and the
     /// access log).
     pub report: Option<Arc<Report>>,
@@ -143,6 +146,7 @@ impl ChunkRequest {
             priority: None,
             wait: Wait::Default,
             from_peer: false,
+            bypass_store: false,
             report: None,
         }
     }

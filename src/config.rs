@@ -260,6 +260,8 @@ pub enum OriginKind {
     S3,
     /// A local directory, one folder per bucket (demos and `make run`).
     Local,
+    /// Azure Blob Storage: containers are buckets, blob names are keys.
+    Azure,
 }
 
 /// `origin.*`
@@ -284,6 +286,12 @@ pub struct OriginConfig {
     pub buckets: Vec<String>,
     /// Directory served by the `local` origin.
     pub root: Option<PathBuf>,
+    /// `azure`: the storage account name.
+    pub account: Option<String>,
+    /// `azure`: the account key (base64), for Shared Key authentication.
+    pub access_key: Option<String>,
+    /// `azure`: a SAS token (the query string, with or without `?`) instead of the key.
+    pub sas_token: Option<String>,
     /// How long the origin may take to answer a request (and how long a body may stall);
     /// past it the request counts as a transient failure and is retried or resumed.
     pub timeout: Dur,
@@ -305,6 +313,9 @@ impl fmt::Debug for OriginConfig {
             )
             .field("buckets", &self.buckets)
             .field("root", &self.root)
+            .field("account", &self.account)
+            .field("access_key", &self.access_key.as_ref().map(|_| "***"))
+            .field("sas_token", &self.sas_token.as_ref().map(|_| "***"))
             .field("timeout", &self.timeout)
             .finish()
     }
@@ -322,6 +333,9 @@ impl Default for OriginConfig {
             secret_access_key: None,
             buckets: Vec::new(),
             root: None,
+            account: None,
+            access_key: None,
+            sas_token: None,
             timeout: Dur(Duration::from_secs(10)),
         }
     }
@@ -335,21 +349,65 @@ pub enum StoreKind {
     Memory,
     /// Files under `store.path`; survives restart.
     Disk,
+    /// Objects in a bucket of an S3-compatible store that every replica shares (orca's
+    /// cachestore).
+    S3,
 }
 
 /// `store.*`
-#[derive(Clone, Debug, Serialize, Deserialize)]
+#[derive(Clone, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct StoreConfig {
-    /// `memory` or `disk`.
+    /// `memory`, `disk` or `s3`.
     pub kind: StoreKind,
-    /// Upper bound on stored chunk bytes.
+    /// Upper bound on stored chunk bytes (memory and disk; an `s3` store's size is its
+    /// bucket's business, bounded by lifecycle rules).
     pub capacity: ByteSize,
     /// Directory of the disk store.
     pub path: Option<PathBuf>,
     /// Longest a single store call (open, write, commit) of a chunk writer may take before the
     /// chunk is given up (not committed); readers never wait for it.
     pub write_timeout: Dur,
+    /// `s3` store: endpoint URL of the S3-compatible store; unset = AWS.
+    pub endpoint: Option<String>,
+    /// `s3` store: the bucket every replica shares.
+    pub bucket: Option<String>,
+    /// `s3` store: region used for signing.
+    pub region: String,
+    /// `s3` store: path-style addressing (most non-AWS stores need it).
+    pub force_path_style: bool,
+    /// `s3` store: static credentials; unset = the standard AWS chain.
+    pub access_key_id: Option<String>,
+    /// `s3` store: static credentials; unset = the standard AWS chain.
+    pub secret_access_key: Option<String>,
+    /// `s3` store: key prefix of every chunk object (`prefix/origin_id/hash/index`).
+    pub prefix: String,
+    /// `s3` store: how many chunks the in-memory presence catalog remembers, so that a hit
+    /// costs no HEAD.
+    pub catalog_entries: u64,
+}
+
+impl fmt::Debug for StoreConfig {
+    // Secrets never reach logs.
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("StoreConfig")
+            .field("kind", &self.kind)
+            .field("capacity", &self.capacity)
+            .field("path", &self.path)
+            .field("write_timeout", &self.write_timeout)
+            .field("endpoint", &self.endpoint)
+            .field("bucket", &self.bucket)
+            .field("region", &self.region)
+            .field("force_path_style", &self.force_path_style)
+            .field("access_key_id", &self.access_key_id)
+            .field(
+                "secret_access_key",
+                &self.secret_access_key.as_ref().map(|_| "***"),
+            )
+            .field("prefix", &self.prefix)
+            .field("catalog_entries", &self.catalog_entries)
+            .finish()
+    }
 }
 
 impl Default for StoreConfig {
@@ -359,6 +417,14 @@ impl Default for StoreConfig {
             capacity: ByteSize(1 << 30),
             path: None,
             write_timeout: Dur(Duration::from_secs(30)),
+            endpoint: None,
+            bucket: None,
+            region: "us-east-1".into(),
+            force_path_style: false,
+            access_key_id: None,
+            secret_access_key: None,
+            prefix: String::new(),
+            catalog_entries: 1_000_000,
         }
     }
 }
@@ -868,6 +934,45 @@ impl Config {
                     );
                 }
             }
+            OriginKind::Azure => {
+                match &self.origin.account {
+                    None => {
+                        return bad(
+                            "origin.account",
+                            "is required when origin.kind = \"azure\"".into(),
+                        )
+                    }
+                    Some(a)
+                        if a.is_empty()
+                            || !a.chars().all(|c| c.is_ascii_lowercase() || c.is_ascii_digit()) =>
+                    {
+                        return bad(
+                            "origin.account",
+                            format!("`{a}` is not a storage account name (lowercase letters and digits)"),
+                        )
+                    }
+                    _ => {}
+                }
+                if let Some(ep) = &self.origin.endpoint {
+                    if !(ep.starts_with("http://") || ep.starts_with("https://")) {
+                        return bad(
+                            "origin.endpoint",
+                            format!("`{ep}` must start with http:// or https://"),
+                        );
+                    }
+                }
+                if self.origin.access_key.is_some() && self.origin.sas_token.is_some() {
+                    return bad(
+                        "origin.access_key",
+                        "and `origin.sas_token` are two ways to authenticate: set one".into(),
+                    );
+                }
+                if let Some(k) = &self.origin.access_key {
+                    if aws_smithy_types::base64::decode(k.trim()).map_or(true, |b| b.is_empty()) {
+                        return bad("origin.access_key", "is not a base64 account key".into());
+                    }
+                }
+            }
         }
         if self.origin.timeout.0.is_zero() {
             return bad("origin.timeout", "must be > 0".into());
@@ -900,6 +1005,40 @@ impl Config {
                 "store.path",
                 "is required when store.kind = \"disk\"".into(),
             );
+        }
+        if self.store.kind == StoreKind::S3 {
+            match &self.store.bucket {
+                None => {
+                    return bad(
+                        "store.bucket",
+                        "is required when store.kind = \"s3\"".into(),
+                    )
+                }
+                Some(b) if b.is_empty() || b.contains('/') => {
+                    return bad("store.bucket", format!("`{b}` is not a bucket name"))
+                }
+                _ => {}
+            }
+            if self.store.access_key_id.is_some() != self.store.secret_access_key.is_some() {
+                return bad(
+                    "store.access_key_id",
+                    "and `store.secret_access_key` go together: set both, or neither for the standard AWS chain".into(),
+                );
+            }
+            if self.store.prefix.starts_with('/') {
+                return bad("store.prefix", "must not start with `/`".into());
+            }
+            if let Some(ep) = &self.store.endpoint {
+                if !(ep.starts_with("http://") || ep.starts_with("https://")) {
+                    return bad(
+                        "store.endpoint",
+                        format!("`{ep}` is not an http:// or https:// URL"),
+                    );
+                }
+            }
+        }
+        if self.store.catalog_entries == 0 {
+            return bad("store.catalog_entries", "must be ≥ 1".into());
         }
         if self.chunk.size.0 < MIN_CHUNK_SIZE {
             return bad(
@@ -1072,6 +1211,92 @@ mod tests {
             missing.is_empty(),
             "keys missing from the example: {missing:?}"
         );
+    }
+
+    #[test]
+    fn the_azure_origin_settings_are_checked() {
+        let base = "[auth]\nmode = \"none\"\n[origin]\nkind = \"azure\"\n";
+        let parse = |extra: &str| {
+            Config::from_figment(
+                Figment::from(Serialized::defaults(Config::default()))
+                    .merge(Toml::string(&format!("{base}{extra}"))),
+            )
+        };
+        let e = parse("").unwrap_err().to_string();
+        assert!(
+            e.contains("origin.account") && e.contains("required"),
+            "{e}"
+        );
+        let e = parse("account = \"Bad_Name\"\n").unwrap_err().to_string();
+        assert!(e.contains("origin.account"), "{e}");
+        let e = parse("account = \"acct\"\naccess_key = \"a2V5\"\nsas_token = \"sv=x\"\n")
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("origin.sas_token"), "{e}");
+        let e = parse("account = \"acct\"\naccess_key = \"not base64!\"\n")
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("origin.access_key"), "{e}");
+        let ok = parse("account = \"acct\"\naccess_key = \"c2VjcmV0a2V5\"\n").unwrap();
+        let dbg = format!("{:?}", ok.origin);
+        assert!(
+            !dbg.contains("c2VjcmV0a2V5"),
+            "secrets stay out of Debug: {dbg}"
+        );
+        let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("config/origin-azure.toml");
+        let cfg: Config = Figment::from(Serialized::defaults(Config::default()))
+            .merge(Toml::file_exact(&path))
+            .extract()
+            .expect("config/origin-azure.toml parses");
+        assert_eq!(cfg.origin.kind, OriginKind::Azure);
+        let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("config/store-disk.toml");
+        let cfg: Config = Figment::from(Serialized::defaults(Config::default()))
+            .merge(Toml::file_exact(&path))
+            .extract()
+            .expect("config/store-disk.toml parses");
+        assert_eq!(cfg.store.kind, StoreKind::Disk);
+    }
+
+    #[test]
+    fn the_s3_store_settings_are_checked() {
+        let base = "[auth]\nmode = \"none\"\n[store]\nkind = \"s3\"\n";
+        let parse = |extra: &str| {
+            Config::from_figment(
+                Figment::from(Serialized::defaults(Config::default()))
+                    .merge(Toml::string(&format!("{base}{extra}"))),
+            )
+        };
+        let e = parse("").unwrap_err().to_string();
+        assert!(e.contains("store.bucket") && e.contains("required"), "{e}");
+        let e = parse("bucket = \"b\"\naccess_key_id = \"k\"\n")
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("store.access_key_id"), "{e}");
+        let e = parse("bucket = \"b\"\nendpoint = \"cachestore:3900\"\n")
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("store.endpoint"), "{e}");
+        let e = parse("bucket = \"b\"\nprefix = \"/x\"\n")
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("store.prefix"), "{e}");
+        let e = parse("bucket = \"b\"\ncatalog_entries = 0\n")
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("store.catalog_entries"), "{e}");
+        let ok =
+            parse("bucket = \"b\"\nsecret_access_key = \"hush\"\naccess_key_id = \"k\"\n").unwrap();
+        assert!(
+            !format!("{:?}", ok.store).contains("hush"),
+            "secrets stay out of Debug"
+        );
+        // The example config for the s3 store parses.
+        let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("config/store-s3.toml");
+        let cfg: Config = Figment::from(Serialized::defaults(Config::default()))
+            .merge(Toml::file_exact(&path))
+            .extract()
+            .expect("config/store-s3.toml parses");
+        assert_eq!(cfg.store.kind, StoreKind::S3);
     }
 
     #[test]

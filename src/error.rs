@@ -98,16 +98,17 @@ pub struct ShoalClassify;
 impl Classify<OriginError> for ShoalClassify {
     fn classify(&self, e: &OriginError) -> Class {
         match e {
-            OriginError::NotFound | OriginError::NoSuchBucket | OriginError::MissingEtag => {
-                Class::Negative
-            }
+            // A request the origin can never serve (a Page blob) is remembered like a 404.
+            OriginError::NotFound
+            | OriginError::NoSuchBucket
+            | OriginError::MissingEtag
+            | OriginError::Unsupported(_) => Class::Negative,
             OriginError::Transient(_) | OriginError::Throttled(_) | OriginError::Protocol(_) => {
                 Class::Transient
             }
-            OriginError::Unauthorized(_)
-            | OriginError::EtagChanged
-            | OriginError::Rejected(_)
-            | OriginError::Unsupported(_) => Class::Final,
+            OriginError::Unauthorized(_) | OriginError::EtagChanged | OriginError::Rejected(_) => {
+                Class::Final
+            }
         }
     }
 }

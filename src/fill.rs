@@ -381,11 +381,15 @@ where
             let durable = Arc::new(AtomicBool::new(false));
             // The chunk may have been committed between this request's store lookup and its
             // arrival here (a fill that just finished): then the store has it.
-            if store.contains(&req.key) {
+            // In a shared store another replica may have put it there: asked before the origin.
+            // Every reader is told so as if the flight had just released its buffer (`Released`
+            // at byte 0), and reads on from the store — an empty body would read as a chunk
+            // that ended before its first byte (a 500 for a GET's first chunk).
+            if !req.bypass_store && store.present(&req.key).await {
                 req.note(&cfg.metrics, Source::Hit);
                 durable.store(true, Ordering::Release);
                 return Ok(FillBody {
-                    stream: futures_util::stream::empty().boxed(),
+                    stream: futures_util::stream::iter([Err(Error::Released(0))]).boxed(),
                     durable,
                 });
             }

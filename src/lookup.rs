@@ -161,8 +161,13 @@ where
                 }
             }
         }
+        // The store was just asked (or just failed): the fill must not send this reader back
+        // to it, even if the store says it has the chunk. A shared store may say so (its
+        // presence check found another replica's object) while its read finds nothing; going
+        // round that loop would end the read with an error instead of bytes from the origin.
         let whole = ChunkRequest {
             range: 0..self.req.chunk_len(),
+            bypass_store: true,
             ..self.req.clone()
         };
         let joined = self.inner.clone().oneshot(whole).await?;
@@ -268,6 +273,15 @@ where
                     // there; a missing one is filled (or joined) at low priority.
                     if store.contains(&req.key) {
                         req.note(&metrics, Source::Hit);
+                        // A remote store (the shared S3 cachestore) costs a round trip per
+                        // chunk: its read is opened now, so that the round trip overlaps the
+                        // reader instead of adding to it. Only the answer's head is awaited;
+                        // the body waits in the connection until the reader gets there.
+                        if store.is_shared() {
+                            if let Ok(Some(s)) = store.get(&req.key, req.range.clone()).await {
+                                return Ok(follow(inner, store, req, Src::Reading(s)));
+                            }
+                        }
                         let src = Src::Open { skip_store: false };
                         return Ok(follow(inner, store, req, src));
                     }

@@ -223,6 +223,7 @@ impl ObjectService {
                 priority: None,
                 wait: Wait::Default,
                 from_peer: false,
+                bypass_store: false,
                 report: Some(report.clone()),
             })
             .collect();

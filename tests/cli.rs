@@ -108,7 +108,7 @@ fn serves_reports_health_and_stops_on_sigterm() {
                 .text()
                 .await
                 .unwrap(),
-            "ready"
+            "ready\nstore.kind = memory\n"
         );
         let r = get(format!("http://{s3}/demo/hello.txt")).await;
         assert_eq!(r.status(), 200);

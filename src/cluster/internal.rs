@@ -209,6 +209,7 @@ pub fn decode(query: &str) -> Result<ChunkRequest, String> {
         priority: None,
         wait: Wait::Default,
         from_peer: true,
+        bypass_store: false,
         report: None,
     })
 }
@@ -475,6 +476,7 @@ mod tests {
             priority: None,
             wait: Wait::Default,
             from_peer: false,
+            bypass_store: false,
             report: None,
         };
         let back = decode(&encode(&req)).unwrap();

@@ -4,11 +4,13 @@
 //! purpose — HEAD, one ranged GET pinned by ETag, and LIST — so that tests can wrap a real
 //! origin (counting requests, injecting faults) at exactly the point where the origin is asked.
 
+mod azure;
 mod local;
 mod s3;
 
+pub use azure::AzureOrigin;
 pub use local::LocalOrigin;
-pub use s3::S3Origin;
+pub use s3::{sdk_client, S3Origin};
 
 use crate::error::{Error, OriginError};
 use crate::layer::gate::{Priority, Queued, Wait};

@@ -215,44 +215,19 @@ impl S3Origin {
     /// Builds the client: endpoint, path style and credentials from the config, else the
     /// standard AWS chain (env, profile, IMDS).
     pub async fn new(cfg: &OriginConfig) -> Result<Self, Error> {
-        use aws_smithy_http_client::tls;
-        let http = aws_smithy_http_client::Builder::new()
-            .tls_provider(tls::Provider::Rustls(
-                tls::rustls_provider::CryptoMode::Ring,
-            ))
-            .build_https();
-        let mut loader = aws_config::defaults(BehaviorVersion::latest())
-            .http_client(http)
-            .region(Region::new(cfg.region.clone()));
-        if let (Some(id), Some(secret)) = (&cfg.access_key_id, &cfg.secret_access_key) {
-            loader = loader.credentials_provider(Credentials::new(
-                id.clone(),
-                secret.clone(),
-                None,
-                None,
-                "shoal-config",
-            ));
-        }
-        let shared = loader.load().await;
-        let mut b = aws_sdk_s3::config::Builder::from(&shared)
-            .force_path_style(cfg.force_path_style)
-            .timeout_config(
-                aws_sdk_s3::config::timeout::TimeoutConfig::builder()
-                    .connect_timeout(Duration::from_secs(5))
-                    .build(),
-            )
-            // Many S3-compatible stores reject or mangle the newer default checksums.
-            .request_checksum_calculation(
-                aws_sdk_s3::config::RequestChecksumCalculation::WhenRequired,
-            )
-            .response_checksum_validation(
-                aws_sdk_s3::config::ResponseChecksumValidation::WhenRequired,
-            );
-        if let Some(ep) = &cfg.endpoint {
-            b = b.endpoint_url(ep);
-        }
+        let creds = cfg
+            .access_key_id
+            .as_deref()
+            .zip(cfg.secret_access_key.as_deref());
+        let client = sdk_client(
+            cfg.endpoint.as_deref(),
+            &cfg.region,
+            cfg.force_path_style,
+            creds,
+        )
+        .await;
         Ok(S3Origin {
-            client: Client::from_conf(b.build()),
+            client,
             region: cfg.region.clone(),
             timeout: cfg.timeout.0,
             buckets: moka::future::Cache::builder()
@@ -319,6 +294,50 @@ impl S3Origin {
         });
         stream.boxed()
     }
+}
+
+/// An aws-sdk-s3 client as Shoal uses one (for the origin and for the `s3` store): rustls,
+/// a bounded connect timeout, the given endpoint, region and path style, static credentials
+/// when given (else the standard AWS chain: env, profile, IMDS), and checksums only where
+/// required — many S3-compatible stores reject or mangle the newer default checksums.
+pub async fn sdk_client(
+    endpoint: Option<&str>,
+    region: &str,
+    force_path_style: bool,
+    credentials: Option<(&str, &str)>,
+) -> Client {
+    use aws_smithy_http_client::tls;
+    let http = aws_smithy_http_client::Builder::new()
+        .tls_provider(tls::Provider::Rustls(
+            tls::rustls_provider::CryptoMode::Ring,
+        ))
+        .build_https();
+    let mut loader = aws_config::defaults(BehaviorVersion::latest())
+        .http_client(http)
+        .region(Region::new(region.to_owned()));
+    if let Some((id, secret)) = credentials {
+        loader = loader.credentials_provider(Credentials::new(
+            id.to_owned(),
+            secret.to_owned(),
+            None,
+            None,
+            "shoal-config",
+        ));
+    }
+    let shared = loader.load().await;
+    let mut b = aws_sdk_s3::config::Builder::from(&shared)
+        .force_path_style(force_path_style)
+        .timeout_config(
+            aws_sdk_s3::config::timeout::TimeoutConfig::builder()
+                .connect_timeout(Duration::from_secs(5))
+                .build(),
+        )
+        .request_checksum_calculation(aws_sdk_s3::config::RequestChecksumCalculation::WhenRequired)
+        .response_checksum_validation(aws_sdk_s3::config::ResponseChecksumValidation::WhenRequired);
+    if let Some(ep) = endpoint {
+        b = b.endpoint_url(ep);
+    }
+    Client::from_conf(b.build())
 }
 
 /// How long Shoal trusts what it learned about a bucket's existence.

@@ -7,9 +7,11 @@
 
 mod disk;
 mod memory;
+mod s3;
 
 pub use disk::DiskStore;
 pub use memory::MemoryStore;
+pub use s3::{S3Store, MULTIPART_FROM, PART_SIZE};
 
 use crate::chunk::ChunkKey;
 use crate::origin::ByteStream;
@@ -81,6 +83,19 @@ pub trait ChunkStore: Send + Sync + 'static {
 
     /// Whether a committed chunk is present (cheap: an index lookup, not counted as a use).
     fn contains(&self, key: &ChunkKey) -> bool;
+
+    /// Whether a chunk is present, asking the store itself where that is not free: a fill
+    /// asks this before it goes to the origin, so that a chunk another replica put into a
+    /// shared store is a hit here. Local stores answer [`ChunkStore::contains`].
+    async fn present(&self, key: &ChunkKey) -> bool {
+        self.contains(key)
+    }
+
+    /// Whether other replicas write into this store too (the `s3` cachestore): then
+    /// [`ChunkStore::contains`] only knows what this replica has seen.
+    fn is_shared(&self) -> bool {
+        false
+    }
 
     /// Whether the store keeps the very `Bytes` it is given (the memory store), so that a
     /// committed chunk's memory is the store's to account for, not the fill budget's.

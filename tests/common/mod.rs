@@ -2,6 +2,7 @@
 //! helpers to start Shoal in front of it with a fault-injecting origin wrapper.
 #![allow(dead_code)]
 
+pub mod azurite;
 pub mod dns;
 pub mod faulty;
 pub mod moto;
@@ -344,17 +345,27 @@ pub fn data(len: usize, seed: u64) -> Vec<u8> {
 
 /// A config for Shoal in front of Garage, on loopback ports the OS picks.
 pub fn config(g: &Garage) -> Config {
+    let mut c = base_config();
+    c.origin.endpoint = Some(g.endpoint.clone());
+    c.origin.region = REGION.into();
+    c.origin.force_path_style = true;
+    c.origin.access_key_id = Some(ACCESS_KEY.into());
+    c.origin.secret_access_key = Some(SECRET_KEY.into());
+    c.chunk.size = shoal::config::ByteSize(1 << 20);
+    c.fill.retry.backoff_initial = shoal::config::Dur(Duration::from_millis(10));
+    c.fill.retry.backoff_max = shoal::config::Dur(Duration::from_millis(50));
+    c
+}
+
+/// Shoal's test settings without an origin: loopback ports the OS picks, no client auth,
+/// 1 MiB chunks, short retry backoffs.
+pub fn base_config() -> Config {
     let mut c = Config::default();
     c.server.listen = "127.0.0.1:0".parse().unwrap();
     c.ops.listen = "127.0.0.1:0".parse().unwrap();
     c.server.shutdown_grace = shoal::config::Dur(Duration::from_secs(2));
     c.origin.id = "itest".into();
     c.auth.mode = shoal::config::AuthMode::None;
-    c.origin.endpoint = Some(g.endpoint.clone());
-    c.origin.region = REGION.into();
-    c.origin.force_path_style = true;
-    c.origin.access_key_id = Some(ACCESS_KEY.into());
-    c.origin.secret_access_key = Some(SECRET_KEY.into());
     c.chunk.size = shoal::config::ByteSize(1 << 20);
     c.fill.retry.backoff_initial = shoal::config::Dur(Duration::from_millis(10));
     c.fill.retry.backoff_max = shoal::config::Dur(Duration::from_millis(50));

@@ -32,6 +32,9 @@ struct Rules {
     /// (path substring, bytes): the next matching response body stops after that many bytes
     /// and never sends more; the connection stays open.
     stall: Mutex<Option<(String, usize)>>,
+    /// (path substring, bytes): the next matching GET's response body fails after that many
+    /// bytes (the connection is cut).
+    cut: Mutex<Option<(String, usize)>>,
     /// Response bodies are paced to this many bytes per second.
     throttle: Mutex<Option<u64>>,
 }
@@ -87,6 +90,12 @@ impl Proxy {
         *self.rules.stall.lock().unwrap() = Some((path_part.to_owned(), after));
     }
 
+    /// The next GET whose path contains `path_part` is cut (connection dropped) after `after`
+    /// bytes of body.
+    pub fn cut_next(&self, path_part: &str, after: usize) {
+        *self.rules.cut.lock().unwrap() = Some((path_part.to_owned(), after));
+    }
+
     /// Paces every response body to `rate` bytes per second (`None`: full speed).
     pub fn throttle(&self, rate: Option<u64>) {
         *self.rules.throttle.lock().unwrap() = rate;
@@ -140,6 +149,17 @@ async fn forward(
             _ => None,
         }
     };
+    let cut = {
+        let mut c = rules.cut.lock().unwrap();
+        match c.as_ref() {
+            Some((p, n)) if parts.method == hyper::Method::GET && pq.contains(p.as_str()) => {
+                let n = *n;
+                *c = None;
+                Some(n)
+            }
+            _ => None,
+        }
+    };
     let resp = match client
         .request(hyper::Request::from_parts(parts, Full::new(body)))
         .await
@@ -158,8 +178,15 @@ async fn forward(
     let data = body.into_data_stream();
     let rate = *rules.throttle.lock().unwrap();
     let frames = futures_util::stream::unfold(
-        (data, stall.unwrap_or(usize::MAX)),
+        (data, stall.or(cut).unwrap_or(usize::MAX)),
         move |(mut data, left)| async move {
+            if left == 0 && cut.is_some() {
+                // The cut: the body fails, and with it the connection.
+                return Some((
+                    Err(std::io::Error::other("cut by the test proxy")),
+                    (data, 0),
+                ));
+            }
             if left == 0 {
                 // The stall: nothing more, ever, and the connection stays open.
                 futures_util::future::pending::<()>().await;
