@@ -129,15 +129,7 @@ fn now_secs() -> u64 {
         .map_or(0, |d| d.as_secs())
 }
 
-fn enc(s: &str) -> String {
-    use percent_encoding::{utf8_percent_encode, AsciiSet, NON_ALPHANUMERIC};
-    const KEEP: &AsciiSet = &NON_ALPHANUMERIC
-        .remove(b'-')
-        .remove(b'_')
-        .remove(b'.')
-        .remove(b'~');
-    utf8_percent_encode(s, KEEP).to_string()
-}
+use crate::origin::encode_component as enc;
 
 /// The query string of an internal fill for `req` (fields in a fixed order).
 pub fn encode(req: &ChunkRequest) -> String {

@@ -77,16 +77,7 @@ fn enc_path(s: &str) -> String {
     super::url_encode(s)
 }
 
-/// Percent-encodes a query value (keeps only unreserved characters).
-fn enc_query(s: &str) -> String {
-    use percent_encoding::{utf8_percent_encode, AsciiSet, NON_ALPHANUMERIC};
-    const KEEP: &AsciiSet = &NON_ALPHANUMERIC
-        .remove(b'-')
-        .remove(b'_')
-        .remove(b'.')
-        .remove(b'~');
-    utf8_percent_encode(s, KEEP).to_string()
-}
+use super::encode_component as enc_query;
 
 impl AzureOrigin {
     /// Builds the origin: `origin.endpoint` (default `https://<account>.blob.core.windows.net`),

@@ -211,6 +211,19 @@ pub fn url_encode(s: &str) -> String {
     utf8_percent_encode(s, KEEP).to_string()
 }
 
+/// Percent-encodes a query component (or any value that must survive a URL untouched):
+/// everything but RFC 3986 unreserved characters. One encoder for every URL Shoal builds —
+/// origin requests it signs, pass-through queries, `/internal/fill` chunk keys.
+pub fn encode_component(s: &str) -> String {
+    use percent_encoding::{utf8_percent_encode, AsciiSet, NON_ALPHANUMERIC};
+    const KEEP: &AsciiSet = &NON_ALPHANUMERIC
+        .remove(b'-')
+        .remove(b'_')
+        .remove(b'.')
+        .remove(b'~');
+    utf8_percent_encode(s, KEEP).to_string()
+}
+
 /// The origin Shoal fills from.
 #[async_trait]
 pub trait Origin: Send + Sync + 'static {

@@ -40,16 +40,7 @@ fn encode_key(key: &str) -> String {
     super::url_encode(key)
 }
 
-/// S3's encoding of a query component: everything but RFC 3986 unreserved characters.
-fn encode_query(s: &str) -> String {
-    use percent_encoding::{utf8_percent_encode, AsciiSet, NON_ALPHANUMERIC};
-    const KEEP: &AsciiSet = &NON_ALPHANUMERIC
-        .remove(b'-')
-        .remove(b'_')
-        .remove(b'.')
-        .remove(b'~');
-    utf8_percent_encode(s, KEEP).to_string()
-}
+use super::encode_component as encode_query;
 
 /// Rewrites a request the SDK built for [`PLACEHOLDER`] (or for any key, when `query` is
 /// given) to the exact `key` and query, before it is signed.

@@ -2,10 +2,9 @@
 //! run against it. Started once per test process, stopped by the kernel when the process ends
 //! (PR_SET_PDEATHSIG), like Garage.
 
-use super::free_port;
-use std::process::{Command, Stdio};
+use super::{free_port, spawn_for_process, wait_listening};
+use std::process::Command;
 use std::sync::OnceLock;
-use std::time::{Duration, Instant};
 
 /// Azurite's well-known development account.
 pub const ACCOUNT: &str = "devstoreaccount1";
@@ -42,52 +41,21 @@ fn start() -> Azurite {
     std::fs::create_dir_all(&dir).unwrap();
     for _ in 0..5 {
         let port = free_port();
-        let (tx, rx) = std::sync::mpsc::channel();
-        let d = dir.clone();
-        std::thread::spawn(move || {
-            use std::os::unix::process::CommandExt;
-            let mut cmd = Command::new("azurite-blob");
-            cmd.args(["--blobHost", "127.0.0.1", "--blobPort", &port.to_string()])
-                .arg("--location")
-                .arg(&d)
-                .args([
-                    "--skipApiVersionCheck",
-                    "--loose",
-                    "--disableTelemetry",
-                    "--silent",
-                ])
-                .stdout(Stdio::null())
-                .stderr(Stdio::null());
-            // SAFETY: prctl is async-signal-safe; it asks the kernel to kill the child when
-            // this (never-exiting) thread's process dies.
-            unsafe {
-                cmd.pre_exec(|| {
-                    libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL);
-                    Ok(())
-                });
-            }
-            match cmd.spawn() {
-                Ok(mut c) => {
-                    tx.send(Ok(())).unwrap();
-                    let _ = c.wait();
-                    loop {
-                        std::thread::park();
-                    }
-                }
-                Err(e) => tx.send(Err(e.to_string())).unwrap(),
-            }
-        });
-        rx.recv()
-            .unwrap()
-            .expect("azurite-blob (make test installs it with npm)");
-        let deadline = Instant::now() + Duration::from_secs(30);
-        while Instant::now() < deadline {
-            if std::net::TcpStream::connect(("127.0.0.1", port)).is_ok() {
-                return Azurite {
-                    endpoint: format!("http://127.0.0.1:{port}/{ACCOUNT}"),
-                };
-            }
-            std::thread::sleep(Duration::from_millis(100));
+        let mut cmd = Command::new("azurite-blob");
+        cmd.args(["--blobHost", "127.0.0.1", "--blobPort", &port.to_string()])
+            .arg("--location")
+            .arg(&dir)
+            .args([
+                "--skipApiVersionCheck",
+                "--loose",
+                "--disableTelemetry",
+                "--silent",
+            ]);
+        spawn_for_process(cmd).expect("azurite-blob (make test installs it with npm)");
+        if wait_listening(port, 30) {
+            return Azurite {
+                endpoint: format!("http://127.0.0.1:{port}/{ACCOUNT}"),
+            };
         }
     }
     panic!("azurite did not come up");

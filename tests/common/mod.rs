@@ -343,6 +343,49 @@ pub fn data(len: usize, seed: u64) -> Vec<u8> {
         .collect()
 }
 
+/// Starts a server that lives as long as this test process: the child is spawned from a
+/// thread that never exits, with PR_SET_PDEATHSIG, so the kernel kills it when the process
+/// ends (however the tests end). Output is discarded.
+pub fn spawn_for_process(mut cmd: Command) -> Result<(), String> {
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        use std::os::unix::process::CommandExt;
+        cmd.stdout(Stdio::null()).stderr(Stdio::null());
+        // SAFETY: prctl is async-signal-safe; it only asks the kernel to kill the child when
+        // this (never-exiting) thread's process dies.
+        unsafe {
+            cmd.pre_exec(|| {
+                libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL);
+                Ok(())
+            });
+        }
+        match cmd.spawn() {
+            Ok(mut c) => {
+                tx.send(Ok(())).unwrap();
+                // Reap it if it dies early; otherwise stay with it forever.
+                let _ = c.wait();
+                loop {
+                    std::thread::park();
+                }
+            }
+            Err(e) => tx.send(Err(e.to_string())).unwrap(),
+        }
+    });
+    rx.recv().unwrap()
+}
+
+/// Waits up to `secs` for something to listen on a loopback port.
+pub fn wait_listening(port: u16, secs: u64) -> bool {
+    let deadline = Instant::now() + Duration::from_secs(secs);
+    while Instant::now() < deadline {
+        if std::net::TcpStream::connect(("127.0.0.1", port)).is_ok() {
+            return true;
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    false
+}
+
 /// A config for Shoal in front of Garage, on loopback ports the OS picks.
 pub fn config(g: &Garage) -> Config {
     let mut c = base_config();
