@@ -91,9 +91,19 @@ enum Unlink {
     Temp(PathBuf),
 }
 
+/// An open chunk file and its footer, kept between reads of hot chunks.
+type Handle = Arc<(Arc<File>, Arc<Footer>)>;
+
+/// How many chunk files stay open for reuse. A hit on a small object then costs one blocking
+/// read and no `open` or footer read; files evicted from the index are let go at once, so
+/// their space is freed.
+const OPEN_FILES: u64 = 256;
+
 struct Inner {
     root: PathBuf,
     index: moka::sync::Cache<ChunkId, u64>,
+    /// Open files of recently read chunks.
+    handles: moka::sync::Cache<ChunkId, Handle>,
     scanning: AtomicBool,
     corrupt: AtomicU64,
     failed_commits: AtomicU64,
@@ -203,6 +213,10 @@ impl DiskStore {
         let evicted = unlink.clone();
         let sized_out: Arc<AtomicU64> = Arc::default();
         let counted = sized_out.clone();
+        let handles: moka::sync::Cache<ChunkId, Handle> = moka::sync::Cache::builder()
+            .max_capacity(OPEN_FILES)
+            .build();
+        let open = handles.clone();
         let index = moka::sync::Cache::builder()
             .max_capacity(capacity)
             .weigher(|_k: &ChunkId, size: &u64| u32::try_from(*size).unwrap_or(u32::MAX))
@@ -212,6 +226,9 @@ impl DiskStore {
                 // (and the file) itself. Size covers evictions and refused admissions.
                 if matches!(cause, RemovalCause::Size | RemovalCause::Expired) {
                     counted.fetch_add(1, Ordering::Relaxed);
+                    // Let the file go, so that unlinking it frees its space.
+                    open.invalidate(&*k);
+                    open.run_pending_tasks();
                     let _ = evicted.send(Unlink::Chunk((*k).clone()));
                 }
             })
@@ -220,6 +237,7 @@ impl DiskStore {
             inner: Arc::new(Inner {
                 root,
                 index,
+                handles,
                 scanning: AtomicBool::new(true),
                 corrupt: AtomicU64::new(0),
                 failed_commits: AtomicU64::new(0),
@@ -342,6 +360,7 @@ impl DiskStore {
         self.inner.corrupt.fetch_add(1, Ordering::Relaxed);
         tracing::warn!(chunk = ?id, why, "corrupt chunk dropped; it will be refilled");
         self.inner.index.invalidate(id);
+        self.inner.handles.invalidate(id);
         let _ = self.inner.unlink.send(Unlink::Chunk(id.clone()));
     }
 
@@ -351,6 +370,7 @@ impl DiskStore {
             Ok(f) => f,
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
                 self.inner.index.invalidate(id);
+                self.inner.handles.invalidate(id);
                 return Ok(None);
             }
             Err(e) => return Err(io(e)),
@@ -445,35 +465,71 @@ impl ChunkStore for DiskStore {
         if !indexed && self.scan_complete() {
             return Ok(None);
         }
+        // One trip to a blocking thread: open the file (or reuse it, for a hot chunk) and read
+        // and verify the first piece. Damage found here is a plain miss, so the chunk is
+        // refilled and the response never starts with bad bytes.
         let this = self.clone();
         let id2 = id.clone();
-        let opened = tokio::task::spawn_blocking(move || this.open_chunk(&id2))
-            .await
-            .map_err(|e| StoreError::Io(e.to_string()))??;
-        let Some((file, footer)) = opened else {
+        let r = range.clone();
+        let opened = tokio::task::spawn_blocking(move || {
+            let handle = match this.inner.handles.get(&id2) {
+                Some(h) => h,
+                None => {
+                    let Some((f, ft)) = this.open_chunk(&id2)? else {
+                        return Ok(None);
+                    };
+                    let h: Handle = Arc::new((Arc::new(f), Arc::new(ft)));
+                    this.inner.handles.insert(id2.clone(), h.clone());
+                    h
+                }
+            };
+            let (file, footer) = (&handle.0, &handle.1);
+            if !range_ok(&r, footer.data_len) {
+                return Ok(None);
+            }
+            let first = if r.is_empty() {
+                Ok(Bytes::new())
+            } else {
+                let block = r.start / BLOCK;
+                let lo = block * BLOCK;
+                let hi = (lo + READ_AHEAD)
+                    .min(r.end.div_ceil(BLOCK) * BLOCK)
+                    .min(footer.data_len);
+                read_verified(file, footer, block, lo..hi).map(|buf| {
+                    let (s, e) = ((r.start - lo) as usize, (r.end.min(hi) - lo) as usize);
+                    buf.slice(s..e)
+                })
+            };
+            Ok(Some((handle.clone(), first)))
+        })
+        .await
+        .map_err(|e| StoreError::Io(e.to_string()))??;
+        let Some((handle, first)) = opened else {
             return Ok(None);
         };
-        if !range_ok(&range, footer.data_len) {
-            return Ok(None);
-        }
+        let first = match first {
+            Ok(b) => b,
+            Err(Ok(bad)) => {
+                self.drop_corrupt(&id, &format!("checksum mismatch in block {bad}"));
+                return Ok(None);
+            }
+            Err(Err(e)) => {
+                self.inner.handles.invalidate(&id);
+                tracing::warn!(chunk = ?id, error = %e, "chunk read failed; refilling");
+                return Ok(None);
+            }
+        };
         if !indexed {
             // Found on disk while the start-up scan is still running: adopt it.
-            self.inner.index.insert(id.clone(), footer.file_size());
+            self.inner.index.insert(id.clone(), handle.1.file_size());
         }
-        let mut reader = Reader {
+        let reader = Reader {
             store: self.clone(),
             id,
-            file: Arc::new(file),
-            footer: Arc::new(footer),
-            pos: range.start,
+            file: handle.0.clone(),
+            footer: handle.1.clone(),
+            pos: range.start + first.len() as u64,
             end: range.end,
-        };
-        // Verify the first piece before answering: damage found here is a plain miss, so the
-        // chunk is refilled and the response never starts with bad bytes.
-        let first = match reader.next().await {
-            None => Bytes::new(),
-            Some(Ok(b)) => b,
-            Some(Err(_)) => return Ok(None),
         };
         let rest = futures_util::stream::unfold(reader, |mut r| async move {
             r.next().await.map(|item| (item, r))
@@ -660,6 +716,8 @@ impl ChunkWriter for DiskWriter {
             .map_err(|e| StoreError::Io(e.to_string()))?
             .map_err(io)?;
             self.committed = true;
+            // A file kept open for this chunk is an older copy now (same bytes, old inode).
+            self.store.inner.handles.invalidate(&self.id);
             let index = &self.store.inner.index;
             index.insert(self.id.clone(), size);
             // Evict (and decide admission) now, so the bound holds when commit returns.
