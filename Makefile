@@ -70,7 +70,7 @@ lint:
 	RUSTDOCFLAGS="-D warnings" $(CARGO) doc --no-deps --no-default-features
 
 bench: test-deps bench-deps
-	$(CARGO) bench --bench warm_get --bench singleflight
+	$(CARGO) bench --bench warm_get --bench singleflight --bench micro
 	GARAGE_BIN=$(GARAGE) $(CARGO) bench --bench herd
 	GARAGE_BIN=$(GARAGE) CACHEY_BIN=$(CACHEY) $(CARGO) bench --bench peers
 	GARAGE_BIN=$(GARAGE) $(CARGO) bench --bench stores
