@@ -45,14 +45,11 @@ pub struct S3Store {
     client: Client,
     bucket: String,
     prefix: String,
-    /// Chunks known to be in the bucket, with their length.
-    catalog: moka::sync::Cache<ChunkKey, u64>,
-    /// Bytes of the chunks in the catalog.
-    known_bytes: Arc<AtomicU64>,
+    /// Chunks known to be in the bucket (shared with the writers, which record commits).
+    catalog: Catalog,
     /// Whether the store refuses a `PutObject` with `If-None-Match: *` over an existing
     /// object (else commits stat first).
     conditional_put: bool,
-    failed_commits: Arc<AtomicU64>,
 }
 
 impl std::fmt::Debug for S3Store {
@@ -133,7 +130,7 @@ impl S3Store {
         };
         let known_bytes = Arc::new(AtomicU64::new(0));
         let kb = known_bytes.clone();
-        let catalog = moka::sync::Cache::builder()
+        let chunks = moka::sync::Cache::builder()
             .max_capacity(cfg.catalog_entries)
             .eviction_listener(move |_k, len: u64, _cause| {
                 kb.fetch_sub(len, Ordering::Relaxed);
@@ -143,10 +140,12 @@ impl S3Store {
             client,
             bucket,
             prefix,
-            catalog,
-            known_bytes,
+            catalog: Catalog {
+                chunks,
+                known_bytes,
+                failed_commits: Arc::default(),
+            },
             conditional_put: false,
-            failed_commits: Arc::default(),
         };
         store.conditional_put = store.self_test().await.map_err(|why| {
             Error::Store(
@@ -281,14 +280,11 @@ impl S3Store {
     }
 
     fn remember(&self, key: &ChunkKey, len: u64) {
-        if !self.catalog.contains_key(key) {
-            self.known_bytes.fetch_add(len, Ordering::Relaxed);
-        }
-        self.catalog.insert(key.clone(), len);
+        self.catalog.remember(key, len);
     }
 
     fn forget(&self, key: &ChunkKey) {
-        self.catalog.invalidate(key);
+        self.catalog.chunks.invalidate(key);
     }
 
     /// Whether the object is in the bucket (HEAD), and its length.
@@ -469,7 +465,7 @@ impl ChunkStore for S3Store {
                 part: BytesMut::new(),
                 parts: Vec::new(),
                 written: 0,
-                catalog: self.catalog_handle(),
+                catalog: self.catalog.clone(),
             }));
         }
         // One streaming PUT of exactly `len` bytes: the body is fed as the fill writes.
@@ -499,12 +495,12 @@ impl ChunkStore for S3Store {
             tx: Some(tx),
             upload: Some(tokio_util::task::AbortOnDropHandle::new(upload)),
             written: 0,
-            catalog: self.catalog_handle(),
+            catalog: self.catalog.clone(),
         }))
     }
 
     fn contains(&self, key: &ChunkKey) -> bool {
-        self.catalog.contains_key(key)
+        self.catalog.chunks.contains_key(key)
     }
 
     async fn present(&self, key: &ChunkKey) -> bool {
@@ -530,44 +526,37 @@ impl ChunkStore for S3Store {
 
     fn stats(&self) -> StoreStats {
         StoreStats {
-            used_bytes: self.known_bytes.load(Ordering::Relaxed),
-            chunks: self.catalog.entry_count(),
-            failed_commits: self.failed_commits.load(Ordering::Relaxed),
+            used_bytes: self.catalog.known_bytes.load(Ordering::Relaxed),
+            chunks: self.catalog.chunks.entry_count(),
+            failed_commits: self.catalog.failed_commits.load(Ordering::Relaxed),
             ..StoreStats::default()
         }
     }
 }
 
-/// What a writer needs to record a commit in the catalog.
+/// The presence catalog and the store's counters, shared by the store and its writers (which
+/// record their commits in it).
 #[derive(Clone)]
-struct CatalogHandle {
-    catalog: moka::sync::Cache<ChunkKey, u64>,
+struct Catalog {
+    /// Chunks known to be in the bucket, with their length.
+    chunks: moka::sync::Cache<ChunkKey, u64>,
+    /// Bytes of the chunks in the catalog.
     known_bytes: Arc<AtomicU64>,
     failed_commits: Arc<AtomicU64>,
 }
 
-impl CatalogHandle {
+impl Catalog {
     fn remember(&self, key: &ChunkKey, len: u64) {
-        if !self.catalog.contains_key(key) {
+        if !self.chunks.contains_key(key) {
             self.known_bytes.fetch_add(len, Ordering::Relaxed);
         }
-        self.catalog.insert(key.clone(), len);
+        self.chunks.insert(key.clone(), len);
     }
 
     /// Counts a commit that failed (the chunk is simply not cached).
     fn failed<T>(&self, e: StoreError) -> Result<T, StoreError> {
         self.failed_commits.fetch_add(1, Ordering::Relaxed);
         Err(e)
-    }
-}
-
-impl S3Store {
-    fn catalog_handle(&self) -> CatalogHandle {
-        CatalogHandle {
-            catalog: self.catalog.clone(),
-            known_bytes: self.known_bytes.clone(),
-            failed_commits: self.failed_commits.clone(),
-        }
     }
 }
 
@@ -616,7 +605,7 @@ struct Single {
     tx: Option<http_body_util::channel::Sender<Bytes, std::io::Error>>,
     upload: Option<tokio_util::task::AbortOnDropHandle<Result<(), StoreError>>>,
     written: u64,
-    catalog: CatalogHandle,
+    catalog: Catalog,
 }
 
 #[async_trait]
@@ -689,7 +678,7 @@ struct Multipart {
     part: BytesMut,
     parts: Vec<aws_sdk_s3::types::CompletedPart>,
     written: u64,
-    catalog: CatalogHandle,
+    catalog: Catalog,
 }
 
 impl Multipart {
