@@ -333,7 +333,8 @@ struct Current {
     started: bool,
     /// Whether the reader has already had to wait for it (counted once).
     waited: bool,
-    /// Until its first byte: when to give up waiting.
+    /// While it has nothing to send: when to give up waiting (armed when it first pends,
+    /// cleared by every piece).
     deadline: Option<Pin<Box<Sleep>>>,
 }
 
@@ -466,11 +467,21 @@ impl Stream for Readahead {
                             cur.waited = true;
                             this.depth = (this.depth * 2).min(this.max_depth);
                         }
-                        if let Some(d) = cur.deadline.as_mut() {
-                            if d.as_mut().poll(cx).is_ready() {
-                                let waited = this.progress_timeout;
-                                return this.fail(Error::SlowDown(waited), cx);
-                            }
+                        // Before its first byte or between two pieces alike: a source that
+                        // makes no progress for `progress_timeout` ends the response. Any fill
+                        // still trying would have spent its retry budget by then, and a read
+                        // parked in a queue (a refill behind the memory budget) must not hang
+                        // the client for ever.
+                        let waited = this.progress_timeout;
+                        let d = cur.deadline.get_or_insert_with(|| {
+                            Box::pin(tokio::time::sleep_until(Instant::now() + waited))
+                        });
+                        if d.as_mut().poll(cx).is_ready() {
+                            tracing::warn!(
+                                started = cur.started,
+                                "a chunk made no progress for {waited:?}; ending the response"
+                            );
+                            return this.fail(Error::SlowDown(waited), cx);
                         }
                         return Poll::Pending;
                     }
@@ -553,20 +564,31 @@ mod tests {
     /// An object of `n` chunks of 1 MiB whose chunk streams are ready at once, or only after a
     /// short wait; every chunk request is recorded by index.
     fn service(n: u64, delayed: bool) -> (ObjectService, Arc<Mutex<Vec<u64>>>, Arc<ObjectMeta>) {
+        service_with(n, Duration::from_secs(5), move |_, len| {
+            futures_util::stream::once(async move {
+                if delayed {
+                    tokio::time::sleep(Duration::from_millis(2)).await;
+                }
+                Ok(Bytes::from(vec![1u8; len]))
+            })
+            .boxed()
+        })
+    }
+
+    /// An object of `n` chunks of 1 MiB whose chunk streams `make(index, len)` builds, read
+    /// with `progress` as the progress timeout.
+    fn service_with(
+        n: u64,
+        progress: Duration,
+        make: impl Fn(u64, usize) -> ByteStream + Clone + Send + Sync + 'static,
+    ) -> (ObjectService, Arc<Mutex<Vec<u64>>>, Arc<ObjectMeta>) {
         let asked: Arc<Mutex<Vec<u64>>> = Arc::default();
         let a2 = asked.clone();
         let chunks = tower::service_fn(move |r: ChunkRequest| {
             a2.lock().unwrap().push(r.key.index);
             let len = (r.range.end - r.range.start) as usize;
-            async move {
-                let s = futures_util::stream::once(async move {
-                    if delayed {
-                        tokio::time::sleep(Duration::from_millis(2)).await;
-                    }
-                    Ok(Bytes::from(vec![1u8; len]))
-                });
-                Ok::<ByteStream, Error>(s.boxed())
-            }
+            let s = make(r.key.index, len);
+            async move { Ok::<ByteStream, Error>(s) }
         });
         let meta = Arc::new(ObjectMeta {
             size: n << 20,
@@ -589,7 +611,7 @@ mod tests {
             ReadPolicy {
                 readahead: 8,
                 readahead_bytes: 64 << 20,
-                progress_timeout: Duration::from_secs(5),
+                progress_timeout: progress,
             },
             TaskTracker::new(),
             Arc::new(crate::store::MemoryStore::new(1 << 20)),
@@ -632,5 +654,55 @@ mod tests {
     #[tokio::test]
     async fn readahead_grows_for_a_reader_that_does() {
         assert_eq!(widest_window(true).await, 8);
+    }
+
+    /// Regression: a chunk that had started and then went silent (a refill parked behind the
+    /// memory budget, with no deadline of its own) left the response hanging for ever. It now
+    /// ends with `SlowDown` once it has made no progress for `progress_timeout`.
+    #[tokio::test]
+    async fn a_chunk_that_goes_silent_mid_way_ends_the_response() {
+        let progress = Duration::from_millis(300);
+        let (svc, _, meta) = service_with(4, progress, |index, len| {
+            let first =
+                futures_util::stream::once(async move { Ok(Bytes::from(vec![7u8; len / 2])) });
+            if index == 1 {
+                first.chain(futures_util::stream::pending()).boxed()
+            } else {
+                futures_util::stream::once(async move { Ok(Bytes::from(vec![7u8; len])) }).boxed()
+            }
+        });
+        let (mut s, _) = svc
+            .open(
+                "b",
+                "k",
+                &Selector::default(),
+                &meta,
+                0,
+                (4 << 20) - 1,
+                Arc::default(),
+            )
+            .await
+            .unwrap();
+        let mut read = 0usize;
+        let started = Instant::now();
+        let end = loop {
+            match tokio::time::timeout(Duration::from_secs(30), s.next()).await {
+                Ok(Some(Ok(b))) => read += b.len(),
+                Ok(other) => break other,
+                Err(_) => panic!("the response hung after {read} bytes"),
+            }
+        };
+        assert_eq!(
+            read,
+            (1 << 20) + (1 << 19),
+            "chunk 0 and half of chunk 1 were sent"
+        );
+        assert!(matches!(end, Some(Err(Error::SlowDown(_)))), "{end:?}");
+        let waited = started.elapsed();
+        assert!(
+            waited >= progress,
+            "ended after {waited:?}, before the progress timeout"
+        );
+        assert!(s.next().await.is_none(), "the stream is over");
     }
 }

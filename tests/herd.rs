@@ -517,12 +517,17 @@ async fn slow_clients_cannot_grow_memory_or_slow_down_a_fast_one() {
     const OBJ: usize = 128 * MIB;
     const SLOW: usize = 16;
     const RATE: f64 = 1_000_000.0; // bytes per second per slow client
+                                   // Every wait below is bounded: a stall fails the test with what the server was doing,
+                                   // instead of hanging the run.
+    const STALL: Duration = Duration::from_secs(60);
+    let t0 = Instant::now();
     let g = garage();
     let c = client(&g.endpoint);
     let b = bucket(&c, "rss").await;
     for i in 0..=SLOW {
         put(&c, &b, &format!("o{i}"), patterned(OBJ, i as u64)).await;
     }
+    eprintln!("{:?}: {} objects put", t0.elapsed(), SLOW + 1);
     let shoal = ShoalProcess::start(&format!(
         r#"
 [server]
@@ -549,6 +554,7 @@ log_format = "json"
         ep = g.endpoint
     ));
     use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+    let diag = Diagnose::of(&shoal);
     let http = reqwest::Client::new();
     let stop = Arc::new(AtomicBool::new(false));
     let progress: Arc<Vec<AtomicUsize>> =
@@ -557,15 +563,24 @@ log_format = "json"
         .map(|i| {
             let (http, url, stop) = (http.clone(), format!("{}/{b}/o{i}", shoal.s3), stop.clone());
             let progress = progress.clone();
+            let diag = diag.clone();
             tokio::spawn(async move {
-                let r = http.get(url).send().await.unwrap();
+                let Ok(r) = tokio::time::timeout(STALL, http.get(url).send()).await else {
+                    diag.dump().await;
+                    panic!("slow client {i}: no answer in {STALL:?}");
+                };
+                let r = r.unwrap();
                 assert_eq!(r.status(), 200);
                 let started = Instant::now();
                 let want = patterned(OBJ, i as u64);
                 let mut got = 0usize;
                 let mut s = r.bytes_stream();
                 while !stop.load(std::sync::atomic::Ordering::SeqCst) {
-                    let Some(Ok(piece)) = s.next().await else {
+                    let Ok(next) = tokio::time::timeout(STALL, s.next()).await else {
+                        diag.dump().await;
+                        panic!("slow client {i} stalled after {got} bytes");
+                    };
+                    let Some(Ok(piece)) = next else {
                         panic!("slow client {i} was cut after {got} bytes");
                     };
                     assert!(
@@ -585,12 +600,19 @@ log_format = "json"
         .collect();
     // Let the slow clients' readahead and fills pile up as far as they can.
     tokio::time::sleep(Duration::from_secs(3)).await;
-    let r = http
-        .get(format!("{}/{b}/o{SLOW}", shoal.s3))
-        .send()
-        .await
-        .unwrap();
-    let (st, _, body, complete) = fetch(r).await;
+    let fast = async {
+        let r = http
+            .get(format!("{}/{b}/o{SLOW}", shoal.s3))
+            .send()
+            .await
+            .unwrap();
+        fetch(r).await
+    };
+    let Ok((st, _, body, complete)) = tokio::time::timeout(4 * STALL, fast).await else {
+        diag.dump().await;
+        panic!("the fast client did not finish in {:?}", 4 * STALL);
+    };
+    eprintln!("{:?}: the fast client read its object", t0.elapsed());
     // Its 128 MiB arrived before any slow client (≈1 MB/s) got through 16 MiB: it was not
     // held to their pace.
     let slowest_lead = progress.iter().map(|p| p.load(Ordering::SeqCst)).max();
@@ -607,7 +629,10 @@ log_format = "json"
     tokio::time::sleep(Duration::from_secs(1)).await;
     stop.store(true, Ordering::SeqCst);
     for t in slow {
-        let got = t.await.unwrap();
+        let got = tokio::time::timeout(2 * STALL, t)
+            .await
+            .expect("a slow client did not stop")
+            .unwrap();
         assert!(got > 0);
     }
 

@@ -131,7 +131,29 @@ fn pid_alive(pid: u32) -> bool {
 /// PR_SET_PDEATHSIG, so the kernel stops it when this test process ends.
 pub fn garage() -> &'static Garage {
     static G: OnceLock<Garage> = OnceLock::new();
-    G.get_or_init(start_garage)
+    G.get_or_init(|| {
+        watchdog();
+        start_garage()
+    })
+}
+
+/// How long one test binary may run before it is taken for hung. The slowest binary takes
+/// about two minutes here; a hang must fail the run with a message, not eat CI's whole time.
+const WATCHDOG: Duration = Duration::from_secs(20 * 60);
+
+/// Ends this test process, saying why, once it has run for [`WATCHDOG`]. Garage stops with it
+/// (PR_SET_PDEATHSIG); a hung test's own waits should have fired long before.
+fn watchdog() {
+    static STARTED: OnceLock<()> = OnceLock::new();
+    STARTED.get_or_init(|| {
+        std::thread::spawn(|| {
+            std::thread::sleep(WATCHDOG);
+            eprintln!(
+                "watchdog: this test binary ran for {WATCHDOG:?}; a test is hung. Giving up."
+            );
+            std::process::exit(124);
+        });
+    });
 }
 
 fn start_garage() -> Garage {
@@ -526,6 +548,7 @@ impl ShoalProcess {
     /// plus the start-up line).
     pub fn start_with_env(toml: &str, env: &[(&str, &str)]) -> ShoalProcess {
         use std::io::BufRead;
+        watchdog();
         let dir = tempfile::tempdir().unwrap();
         let cfg = dir.path().join("shoal.toml");
         std::fs::write(&cfg, toml).unwrap();
@@ -575,6 +598,57 @@ impl ShoalProcess {
 
     pub fn peak_rss(&self) -> u64 {
         peak_rss(self.child.id())
+    }
+}
+
+/// What a test prints when a wait that should end does not: the server's gauges and its
+/// last log lines, so a stall seen only in CI says where it was.
+#[derive(Clone)]
+pub struct Diagnose {
+    ops: String,
+    logs: Arc<std::sync::Mutex<Vec<String>>>,
+}
+
+impl Diagnose {
+    pub fn of(shoal: &ShoalProcess) -> Self {
+        Diagnose {
+            ops: shoal.ops.clone(),
+            logs: shoal.logs.clone(),
+        }
+    }
+
+    /// Prints the server's budget, origin and request gauges, then its last 40 log lines.
+    pub async fn dump(&self) {
+        let metrics = async {
+            reqwest::get(format!("http://{}/metrics", self.ops))
+                .await?
+                .text()
+                .await
+        };
+        match tokio::time::timeout(std::time::Duration::from_secs(5), metrics).await {
+            Ok(Ok(text)) => {
+                for line in text.lines().filter(|l| {
+                    !l.starts_with('#')
+                        && [
+                            "budget",
+                            "inflight",
+                            "queue",
+                            "chunk_lookups",
+                            "origin_requests",
+                        ]
+                        .iter()
+                        .any(|k| l.contains(k))
+                        && !l.contains("_bucket{")
+                }) {
+                    eprintln!("metrics: {line}");
+                }
+            }
+            other => eprintln!("metrics: unavailable ({other:?})"),
+        }
+        let logs = self.logs.lock().unwrap();
+        for line in logs.iter().rev().take(40).rev() {
+            eprintln!("log: {line}");
+        }
     }
 }
 
