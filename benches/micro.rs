@@ -82,11 +82,16 @@ fn stores(c: &mut Criterion) {
     let fresh = |name: &str, sub: &str| -> Arc<dyn ChunkStore> {
         match name {
             "disk" => Arc::new(DiskStore::open(dir.path().join(sub), 4 << 30).unwrap()),
+            // The disk store as Shoal runs it: small chunks also kept in memory once read.
+            "disk+small_memory" => Arc::new(
+                DiskStore::open_with(dir.path().join(format!("{sub}-s")), 4 << 30, 64 << 20)
+                    .unwrap(),
+            ),
             _ => Arc::new(MemoryStore::new(4 << 30)),
         }
     };
     type Contender<'a> = (&'a str, Arc<dyn ChunkStore>, Arc<dyn ChunkStore>);
-    let contenders: Vec<Contender> = ["memory", "disk"]
+    let contenders: Vec<Contender> = ["memory", "disk", "disk+small_memory"]
         .into_iter()
         .map(|n| (n, fresh(n, "w"), fresh(n, "r")))
         .collect();
@@ -109,20 +114,27 @@ fn stores(c: &mut Criterion) {
                 }
             })
         });
-        // Read 4 KiB and 1 MiB of a stored chunk.
+        // Read 4 KiB and 1 MiB of a stored 1 MiB chunk, and a whole 4 KiB object.
         let store = reads;
         rt.block_on(async {
             let mut w = store.begin(&key(1), MIB).await.unwrap();
             w.write(chunk.clone()).await.unwrap();
             w.commit().await.unwrap();
+            let mut w = store.begin(&key(2), 4096).await.unwrap();
+            w.write(chunk.slice(..4096)).await.unwrap();
+            w.commit().await.unwrap();
         });
-        for (label, len) in [("get_4KiB", 4096u64), ("get_1MiB", MIB)] {
+        for (label, k, len) in [
+            ("get_4KiB", 1, 4096u64),
+            ("get_1MiB", 1, MIB),
+            ("get_4KiB_object", 2, 4096),
+        ] {
             g.throughput(Throughput::Bytes(len));
             g.bench_function(BenchmarkId::new(label, name), |b| {
                 b.to_async(&rt).iter(|| {
                     let store = store.clone();
                     async move {
-                        let mut s = store.get(&key(1), 0..len).await.unwrap().unwrap();
+                        let mut s = store.get(&key(k), 0..len).await.unwrap().unwrap();
                         let mut got = 0;
                         while let Some(p) = s.next().await {
                             got += p.unwrap().len();

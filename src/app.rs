@@ -65,7 +65,9 @@ pub async fn build_store(cfg: &Config) -> Result<Arc<dyn ChunkStore>, Error> {
                 .path
                 .clone()
                 .ok_or_else(|| Error::internal("store.path is required"))?;
-            let store = DiskStore::open(path, cfg.store.capacity.0)
+            // It only ever holds copies of chunks on disk, so it never needs to be bigger.
+            let small = cfg.store.small_chunk_memory.0.min(cfg.store.capacity.0);
+            let store = DiskStore::open_with(path, cfg.store.capacity.0, small)
                 .map_err(|e| Error::Store(format!("cannot open the disk store: {e}").into()))?;
             Ok(Arc::new(store))
         }

@@ -365,6 +365,10 @@ pub struct StoreConfig {
     pub capacity: ByteSize,
     /// Directory of the disk store.
     pub path: Option<PathBuf>,
+    /// Disk store: memory that keeps small chunks (small objects, tails of large ones) once
+    /// read, so a hot small object is served without a disk read. Part of the process's
+    /// fixed memory, on top of `fill.buffer_budget`; at most `store.capacity`; 0 = off.
+    pub small_chunk_memory: ByteSize,
     /// Longest a single store call (open, write, commit) of a chunk writer may take before the
     /// chunk is given up (not committed); readers never wait for it.
     pub write_timeout: Dur,
@@ -394,6 +398,7 @@ impl fmt::Debug for StoreConfig {
             .field("kind", &self.kind)
             .field("capacity", &self.capacity)
             .field("path", &self.path)
+            .field("small_chunk_memory", &self.small_chunk_memory)
             .field("write_timeout", &self.write_timeout)
             .field("endpoint", &self.endpoint)
             .field("bucket", &self.bucket)
@@ -416,6 +421,7 @@ impl Default for StoreConfig {
             kind: StoreKind::Memory,
             capacity: ByteSize(1 << 30),
             path: None,
+            small_chunk_memory: ByteSize(64 << 20),
             write_timeout: Dur(Duration::from_secs(30)),
             endpoint: None,
             bucket: None,
@@ -1211,6 +1217,17 @@ mod tests {
             missing.is_empty(),
             "keys missing from the example: {missing:?}"
         );
+    }
+
+    #[test]
+    fn the_small_chunk_memory_is_a_size() {
+        let c = from_toml("[store]\nsmall_chunk_memory = \"8 MiB\"").unwrap();
+        assert_eq!(c.store.small_chunk_memory.0, 8 << 20);
+        assert_eq!(Config::default().store.small_chunk_memory.0, 64 << 20);
+        let e = from_toml("[store]\nsmall_chunk_memory = \"lots\"")
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("small_chunk_memory"), "{e}");
     }
 
     #[test]

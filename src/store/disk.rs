@@ -57,6 +57,9 @@ const FOOTER: u64 = 32;
 pub const BLOCK: u64 = 64 << 10;
 /// Bytes read per disk request on the hit path (whole blocks).
 const READ_AHEAD: u64 = 16 * BLOCK;
+/// Chunks up to this size (small objects, the tails of large ones) are also kept in memory
+/// once read, when the store has a small-chunk memory ([`DiskStore::open_with`]).
+pub const SMALL_CHUNK: u64 = 4 * BLOCK;
 
 /// A chunk's identity as the disk knows it: its store path. The index is keyed by this rather
 /// than by [`ChunkKey`] because the start-up scan can recover paths, not bucket/key/ETag.
@@ -104,6 +107,9 @@ struct Inner {
     index: moka::sync::Cache<ChunkId, u64>,
     /// Open files of recently read chunks.
     handles: moka::sync::Cache<ChunkId, Handle>,
+    /// Verified bytes of recently read small chunks (`store.small_chunk_memory`), so that a
+    /// hot small object costs no trip to a blocking thread; `None` when off.
+    small: Option<moka::sync::Cache<ChunkId, Bytes>>,
     scanning: AtomicBool,
     corrupt: AtomicU64,
     failed_commits: AtomicU64,
@@ -204,6 +210,19 @@ impl DiskStore {
     /// Opens (or creates) a store at `root` holding at most `capacity` bytes of chunk files,
     /// and starts the background scan that rebuilds the index.
     pub fn open(root: impl Into<PathBuf>, capacity: u64) -> Result<Self, StoreError> {
+        Self::open_with(root, capacity, 0)
+    }
+
+    /// As [`open`](Self::open), also keeping up to `small_memory` bytes of small chunks
+    /// (at most 256 KiB each) in memory once read. A hit on a small object is then a
+    /// memory read: a disk read of a few KiB costs a trip to a blocking thread and a syscall,
+    /// many times the cost of the copy itself, and small objects are exactly the requests
+    /// where that overhead is the whole price.
+    pub fn open_with(
+        root: impl Into<PathBuf>,
+        capacity: u64,
+        small_memory: u64,
+    ) -> Result<Self, StoreError> {
         let root = root.into();
         std::fs::create_dir_all(&root).map_err(io)?;
         let probe = root.join(".shoal-write-probe");
@@ -217,6 +236,13 @@ impl DiskStore {
             .max_capacity(OPEN_FILES)
             .build();
         let open = handles.clone();
+        let small = (small_memory > 0).then(|| {
+            moka::sync::Cache::builder()
+                .max_capacity(small_memory)
+                .weigher(|_k: &ChunkId, b: &Bytes| u32::try_from(b.len()).unwrap_or(u32::MAX))
+                .build()
+        });
+        let small_gone = small.clone();
         let index = moka::sync::Cache::builder()
             .max_capacity(capacity)
             .weigher(|_k: &ChunkId, size: &u64| u32::try_from(*size).unwrap_or(u32::MAX))
@@ -229,6 +255,9 @@ impl DiskStore {
                     // Let the file go, so that unlinking it frees its space.
                     open.invalidate(&*k);
                     open.run_pending_tasks();
+                    if let Some(m) = &small_gone {
+                        m.invalidate(&*k);
+                    }
                     let _ = evicted.send(Unlink::Chunk((*k).clone()));
                 }
             })
@@ -238,6 +267,7 @@ impl DiskStore {
                 root,
                 index,
                 handles,
+                small,
                 scanning: AtomicBool::new(true),
                 corrupt: AtomicU64::new(0),
                 failed_commits: AtomicU64::new(0),
@@ -361,7 +391,14 @@ impl DiskStore {
         tracing::warn!(chunk = ?id, why, "corrupt chunk dropped; it will be refilled");
         self.inner.index.invalidate(id);
         self.inner.handles.invalidate(id);
+        self.forget_small(id);
         let _ = self.inner.unlink.send(Unlink::Chunk(id.clone()));
+    }
+
+    fn forget_small(&self, id: &ChunkId) {
+        if let Some(m) = &self.inner.small {
+            m.invalidate(id);
+        }
     }
 
     /// Opens a chunk file and reads its footer; `Ok(None)` when absent or invalid.
@@ -371,6 +408,7 @@ impl DiskStore {
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
                 self.inner.index.invalidate(id);
                 self.inner.handles.invalidate(id);
+                self.forget_small(id);
                 return Ok(None);
             }
             Err(e) => return Err(io(e)),
@@ -465,6 +503,19 @@ impl ChunkStore for DiskStore {
         if !indexed && self.scan_complete() {
             return Ok(None);
         }
+        if let Some(bytes) = indexed
+            .then(|| self.inner.small.as_ref()?.get(&id))
+            .flatten()
+        {
+            // A small chunk read before: verified then, and immutable (its key pins the
+            // version), so it is served from memory.
+            if !range_ok(&range, bytes.len() as u64) {
+                return Ok(None);
+            }
+            let part = bytes.slice(range.start as usize..range.end as usize);
+            return Ok(Some(futures_util::stream::iter([Ok(part)]).boxed()));
+        }
+        let small = self.inner.small.clone();
         // One trip to a blocking thread: open the file (or reuse it, for a hot chunk) and read
         // and verify the first piece. Damage found here is a plain miss, so the chunk is
         // refilled and the response never starts with bad bytes.
@@ -486,6 +537,15 @@ impl ChunkStore for DiskStore {
             let (file, footer) = (&handle.0, &handle.1);
             if !range_ok(&r, footer.data_len) {
                 return Ok(None);
+            }
+            if let Some(m) = small.filter(|_| footer.data_len <= SMALL_CHUNK) {
+                // Small: read and verify it whole (at most a few blocks), keep it in memory.
+                let whole = read_verified(file, footer, 0, 0..footer.data_len);
+                if let Ok(b) = &whole {
+                    m.insert(id2.clone(), b.clone());
+                }
+                let first = whole.map(|b| b.slice(r.start as usize..r.end as usize));
+                return Ok(Some((handle.clone(), first)));
             }
             let first = if r.is_empty() {
                 Ok(Bytes::new())
@@ -799,6 +859,111 @@ mod tests {
             .await
             .unwrap();
         assert!(!stale.exists());
+    }
+
+    fn key(name: &str) -> ChunkKey {
+        ChunkKey {
+            origin_id: "o".into(),
+            bucket: "b".into(),
+            key: name.into(),
+            etag: "e".into(),
+            chunk_size: 1 << 20,
+            index: 0,
+        }
+    }
+
+    async fn put(s: &DiskStore, k: &ChunkKey, data: &[u8]) {
+        let mut w = s.begin(k, data.len() as u64).await.unwrap();
+        w.write(Bytes::copy_from_slice(data)).await.unwrap();
+        w.commit().await.unwrap();
+    }
+
+    async fn read(s: &DiskStore, k: &ChunkKey, r: Range<u64>) -> Option<Vec<u8>> {
+        let mut st = s.get(k, r).await.unwrap()?;
+        let mut got = Vec::new();
+        while let Some(b) = st.next().await {
+            got.extend_from_slice(&b.ok()?);
+        }
+        Some(got)
+    }
+
+    /// Flips a byte of a committed chunk's data in place (the open file sees it too).
+    fn damage(s: &DiskStore, k: &ChunkKey) {
+        use std::os::unix::fs::FileExt;
+        let f = std::fs::OpenOptions::new()
+            .write(true)
+            .open(s.path(&ChunkId::of(k)))
+            .unwrap();
+        f.write_all_at(b"\xff\x00\xff", 5).unwrap();
+    }
+
+    /// A small chunk, once read and verified, is served from memory: damage on disk after
+    /// that is never seen (the bytes served are the verified ones), while a large chunk is
+    /// read from disk every time, so the same damage is caught and the read is a miss.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn small_chunks_are_served_from_memory_once_read() {
+        let dir = tempfile::tempdir().unwrap();
+        let s = DiskStore::open_with(dir.path(), 1 << 30, 1 << 20).unwrap();
+        let small: Vec<u8> = (0..10_000u32).map(|i| (i * 7) as u8).collect();
+        let large: Vec<u8> = (0..SMALL_CHUNK as u32 + 1).map(|i| (i * 3) as u8).collect();
+        let (ks, kl) = (key("small"), key("large"));
+        put(&s, &ks, &small).await;
+        put(&s, &kl, &large).await;
+        assert_eq!(read(&s, &ks, 100..200).await.unwrap(), small[100..200]);
+        assert_eq!(read(&s, &kl, 0..large.len() as u64).await.unwrap(), large);
+        damage(&s, &ks);
+        damage(&s, &kl);
+        assert_eq!(read(&s, &ks, 0..10_000).await.unwrap(), small);
+        assert_eq!(read(&s, &ks, 9_990..10_000).await.unwrap(), small[9_990..]);
+        assert_eq!(read(&s, &ks, 0..0).await.unwrap(), b"");
+        assert!(read(&s, &ks, 0..10_001).await.is_none(), "past the end");
+        assert!(
+            read(&s, &kl, 0..100).await.is_none(),
+            "large: damage caught"
+        );
+        assert_eq!(s.stats().corrupt, 1);
+
+        // Without the small-chunk memory the small chunk's damage is caught too.
+        let dir = tempfile::tempdir().unwrap();
+        let s = DiskStore::open(dir.path(), 1 << 30).unwrap();
+        put(&s, &ks, &small).await;
+        assert_eq!(read(&s, &ks, 0..10_000).await.unwrap(), small);
+        damage(&s, &ks);
+        assert!(read(&s, &ks, 0..10_000).await.is_none());
+    }
+
+    /// The memory copy goes with its chunk: once the chunk is evicted from the store, the
+    /// store no longer answers for it.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_small_chunk_leaves_memory_when_it_leaves_the_store() {
+        let dir = tempfile::tempdir().unwrap();
+        // Room for about three 10 KB chunk files.
+        let s = DiskStore::open_with(dir.path(), 32_000, 1 << 20).unwrap();
+        let data = vec![9u8; 10_000];
+        let first = key("first");
+        put(&s, &first, &data).await;
+        assert_eq!(read(&s, &first, 0..10_000).await.unwrap(), data);
+        let id = ChunkId::of(&first);
+        assert!(s.inner.small.as_ref().unwrap().contains_key(&id));
+        // Newer chunks, each asked for often, push it out (TinyLFU admits them over it).
+        for n in 0..8 {
+            let k = key(&format!("hot{n}"));
+            for _ in 0..5 {
+                let _ = s.get(&k, 0..1).await;
+            }
+            put(&s, &k, &data).await;
+            s.inner.index.run_pending_tasks();
+            if !s.inner.index.contains_key(&id) {
+                break;
+            }
+        }
+        assert!(
+            !s.inner.index.contains_key(&id),
+            "the chunk was never evicted"
+        );
+        s.inner.small.as_ref().unwrap().run_pending_tasks();
+        assert!(!s.inner.small.as_ref().unwrap().contains_key(&id));
+        assert!(read(&s, &first, 0..10_000).await.is_none());
     }
 
     #[test]
