@@ -4,7 +4,7 @@ use crate::budget::Budget;
 use crate::chunk::ChunkRequest;
 use crate::cluster::internal::{InternalState, PeerClient, Secret};
 use crate::cluster::{self, HotCache, Member, Membership, Tiered};
-use crate::config::{Config, OriginKind, StoreKind};
+use crate::config::{Config, HedgeAfter, OriginKind, StoreKind};
 use crate::error::{Error, OriginError, ShoalClassify};
 use crate::fill::{Fill, FillBody, FillConfig};
 use crate::layer::negative_cache::Lookup;
@@ -19,7 +19,8 @@ use crate::object::{
     ReadPolicy,
 };
 use crate::origin::{
-    ByteStream, LocalOrigin, Origin, OriginRanges, Prefetched, RangeRequest, S3Origin,
+    ByteStream, HedgeDelay, LatencyWindow, LocalOrigin, Origin, OriginRanges, Prefetched,
+    RangeRequest, S3Origin,
 };
 use crate::s3::{self, S3State};
 use crate::server::Limits;
@@ -107,6 +108,8 @@ pub struct Shared {
     pub metrics: Metrics,
     /// First chunks that cold GETs' metadata lookups are already receiving.
     pub prefetched: Prefetched,
+    /// The origin's recent first-byte times (`fill.hedge_after = "p95"`).
+    pub origin_latency: Arc<LatencyWindow>,
 }
 
 /// The chunk stack of DESIGN.md, top to bottom, sharing the budget for every byte it holds
@@ -126,6 +129,7 @@ pub fn chunk_stack(
         membership,
         metrics,
         prefetched,
+        origin_latency,
     } = shared.clone();
     let retry = &cfg.fill.retry;
     let (m1, m2) = (metrics.clone(), metrics.clone());
@@ -148,9 +152,17 @@ pub fn chunk_stack(
         )
         .service(
             OriginRanges::new(origin)
+                .latency_window(origin_latency)
                 .metrics(metrics.clone())
                 .prefetched(prefetched)
-                .hedge(cfg.fill.hedge_after.0, slots),
+                .hedge(
+                    match cfg.fill.hedge_after {
+                        HedgeAfter::Off => None,
+                        HedgeAfter::After(d) => Some(HedgeDelay::Fixed(d)),
+                        HedgeAfter::P95 => Some(HedgeDelay::P95),
+                    },
+                    slots,
+                ),
         );
     let direct: OriginService = BoxCloneSyncService::new(
         origin_stack
@@ -348,6 +360,8 @@ pub struct Running {
     pub metrics: Metrics,
     /// First-chunk answers parked for their fills (tests check that none is left behind).
     pub prefetched: Prefetched,
+    /// The origin's recent first-byte times, behind `fill.hedge_after = "p95"`.
+    pub origin_latency: Arc<LatencyWindow>,
     tls: Option<crate::server::Tls>,
     stop: CancellationToken,
     servers: TaskTracker,
@@ -428,12 +442,14 @@ pub async fn start_with(
         None
     };
     let prefetched = Prefetched::default();
+    let origin_latency = Arc::new(LatencyWindow::default());
     let shared = Shared {
         budget: budget.clone(),
         tasks: fills.clone(),
         membership: membership.clone(),
         metrics: metrics.clone(),
         prefetched: prefetched.clone(),
+        origin_latency: origin_latency.clone(),
     };
     let chunks = chunk_stack(cfg, origin.clone(), store.clone(), hot, &shared);
     let objects = object_service(cfg, origin.clone(), chunks.clone(), store.clone(), &shared);
@@ -594,6 +610,7 @@ pub async fn start_with(
         budget,
         metrics,
         prefetched,
+        origin_latency,
         tls,
         stop,
         servers,

@@ -107,6 +107,48 @@ impl<'de> Deserialize<'de> for Dur {
     }
 }
 
+/// `fill.hedge_after`: when a slow origin GET gets a second, identical one.
+///
+/// A fixed delay suits an origin whose latency is known; `"p95"` follows the origin as it is:
+/// a GET still unanswered at the 95th percentile of recent first-byte times is in the tail,
+/// and a hedge then costs at most about 5 % more origin requests (the "tail at scale" rule).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum HedgeAfter {
+    /// Never hedge (`"0s"`, the default).
+    Off,
+    /// After this long.
+    After(Duration),
+    /// After the observed 95th percentile of the origin's recent first-byte times; no hedge
+    /// until enough GETs have been seen to know it.
+    P95,
+}
+
+impl Serialize for HedgeAfter {
+    fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        match self {
+            HedgeAfter::Off => s.serialize_str("0s"),
+            HedgeAfter::After(d) => s.serialize_str(&humantime::format_duration(*d).to_string()),
+            HedgeAfter::P95 => s.serialize_str("p95"),
+        }
+    }
+}
+
+impl<'de> Deserialize<'de> for HedgeAfter {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        let s = String::deserialize(d)?;
+        if s.trim().eq_ignore_ascii_case("p95") {
+            return Ok(HedgeAfter::P95);
+        }
+        match humantime::parse_duration(s.trim()) {
+            Ok(d) if d.is_zero() => Ok(HedgeAfter::Off),
+            Ok(d) => Ok(HedgeAfter::After(d)),
+            Err(e) => Err(serde::de::Error::custom(format!(
+                "`{s}` is neither a duration like \"200ms\" nor \"p95\": {e}"
+            ))),
+        }
+    }
+}
+
 /// The whole configuration.
 #[derive(Clone, Debug, Serialize, Deserialize, Default)]
 #[serde(deny_unknown_fields, default)]
@@ -531,10 +573,10 @@ pub struct FillConfig {
     pub buffer_budget: ByteSize,
     /// Retry budget.
     pub retry: RetryConfig,
-    /// A chunk's origin GET that has not answered within this long gets a second, identical
-    /// GET (a hedge) if an origin slot is free; the first answer wins and the other is
-    /// cancelled. 0 = never.
-    pub hedge_after: Dur,
+    /// A chunk's origin GET that has not answered within this long (a duration, or `"p95"`
+    /// of the origin's recent first-byte times) gets a second, identical GET (a hedge) if an
+    /// origin slot is free; the first answer wins and the other is cancelled. 0 = never.
+    pub hedge_after: HedgeAfter,
 }
 
 impl Default for FillConfig {
@@ -544,7 +586,7 @@ impl Default for FillConfig {
             queue_timeout: Dur(Duration::from_secs(5)),
             buffer_budget: ByteSize(1 << 30),
             retry: RetryConfig::default(),
-            hedge_after: Dur(Duration::ZERO),
+            hedge_after: HedgeAfter::Off,
         }
     }
 }
@@ -1071,15 +1113,17 @@ impl Config {
         if self.chunk.readahead > 256 {
             return bad("chunk.readahead", "must be at most 256".into());
         }
-        if !self.fill.hedge_after.0.is_zero() && self.fill.hedge_after.0 >= self.origin.timeout.0 {
-            return bad(
-                "fill.hedge_after",
-                format!(
-                    "{} is not shorter than origin.timeout ({}): the hedge would never be sent",
-                    humantime::format_duration(self.fill.hedge_after.0),
-                    humantime::format_duration(self.origin.timeout.0)
-                ),
-            );
+        if let HedgeAfter::After(d) = self.fill.hedge_after {
+            if d >= self.origin.timeout.0 {
+                return bad(
+                    "fill.hedge_after",
+                    format!(
+                        "{} is not shorter than origin.timeout ({}): the hedge would never be sent",
+                        humantime::format_duration(d),
+                        humantime::format_duration(self.origin.timeout.0)
+                    ),
+                );
+            }
         }
         if self.fill.origin_concurrency == 0 {
             return bad("fill.origin_concurrency", "must be ≥ 1".into());
@@ -1423,8 +1467,18 @@ mod tests {
             .unwrap_err()
             .to_string();
         assert!(e.contains("fill.hedge_after"), "{e}");
-        assert!(from_toml("[fill]\nhedge_after = \"200ms\"").is_ok());
-        assert!(from_toml("[fill]\nhedge_after = \"0s\"").is_ok());
+        let hedge = |v: &str| {
+            from_toml(&format!("[fill]\nhedge_after = \"{v}\"")).map(|c| c.fill.hedge_after)
+        };
+        assert_eq!(
+            hedge("200ms").unwrap(),
+            HedgeAfter::After(Duration::from_millis(200))
+        );
+        assert_eq!(hedge("0s").unwrap(), HedgeAfter::Off);
+        assert_eq!(hedge("p95").unwrap(), HedgeAfter::P95);
+        assert_eq!(hedge("P95").unwrap(), HedgeAfter::P95);
+        let e = hedge("p99").unwrap_err().to_string();
+        assert!(e.contains("hedge_after") && e.contains("p95"), "{e}");
         assert!(from_toml("[list]\nmax_entries = 0").is_err());
     }
 

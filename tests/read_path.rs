@@ -4,6 +4,7 @@ mod common;
 
 use common::faulty::Faulty;
 use common::*;
+use shoal::config::HedgeAfter;
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::Duration;
@@ -698,7 +699,7 @@ async fn a_slow_origin_get_is_hedged_once() {
     let want = data(3 * MIB, 51);
     put(&c, &b, "obj", want.clone()).await;
     let mut cfg = config(g);
-    cfg.fill.hedge_after = shoal::config::Dur(Duration::from_millis(100));
+    cfg.fill.hedge_after = HedgeAfter::After(Duration::from_millis(100));
     cfg.origin.timeout = shoal::config::Dur(Duration::from_secs(60));
     cfg.fill.retry.max_total = shoal::config::Dur(Duration::from_secs(120));
     let origin = Faulty::new(s3_origin(&cfg).await);
@@ -732,6 +733,63 @@ async fn a_slow_origin_get_is_hedged_once() {
     shoal.stop().await;
 }
 
+/// `hedge_after = "p95"`: no hedge until the origin's usual latency is known; after that, a
+/// GET far beyond its 95th percentile gets one.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_get_in_the_origins_tail_is_hedged_at_its_observed_p95() {
+    let g = garage();
+    let c = client(&g.endpoint);
+    let b = bucket(&c, "p95").await;
+    let slow = data(3 * MIB, 53);
+    put(&c, &b, "slow", slow.clone()).await;
+    put(&c, &b, "warm", data(40 * MIB, 54)).await;
+    let mut cfg = config(g);
+    cfg.fill.hedge_after = HedgeAfter::P95;
+    cfg.origin.timeout = shoal::config::Dur(Duration::from_secs(60));
+    cfg.fill.retry.max_total = shoal::config::Dur(Duration::from_secs(120));
+    let origin = Faulty::new(s3_origin(&cfg).await);
+    let shoal = Shoal::start(&cfg, origin.clone()).await;
+    // Nothing seen yet: a slow GET is waited for, not hedged.
+    origin.delay_next("slow", MIB as u64, Duration::from_millis(600));
+    assert!(body(shoal.get(&format!("{b}/slow")).await).await == slow);
+    assert_eq!(
+        origin.gets_for("slow").len(),
+        3,
+        "no hedge without a baseline"
+    );
+    assert_eq!(origin.cancelled.load(Ordering::SeqCst), 0);
+    // 40 ordinary GETs teach it the origin's latency.
+    let r = shoal.get(&format!("{b}/warm")).await;
+    assert_eq!(body(r).await.len(), 40 * MIB);
+    let p95 = shoal
+        .running
+        .origin_latency
+        .p95()
+        .expect("a p95 after 40 GETs");
+    assert!(p95 < Duration::from_secs(10), "p95 {p95:?}");
+    // Now a GET that hangs for a minute is hedged at about that p95.
+    put(&c, &b, "slow2", slow.clone()).await;
+    origin.delay_next("slow2", MIB as u64, Duration::from_secs(60));
+    let r = tokio::time::timeout(Duration::from_secs(20), shoal.get(&format!("{b}/slow2")))
+        .await
+        .expect("the hedge answered");
+    let got = tokio::time::timeout(Duration::from_secs(20), body(r))
+        .await
+        .expect("the body completed");
+    assert!(got == slow);
+    let at_1 = origin
+        .gets_for("slow2")
+        .into_iter()
+        .filter(|g| g.0 == MIB as u64)
+        .count();
+    assert_eq!(at_1, 2, "one hedge of the hung GET, no more");
+    assert!(
+        origin.cancelled.load(Ordering::SeqCst) >= 1,
+        "the hung GET was cancelled"
+    );
+    shoal.stop().await;
+}
+
 /// Hedging is off by default, and a hedge needs a free origin slot: with
 /// `origin_concurrency = 1` the slow GET is simply waited for.
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
@@ -743,7 +801,10 @@ async fn hedges_are_off_by_default_and_count_against_origin_concurrency() {
     put(&c, &b, "obj", want.clone()).await;
     for (hedge_after, concurrency) in [(0u64, 64usize), (50, 1)] {
         let mut cfg = config(g);
-        cfg.fill.hedge_after = shoal::config::Dur(Duration::from_millis(hedge_after));
+        cfg.fill.hedge_after = match hedge_after {
+            0 => HedgeAfter::Off,
+            ms => HedgeAfter::After(Duration::from_millis(ms)),
+        };
         cfg.fill.origin_concurrency = concurrency;
         let origin = Faulty::new(s3_origin(&cfg).await);
         let shoal = Shoal::start(&cfg, origin.clone()).await;

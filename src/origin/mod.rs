@@ -601,7 +601,72 @@ pub struct OriginRanges {
     metrics: Metrics,
     prefetched: Prefetched,
     /// `fill.hedge_after`, and the origin slots a hedge must take one of.
-    hedge: Option<(std::time::Duration, crate::layer::Gate)>,
+    hedge: Option<(HedgeDelay, crate::layer::Gate)>,
+    /// Recent first-byte times of successful GETs (for `hedge_after = "p95"`).
+    latency: Arc<LatencyWindow>,
+}
+
+/// How long a GET waits before its hedge.
+#[derive(Clone, Copy, Debug)]
+pub enum HedgeDelay {
+    /// A fixed delay.
+    Fixed(std::time::Duration),
+    /// The 95th percentile of the origin's recent first-byte times.
+    P95,
+}
+
+/// The last [`LatencyWindow::SIZE`] first-byte times of origin GETs, and their 95th
+/// percentile. A hedge at the p95 is sent for about one GET in twenty — those in the tail —
+/// whatever the origin's normal latency is, so it needs no tuning per origin.
+#[derive(Debug, Default)]
+pub struct LatencyWindow {
+    ring: std::sync::Mutex<(Vec<u32>, usize, usize)>,
+    /// The p95 in microseconds, recomputed every [`LatencyWindow::EVERY`] samples; 0 = not
+    /// known yet.
+    p95_micros: std::sync::atomic::AtomicU64,
+}
+
+impl LatencyWindow {
+    /// Samples kept.
+    pub const SIZE: usize = 256;
+    /// Samples needed before a percentile is trusted.
+    pub const MIN: usize = 32;
+    /// The percentile is recomputed after this many new samples (a sort of 256 numbers).
+    const EVERY: usize = 16;
+
+    /// Records one first-byte time.
+    pub fn record(&self, d: std::time::Duration) {
+        let micros = u32::try_from(d.as_micros()).unwrap_or(u32::MAX).max(1);
+        let sorted = {
+            let mut g = crate::layer::lock(&self.ring);
+            let (ring, next, fresh) = &mut *g;
+            if ring.len() < Self::SIZE {
+                ring.push(micros);
+            } else {
+                ring[*next] = micros;
+            }
+            *next = (*next + 1) % Self::SIZE;
+            *fresh += 1;
+            if ring.len() < Self::MIN || *fresh < Self::EVERY {
+                return;
+            }
+            *fresh = 0;
+            ring.clone()
+        };
+        let mut v = sorted;
+        v.sort_unstable();
+        let p = v[(v.len() * 95 / 100).min(v.len() - 1)];
+        self.p95_micros
+            .store(u64::from(p), std::sync::atomic::Ordering::Relaxed);
+    }
+
+    /// The 95th percentile, once at least [`LatencyWindow::MIN`] GETs have been seen.
+    pub fn p95(&self) -> Option<std::time::Duration> {
+        match self.p95_micros.load(std::sync::atomic::Ordering::Relaxed) {
+            0 => None,
+            m => Some(std::time::Duration::from_micros(m)),
+        }
+    }
 }
 
 impl OriginRanges {
@@ -612,14 +677,25 @@ impl OriginRanges {
             metrics: Metrics::new(),
             prefetched: Prefetched::default(),
             hedge: None,
+            latency: Arc::default(),
         }
     }
 
     /// Hedges a GET that has not answered within `after` with a second one, when `slots` (the
     /// origin concurrency limit's) has one free; the first answer wins, the other is dropped,
-    /// which cancels it. At most one hedge per request.
-    pub fn hedge(mut self, after: std::time::Duration, slots: crate::layer::Gate) -> Self {
-        self.hedge = (!after.is_zero()).then_some((after, slots));
+    /// which cancels it. At most one hedge per request. `None` (or a zero delay) = never.
+    pub fn hedge(mut self, after: Option<HedgeDelay>, slots: crate::layer::Gate) -> Self {
+        self.hedge = match after {
+            Some(HedgeDelay::Fixed(d)) if d.is_zero() => None,
+            Some(a) => Some((a, slots)),
+            None => None,
+        };
+        self
+    }
+
+    /// Records first-byte times in `window` (shared, so the process can read its p95).
+    pub fn latency_window(mut self, window: Arc<LatencyWindow>) -> Self {
+        self.latency = window;
         self
     }
 
@@ -708,7 +784,12 @@ impl tower::Service<RangeRequest> for OriginRanges {
         } else {
             None
         };
-        let hedge = self.hedge.clone();
+        let latency = self.latency.clone();
+        let hedge = self.hedge.clone().and_then(|(delay, slots)| match delay {
+            HedgeDelay::Fixed(d) => Some((d, slots)),
+            // Until the origin's normal latency is known, nothing counts as slow.
+            HedgeDelay::P95 => latency.p95().map(|d| (d, slots)),
+        });
         use tracing::Instrument;
         let span = tracing::debug_span!(
             "origin_get",
@@ -730,6 +811,7 @@ impl tower::Service<RangeRequest> for OriginRanges {
                     // The bytes the metadata lookup's GET is already receiving.
                     Some((len, answer, first_byte)) if len > 0 && len <= r.len => {
                         metrics.origin_first_byte(first_byte);
+                        latency.record(first_byte);
                         first_then_rest(origin, &r, len, answer)
                     }
                     _ => {
@@ -739,6 +821,9 @@ impl tower::Service<RangeRequest> for OriginRanges {
                             None => origin.get_range(&r).await,
                         };
                         metrics.origin_first_byte(asked.elapsed());
+                        if answer.is_ok() {
+                            latency.record(asked.elapsed());
+                        }
                         answer.and_then(|a| verify(&r, &a).map(|()| a))
                     }
                 };
@@ -843,6 +928,32 @@ fn first_then_rest(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_latency_window_knows_its_p95_only_after_enough_gets() {
+        use std::time::Duration;
+        let w = LatencyWindow::default();
+        for ms in 1..LatencyWindow::MIN as u64 {
+            w.record(Duration::from_millis(ms));
+        }
+        assert_eq!(w.p95(), None, "31 samples are not enough");
+        // 1..=160 ms (recomputed every 16 samples, so exactly at the last one): the 95th
+        // percentile is about 152 ms.
+        let w = LatencyWindow::default();
+        for ms in 1..=160u64 {
+            w.record(Duration::from_millis(ms));
+        }
+        let p = w.p95().expect("a p95 after 160 samples");
+        assert!(
+            p >= Duration::from_millis(150) && p <= Duration::from_millis(154),
+            "{p:?}"
+        );
+        // The window follows the origin: 256 fast GETs later the slow past is forgotten.
+        for _ in 0..LatencyWindow::SIZE {
+            w.record(Duration::from_millis(2));
+        }
+        assert_eq!(w.p95(), Some(Duration::from_millis(2)));
+    }
 
     fn req(offset: u64, len: u64, size: u64) -> RangeRequest {
         RangeRequest::new("b", "k", "abc", size, offset, len)
