@@ -619,21 +619,20 @@ mod tests {
         (svc, asked, meta)
     }
 
+    /// A GET of the whole object.
+    async fn whole(svc: &ObjectService, meta: &Arc<ObjectMeta>) -> ByteStream {
+        let last = meta.size - 1;
+        let s = Selector::default();
+        svc.open("b", "k", &s, meta, 0, last, Arc::default())
+            .await
+            .unwrap()
+            .0
+    }
+
     /// How far ahead of the chunk being read the requests went, at most.
     async fn widest_window(delayed: bool) -> u64 {
         let (svc, asked, meta) = service(40, delayed);
-        let (mut s, _) = svc
-            .open(
-                "b",
-                "k",
-                &Selector::default(),
-                &meta,
-                0,
-                (40 << 20) - 1,
-                Arc::default(),
-            )
-            .await
-            .unwrap();
+        let mut s = whole(&svc, &meta).await;
         let (mut read, mut widest) = (0u64, 0u64);
         while let Some(b) = s.next().await {
             read += b.unwrap().len() as u64;
@@ -671,18 +670,7 @@ mod tests {
                 futures_util::stream::once(async move { Ok(Bytes::from(vec![7u8; len])) }).boxed()
             }
         });
-        let (mut s, _) = svc
-            .open(
-                "b",
-                "k",
-                &Selector::default(),
-                &meta,
-                0,
-                (4 << 20) - 1,
-                Arc::default(),
-            )
-            .await
-            .unwrap();
+        let mut s = whole(&svc, &meta).await;
         let mut read = 0usize;
         let started = Instant::now();
         let end = loop {
