@@ -63,11 +63,10 @@ const MAX_SWITCHES: u32 = 4;
 #[derive(Clone)]
 pub struct StoreLookupLayer {
     store: Arc<dyn ChunkStore>,
-    direct: Option<Direct>,
+    direct: Option<Arc<Direct>>,
     metrics: Metrics,
 }
 
-#[derive(Clone)]
 struct Direct {
     origin: OriginService,
     progress: Progress<ChunkKey>,
@@ -92,7 +91,7 @@ impl StoreLookupLayer {
     /// Serves cold ranges deep inside a chunk straight from `origin` (see the module docs);
     /// `progress` tells how far a running fill of a chunk has got.
     pub fn direct_ranges(mut self, origin: OriginService, progress: Progress<ChunkKey>) -> Self {
-        self.direct = Some(Direct { origin, progress });
+        self.direct = Some(Arc::new(Direct { origin, progress }));
         self
     }
 }
@@ -101,7 +100,7 @@ impl<S> Layer<S> for StoreLookupLayer {
     type Service = StoreLookup<S>;
     fn layer(&self, inner: S) -> Self::Service {
         StoreLookup {
-            inner,
+            inner: Arc::new(inner),
             store: self.store.clone(),
             direct: self.direct.clone(),
             metrics: self.metrics.clone(),
@@ -110,12 +109,54 @@ impl<S> Layer<S> for StoreLookupLayer {
 }
 
 /// Serves hits from the store and follows fills. See the module docs.
-#[derive(Clone)]
+///
+/// The stack below is shared, not copied: the chunk service is cloned for every chunk read,
+/// and a hit — most reads — never calls the stack below, so it is cloned for real
+/// only when a read needs it.
 pub struct StoreLookup<S> {
-    inner: S,
+    inner: Arc<S>,
     store: Arc<dyn ChunkStore>,
-    direct: Option<Direct>,
+    direct: Option<Arc<Direct>>,
     metrics: Metrics,
+}
+
+impl<S> Clone for StoreLookup<S> {
+    fn clone(&self) -> Self {
+        StoreLookup {
+            inner: self.inner.clone(),
+            store: self.store.clone(),
+            direct: self.direct.clone(),
+            metrics: self.metrics.clone(),
+        }
+    }
+}
+
+/// The stack below the lookup, behind an `Arc`: cloning it is a reference count, and each
+/// call runs on a fresh copy of the stack (as `oneshot` on a clone would).
+struct Below<S>(Arc<S>);
+
+impl<S> Clone for Below<S> {
+    fn clone(&self) -> Self {
+        Below(self.0.clone())
+    }
+}
+
+impl<S> Service<ChunkRequest> for Below<S>
+where
+    S: Service<ChunkRequest> + Clone,
+{
+    type Response = S::Response;
+    type Error = S::Error;
+    type Future = tower::util::Oneshot<S, ChunkRequest>;
+
+    fn poll_ready(&mut self, _cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
+        // Readiness is the copy's business, checked by `oneshot` when it is called.
+        Poll::Ready(Ok(()))
+    }
+
+    fn call(&mut self, req: ChunkRequest) -> Self::Future {
+        S::clone(&self.0).oneshot(req)
+    }
 }
 
 /// Where a read gets its next bytes from.
@@ -244,7 +285,7 @@ where
 
 impl<S, B> Service<ChunkRequest> for StoreLookup<S>
 where
-    S: Service<ChunkRequest, Response = B, Error = Error> + Clone + Send + 'static,
+    S: Service<ChunkRequest, Response = B, Error = Error> + Clone + Send + Sync + 'static,
     S::Future: Send,
     B: Stream<Item = Result<Bytes, Error>> + Send + Unpin + 'static,
 {
@@ -258,7 +299,7 @@ where
 
     fn call(&mut self, req: ChunkRequest) -> Self::Future {
         let store = self.store.clone();
-        let inner = self.inner.clone();
+        let inner = Below(self.inner.clone());
         let direct = self.direct.clone();
         let metrics = self.metrics.clone();
         let span = tracing::debug_span!("chunk", chunk = ?req.key, range = ?req.range, source = tracing::field::Empty);
@@ -321,7 +362,11 @@ fn far_ahead(d: &Direct, req: &ChunkRequest) -> bool {
 
 /// Starts (or joins) the chunk's fill in the background and streams the client's own range
 /// straight from the origin stack.
-async fn serve_direct<S, B>(d: Direct, inner: S, req: ChunkRequest) -> Result<ByteStream, Error>
+async fn serve_direct<S, B>(
+    d: Arc<Direct>,
+    inner: S,
+    req: ChunkRequest,
+) -> Result<ByteStream, Error>
 where
     S: Service<ChunkRequest, Response = B, Error = Error> + Clone + Send + 'static,
     S::Future: Send,
@@ -348,7 +393,7 @@ where
         ..req.clone()
     };
     // An urgent fill runs to the end whether or not anybody reads it: the handle can go.
-    let (fill, bytes) = tokio::join!(inner.oneshot(whole), d.origin.oneshot(range));
+    let (fill, bytes) = tokio::join!(inner.oneshot(whole), d.origin.clone().oneshot(range));
     if let Err(e) = fill {
         tracing::debug!(error = %e, "background fill of a directly read chunk did not start");
     }
