@@ -4,7 +4,7 @@ use crate::budget::Budget;
 use crate::chunk::ChunkRequest;
 use crate::cluster::internal::{InternalState, PeerClient, Secret};
 use crate::cluster::{self, HotCache, Member, Membership, Tiered};
-use crate::config::{Config, HedgeAfter, OriginKind, StoreKind};
+use crate::config::{Config, OriginKind, StoreKind};
 use crate::error::{Error, OriginError, ShoalClassify};
 use crate::fill::{Fill, FillBody, FillConfig};
 use crate::layer::negative_cache::Lookup;
@@ -19,8 +19,8 @@ use crate::object::{
     ReadPolicy,
 };
 use crate::origin::{
-    ByteStream, HedgeDelay, LatencyWindow, LocalOrigin, Origin, OriginRanges, Prefetched,
-    RangeRequest, S3Origin,
+    ByteStream, LatencyWindow, LocalOrigin, Origin, OriginRanges, Prefetched, RangeRequest,
+    S3Origin,
 };
 use crate::s3::{self, S3State};
 use crate::server::Limits;
@@ -66,9 +66,8 @@ pub async fn build_store(cfg: &Config) -> Result<Arc<dyn ChunkStore>, Error> {
                 .path
                 .clone()
                 .ok_or_else(|| Error::internal("store.path is required"))?;
-            // It only ever holds copies of chunks on disk, so it never needs to be bigger.
-            let small = cfg.store.small_chunk_memory.0.min(cfg.store.capacity.0);
-            let store = DiskStore::open_with(path, cfg.store.capacity.0, small)
+            let (capacity, small) = (cfg.store.capacity.0, cfg.store.small_chunk_memory.0);
+            let store = DiskStore::open_with(path, capacity, small)
                 .map_err(|e| Error::Store(format!("cannot open the disk store: {e}").into()))?;
             Ok(Arc::new(store))
         }
@@ -155,14 +154,7 @@ pub fn chunk_stack(
                 .latency_window(origin_latency)
                 .metrics(metrics.clone())
                 .prefetched(prefetched)
-                .hedge(
-                    match cfg.fill.hedge_after {
-                        HedgeAfter::Off => None,
-                        HedgeAfter::After(d) => Some(HedgeDelay::Fixed(d)),
-                        HedgeAfter::P95 => Some(HedgeDelay::P95),
-                    },
-                    slots,
-                ),
+                .hedge(cfg.fill.hedge_after, slots),
         );
     let direct: OriginService = BoxCloneSyncService::new(
         origin_stack

@@ -12,6 +12,7 @@ pub use azure::AzureOrigin;
 pub use local::LocalOrigin;
 pub use s3::{sdk_client, S3Origin};
 
+use crate::config::HedgeAfter;
 use crate::error::{Error, OriginError};
 use crate::layer::gate::{Priority, Queued, Wait};
 use crate::telemetry::metrics::{Metrics, OriginOutcome};
@@ -600,19 +601,10 @@ pub struct OriginRanges {
     origin: Arc<dyn Origin>,
     metrics: Metrics,
     prefetched: Prefetched,
-    /// `fill.hedge_after`, and the origin slots a hedge must take one of.
-    hedge: Option<(HedgeDelay, crate::layer::Gate)>,
+    /// `fill.hedge_after` (never `Off`), and the origin slots a hedge must take one of.
+    hedge: Option<(HedgeAfter, crate::layer::Gate)>,
     /// Recent first-byte times of successful GETs (for `hedge_after = "p95"`).
     latency: Arc<LatencyWindow>,
-}
-
-/// How long a GET waits before its hedge.
-#[derive(Clone, Copy, Debug)]
-pub enum HedgeDelay {
-    /// A fixed delay.
-    Fixed(std::time::Duration),
-    /// The 95th percentile of the origin's recent first-byte times.
-    P95,
 }
 
 /// The last [`LatencyWindow::SIZE`] first-byte times of origin GETs, and their 95th
@@ -683,12 +675,12 @@ impl OriginRanges {
 
     /// Hedges a GET that has not answered within `after` with a second one, when `slots` (the
     /// origin concurrency limit's) has one free; the first answer wins, the other is dropped,
-    /// which cancels it. At most one hedge per request. `None` (or a zero delay) = never.
-    pub fn hedge(mut self, after: Option<HedgeDelay>, slots: crate::layer::Gate) -> Self {
+    /// which cancels it. At most one hedge per request. `Off` (or a zero delay) = never.
+    pub fn hedge(mut self, after: HedgeAfter, slots: crate::layer::Gate) -> Self {
         self.hedge = match after {
-            Some(HedgeDelay::Fixed(d)) if d.is_zero() => None,
-            Some(a) => Some((a, slots)),
-            None => None,
+            HedgeAfter::Off => None,
+            HedgeAfter::After(d) if d.is_zero() => None,
+            a => Some((a, slots)),
         };
         self
     }
@@ -785,10 +777,11 @@ impl tower::Service<RangeRequest> for OriginRanges {
             None
         };
         let latency = self.latency.clone();
-        let hedge = self.hedge.clone().and_then(|(delay, slots)| match delay {
-            HedgeDelay::Fixed(d) => Some((d, slots)),
+        let hedge = self.hedge.clone().and_then(|(after, slots)| match after {
+            HedgeAfter::After(d) => Some((d, slots)),
             // Until the origin's normal latency is known, nothing counts as slow.
-            HedgeDelay::P95 => latency.p95().map(|d| (d, slots)),
+            HedgeAfter::P95 => latency.p95().map(|d| (d, slots)),
+            HedgeAfter::Off => None,
         });
         use tracing::Instrument;
         let span = tracing::debug_span!(
@@ -820,9 +813,10 @@ impl tower::Service<RangeRequest> for OriginRanges {
                             Some((after, slots)) => hedged(&origin, &r, after, &slots).await,
                             None => origin.get_range(&r).await,
                         };
-                        metrics.origin_first_byte(asked.elapsed());
+                        let first_byte = asked.elapsed();
+                        metrics.origin_first_byte(first_byte);
                         if answer.is_ok() {
-                            latency.record(asked.elapsed());
+                            latency.record(first_byte);
                         }
                         answer.and_then(|a| verify(&r, &a).map(|()| a))
                     }

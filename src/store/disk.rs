@@ -213,8 +213,9 @@ impl DiskStore {
         Self::open_with(root, capacity, 0)
     }
 
-    /// As [`open`](Self::open), also keeping up to `small_memory` bytes of small chunks
-    /// (at most 256 KiB each) in memory once read. A hit on a small object is then a
+    /// As [`open`](Self::open), also keeping up to `small_memory` bytes (at most `capacity`:
+    /// they are copies of chunks on disk) of small chunks (at most 256 KiB each) in memory
+    /// once read. A hit on a small object is then a
     /// memory read: a disk read of a few KiB costs a trip to a blocking thread and a syscall,
     /// many times the cost of the copy itself, and small objects are exactly the requests
     /// where that overhead is the whole price.
@@ -236,6 +237,7 @@ impl DiskStore {
             .max_capacity(OPEN_FILES)
             .build();
         let open = handles.clone();
+        let small_memory = small_memory.min(capacity);
         let small = (small_memory > 0).then(|| {
             moka::sync::Cache::builder()
                 .max_capacity(small_memory)
@@ -826,12 +828,8 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let s = DiskStore::open(dir.path(), 1 << 30).unwrap();
         let key = ChunkKey {
-            origin_id: "o".into(),
-            bucket: "b".into(),
-            key: "k".into(),
-            etag: "e".into(),
-            chunk_size: 1 << 20,
             index: 3,
+            ..key("k")
         };
         let mut w = s.begin(&key, 10).await.unwrap();
         w.write(Bytes::from_static(b"01234")).await.unwrap();

@@ -128,23 +128,11 @@ impl S3Store {
             "" => String::new(),
             p => format!("{p}/"),
         };
-        let known_bytes = Arc::new(AtomicU64::new(0));
-        let kb = known_bytes.clone();
-        let chunks = moka::sync::Cache::builder()
-            .max_capacity(cfg.catalog_entries)
-            .eviction_listener(move |_k, len: u64, _cause| {
-                kb.fetch_sub(len, Ordering::Relaxed);
-            })
-            .build();
         let mut store = S3Store {
             client,
             bucket,
             prefix,
-            catalog: Catalog {
-                chunks,
-                known_bytes,
-                failed_commits: Arc::default(),
-            },
+            catalog: Catalog::new(cfg.catalog_entries),
             conditional_put: false,
         };
         store.conditional_put = store.self_test().await.map_err(|why| {
@@ -546,6 +534,24 @@ struct Catalog {
 }
 
 impl Catalog {
+    /// A catalog of at most `entries` chunks; `known_bytes` follows its entries both ways
+    /// (added by [`remember`](Self::remember), taken back when an entry leaves).
+    fn new(entries: u64) -> Self {
+        let known_bytes = Arc::new(AtomicU64::new(0));
+        let kb = known_bytes.clone();
+        let chunks = moka::sync::Cache::builder()
+            .max_capacity(entries)
+            .eviction_listener(move |_k, len: u64, _cause| {
+                kb.fetch_sub(len, Ordering::Relaxed);
+            })
+            .build();
+        Catalog {
+            chunks,
+            known_bytes,
+            failed_commits: Arc::default(),
+        }
+    }
+
     fn remember(&self, key: &ChunkKey, len: u64) {
         if !self.chunks.contains_key(key) {
             self.known_bytes.fetch_add(len, Ordering::Relaxed);

@@ -138,7 +138,7 @@ pub fn garage() -> &'static Garage {
 }
 
 /// How long one test binary may run before it is taken for hung. The slowest binary takes
-/// about two minutes here; a hang must fail the run with a message, not eat CI's whole time.
+/// well under a minute here; a hang must fail the run with a message, not eat CI's time.
 const WATCHDOG: Duration = Duration::from_secs(20 * 60);
 
 /// Ends this test process, saying why, once it has run for [`WATCHDOG`]. Garage stops with it
