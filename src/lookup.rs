@@ -326,6 +326,9 @@ where
                         let src = Src::Open { skip_store: false };
                         return Ok(follow(inner, store, req, src));
                     }
+                    // The reader never asks the store for this chunk: tell it that one wants it,
+                    // or its admission counts the chunk as unused and may decline it for ever.
+                    store.wanted(&req.key);
                     let joined = inner.clone().oneshot(whole()).await?;
                     let src = Src::Reading(slice(joined, req.range.clone()));
                     return Ok(follow(inner, store, req, src));

@@ -819,3 +819,47 @@ async fn hedges_are_off_by_default_and_count_against_origin_concurrency() {
         shoal.stop().await;
     }
 }
+
+/// Regression: readahead found a chunk missing and went to the fill without the store ever
+/// hearing that a reader wanted it. A full store's admission (W-TinyLFU) then saw every
+/// readahead chunk as never used and declined it on every read: once the store had filled
+/// up, a new object's chunks after the first were fetched from the origin on every GET, for
+/// ever, however often it was read.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_full_store_admits_an_object_its_readers_keep_reading() {
+    let g = garage();
+    let c = client(&g.endpoint);
+    let b = bucket(&c, "admit").await;
+    let (old, new) = (data(8 * MIB, 41), data(8 * MIB, 42));
+    put(&c, &b, "old", old.clone()).await;
+    put(&c, &b, "new", new.clone()).await;
+    for kind in ["memory", "disk"] {
+        let dir = tempfile::tempdir().unwrap();
+        let mut cfg = config(g);
+        // Room for one of the two 8-chunk objects (and the disk store's file headers), not
+        // for both.
+        cfg.store.capacity = shoal::config::ByteSize(10 * MIB as u64);
+        if kind == "disk" {
+            cfg.store.kind = shoal::config::StoreKind::Disk;
+            cfg.store.path = Some(dir.path().to_path_buf());
+        }
+        let origin = Faulty::new(s3_origin(&cfg).await);
+        let shoal = Shoal::start(&cfg, origin.clone()).await;
+        // The store fills up with an object read once.
+        assert!(body(shoal.get(&format!("{b}/old")).await).await == old);
+        // A second object, read again and again: a one-off read may be declined, a repeated
+        // one must not be.
+        for _ in 0..2 {
+            assert!(body(shoal.get(&format!("{b}/new")).await).await == new);
+        }
+        let before = origin.gets_for("new").len();
+        assert!(body(shoal.get(&format!("{b}/new")).await).await == new);
+        let after = origin.gets_for("new").len();
+        assert_eq!(
+            after - before,
+            0,
+            "{kind} store: the third read of an object asked the origin again"
+        );
+        shoal.stop().await;
+    }
+}

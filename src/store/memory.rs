@@ -146,6 +146,11 @@ impl ChunkStore for MemoryStore {
         self.cache.contains_key(key)
     }
 
+    fn wanted(&self, key: &ChunkKey) {
+        // A lookup, hit or miss, is what moka's frequency sketch counts.
+        let _ = self.cache.get(key);
+    }
+
     fn keeps_written_bytes(&self) -> bool {
         true
     }

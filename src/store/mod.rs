@@ -84,6 +84,13 @@ pub trait ChunkStore: Send + Sync + 'static {
     /// Whether a committed chunk is present (cheap: an index lookup, not counted as a use).
     fn contains(&self, key: &ChunkKey) -> bool;
 
+    /// A reader is about to read this chunk from elsewhere: readahead found it missing and
+    /// joins (or starts) its fill. Counts as a use for the store's admission, as a `get`
+    /// would: without it, a full store would see the chunks of a large object as never
+    /// read (readahead, not `get`, finds them missing) and decline them on every fill, however
+    /// often the object is read. Stores without an admission policy ignore it.
+    fn wanted(&self, _key: &ChunkKey) {}
+
     /// Whether a chunk is present, asking the store itself where that is not free: a fill
     /// asks this before it goes to the origin, so that a chunk another replica put into a
     /// shared store is a hit here. Local stores answer [`ChunkStore::contains`].

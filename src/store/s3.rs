@@ -491,6 +491,11 @@ impl ChunkStore for S3Store {
         self.catalog.chunks.contains_key(key)
     }
 
+    fn wanted(&self, key: &ChunkKey) {
+        // A lookup, hit or miss, is what moka's frequency sketch counts.
+        let _ = self.catalog.chunks.get(key);
+    }
+
     async fn present(&self, key: &ChunkKey) -> bool {
         if self.contains(key) {
             return true;
