@@ -538,6 +538,7 @@ pub async fn start_with(
                 store_checksum_failures: s.corrupt,
                 store_refused: s.refused,
                 store_failed_commits: s.failed_commits,
+                log_lines_dropped: crate::telemetry::sink::dropped(),
                 budget_used: budget.total() - budget.available(),
                 budget_total: budget.total(),
                 members: membership.members().len() as u64,

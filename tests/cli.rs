@@ -134,3 +134,131 @@ fn serves_reports_health_and_stops_on_sigterm() {
     // Drain the rest of the log so nothing is left behind.
     for _ in lines {}
 }
+
+/// Regression: every access line was written to stdout on the request's own worker thread, so
+/// a log reader that stopped reading (a stuck collector on the other end of the pipe) stalled
+/// every request once the pipe was full. Now the lines queue in a bounded buffer, the excess
+/// is dropped and counted, and the writer says how many it lost once the reader is back.
+#[test]
+fn a_log_reader_that_stops_reading_costs_log_lines_not_requests() {
+    let dir = tempfile::tempdir().unwrap();
+    let root = dir.path().join("origin");
+    std::fs::create_dir_all(root.join("demo")).unwrap();
+    // A long key makes long access lines: the 8 MiB buffer overflows within the run.
+    let key = "k".repeat(200);
+    std::fs::write(root.join("demo").join(&key), b"hello").unwrap();
+    let cfg = dir.path().join("c.toml");
+    std::fs::write(
+        &cfg,
+        format!(
+            "[server]\nlisten = \"127.0.0.1:0\"\n[ops]\nlisten = \"127.0.0.1:0\"\n[origin]\nkind = \"local\"\nroot = \"{}\"\n[auth]\nmode = \"none\"\n[telemetry]\nlog_format = \"json\"\n",
+            root.display()
+        ),
+    )
+    .unwrap();
+    let mut child = shoal()
+        .args(["serve", "--config"])
+        .arg(&cfg)
+        .env_remove("RUST_LOG")
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let stdout = child.stdout.take().unwrap();
+    // A failed assertion must not leave the server running.
+    struct Reap(Option<u32>);
+    impl Drop for Reap {
+        fn drop(&mut self) {
+            if let Some(pid) = self.0 {
+                // SAFETY: plain kill(2) on our own child, not yet waited for.
+                unsafe {
+                    libc::kill(pid as i32, libc::SIGKILL);
+                }
+            }
+        }
+    }
+    let mut reap = Reap(Some(child.id()));
+    let mut lines = BufReader::new(stdout).lines();
+    let (mut s3, mut ops) = (String::new(), String::new());
+    for line in lines.by_ref() {
+        let line = line.unwrap();
+        if line.contains("shoal listening") {
+            let field = |name: &str| {
+                let start = line.find(&format!("\"{name}\":\"")).unwrap() + name.len() + 4;
+                line[start..].split('"').next().unwrap().to_owned()
+            };
+            s3 = field("s3_addr");
+            ops = field("ops_addr");
+            break;
+        }
+    }
+    assert!(!s3.is_empty(), "no listening line");
+    // From here on nobody reads the log until the requests are done.
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    let dropped = rt.block_on(async {
+        use futures_util::StreamExt as _;
+        let http = reqwest::Client::builder()
+            .timeout(Duration::from_secs(20))
+            .build()
+            .unwrap();
+        let url = format!("http://{s3}/demo/{key}");
+        let statuses: Vec<u16> = futures_util::stream::iter(0..12_000)
+            .map(|_| {
+                let (http, url) = (http.clone(), url.clone());
+                async move {
+                    match http.get(&url).send().await {
+                        Ok(r) => r.status().as_u16(),
+                        Err(e) => panic!("a request stalled behind the unread log: {e}"),
+                    }
+                }
+            })
+            .buffer_unordered(16)
+            .collect()
+            .await;
+        assert!(statuses.iter().all(|&s| s == 200));
+        let m = http
+            .get(format!("http://{ops}/metrics"))
+            .send()
+            .await
+            .unwrap()
+            .text()
+            .await
+            .unwrap();
+        m.lines()
+            .find_map(|l| l.strip_prefix("shoal_log_lines_dropped_total "))
+            .expect("the dropped-lines counter is exported")
+            .trim()
+            .parse::<u64>()
+            .unwrap()
+    });
+    assert!(dropped > 0, "the log overflowed, yet no line was dropped");
+    // The reader is back: the writer catches up and says what it lost.
+    let (tx, rx) = std::sync::mpsc::channel::<String>();
+    let reader = std::thread::spawn(move || {
+        for l in lines.map_while(Result::ok) {
+            let _ = tx.send(l);
+        }
+    });
+    let report = loop {
+        match rx.recv_timeout(Duration::from_secs(30)) {
+            Ok(l) if l.contains("log lines dropped") => break l,
+            Ok(_) => {}
+            Err(e) => panic!("the writer did not report the lines it dropped: {e}"),
+        }
+    };
+    let v: serde_json::Value = serde_json::from_str(&report).unwrap();
+    assert_eq!(v["level"], "WARN");
+    // SAFETY: plain kill(2) on our own child.
+    unsafe {
+        libc::kill(child.id() as i32, libc::SIGTERM);
+    }
+    let status = child.wait().unwrap();
+    reap.0 = None;
+    assert!(status.success());
+    reader.join().unwrap();
+    let rest: Vec<String> = rx.try_iter().collect();
+    assert!(
+        rest.iter().any(|l| l.contains("\"stopped\"")),
+        "the last lines are flushed at exit"
+    );
+}

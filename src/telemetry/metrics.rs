@@ -155,6 +155,8 @@ pub struct Snapshot {
     pub store_refused: u64,
     /// Commits that failed.
     pub store_failed_commits: u64,
+    /// Log lines dropped because stdout did not keep up (process-wide).
+    pub log_lines_dropped: u64,
     /// Bytes of `fill.buffer_budget` in use, and its size.
     pub budget_used: u64,
     /// `fill.buffer_budget`.
@@ -194,8 +196,9 @@ struct Inner {
     members: Gauge,
     connections: Gauge,
     connections_refused: Counter,
+    log_lines_dropped: Counter,
     /// Last values of the store's own counters, so the exported counters only ever grow.
-    seen: [AtomicU64; 4],
+    seen: [AtomicU64; 5],
 }
 
 fn latency() -> Histogram {
@@ -318,6 +321,11 @@ impl Metrics {
         );
         let store_failed_commits =
             counter(&mut r, "store_failed_commits", "Chunk commits that failed");
+        let log_lines_dropped = counter(
+            &mut r,
+            "log_lines_dropped",
+            "Log lines dropped because stdout did not keep up (its reader stalled)",
+        );
         let budget_used = gauge(
             &mut r,
             "budget_used_bytes",
@@ -366,6 +374,7 @@ impl Metrics {
             members,
             connections,
             connections_refused,
+            log_lines_dropped,
             seen: Default::default(),
         }))
     }
@@ -466,6 +475,7 @@ impl Metrics {
             (&m.store_checksum_failures, now.store_checksum_failures),
             (&m.store_refused, now.store_refused),
             (&m.store_failed_commits, now.store_failed_commits),
+            (&m.log_lines_dropped, now.log_lines_dropped),
         ]
         .into_iter()
         .enumerate()

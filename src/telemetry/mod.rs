@@ -1,12 +1,14 @@
 //! Logs, traces and metrics.
 //!
 //! Logs and traces both come from `tracing`: one subscriber with two layers — the log lines
-//! (text for people, JSON for pipelines) and, when `telemetry.otlp_endpoint` is set, the
-//! OTLP exporter ([`trace`]). Metrics are Prometheus ([`metrics`]); the access log and the
+//! (text for people, JSON for pipelines, [`json`]), written to stdout off the request path
+//! ([`sink`]), and, when `telemetry.otlp_endpoint` is set, the OTLP exporter ([`trace`]). Metrics are Prometheus ([`metrics`]); the access log and the
 //! request metrics are written when a response's body ends ([`access`]).
 
 pub mod access;
+pub mod json;
 pub mod metrics;
+pub mod sink;
 pub mod trace;
 
 use crate::config::{LogFormat, TelemetryConfig};
@@ -15,17 +17,25 @@ use tracing_subscriber::layer::SubscriberExt;
 use tracing_subscriber::util::SubscriberInitExt;
 use tracing_subscriber::{EnvFilter, Layer};
 
-/// What must outlive the process's work: the trace exporter, flushed at shutdown.
+/// What must outlive the process's work: the trace exporter, flushed at shutdown, and the log
+/// writer, flushed when the guard is dropped — on every way out of `main`, errors included.
 pub struct Guard {
     exporter: Option<trace::Exporter>,
+    logs: sink::LogSink,
 }
 
 impl Guard {
     /// Flushes buffered spans, waiting at most `limit`.
-    pub async fn shutdown(self, limit: std::time::Duration) {
-        if let Some(e) = self.exporter {
+    pub async fn shutdown(mut self, limit: std::time::Duration) {
+        if let Some(e) = self.exporter.take() {
             e.shutdown(limit).await;
         }
+    }
+}
+
+impl Drop for Guard {
+    fn drop(&mut self) {
+        self.logs.flush(std::time::Duration::from_secs(2));
     }
 }
 
@@ -38,9 +48,19 @@ pub fn init(cfg: &TelemetryConfig, instance: &str) -> Result<Guard, String> {
         .unwrap_or_else(|_| EnvFilter::new("info"));
     // Colour only for a person at a terminal, never into a file or a log pipeline.
     let ansi = std::io::IsTerminal::is_terminal(&std::io::stdout());
+    let json = cfg.log_format == LogFormat::Json;
+    let sink = sink::LogSink::new(Box::new(std::io::stdout()), json)
+        .map_err(|e| format!("cannot start the log writer: {e}"))?;
     let logs = match cfg.log_format {
-        LogFormat::Json => tracing_subscriber::fmt::layer().json().boxed(),
-        LogFormat::Text => tracing_subscriber::fmt::layer().with_ansi(ansi).boxed(),
+        LogFormat::Json => tracing_subscriber::fmt::layer()
+            .event_format(json::JsonLine)
+            .fmt_fields(json::JsonFields)
+            .with_writer(sink.clone())
+            .boxed(),
+        LogFormat::Text => tracing_subscriber::fmt::layer()
+            .with_ansi(ansi)
+            .with_writer(sink.clone())
+            .boxed(),
     }
     .with_filter(filter);
     let (exporter, traces) = match trace::exporter(cfg, instance)? {
@@ -68,5 +88,8 @@ pub fn init(cfg: &TelemetryConfig, instance: &str) -> Result<Guard, String> {
         .with(logs)
         .with(traces)
         .try_init();
-    Ok(Guard { exporter })
+    Ok(Guard {
+        exporter,
+        logs: sink,
+    })
 }
