@@ -10,9 +10,10 @@
 //! 2. **warm small GET**: one 4 KiB object, wrk with 64 and 256 connections; requests per
 //!    second, p50 and p99.
 //! 3. **cold large GET**: one client, a 256 MiB object no cache has seen (a fresh object each
-//!    round): time to first byte and total, against a signed download straight from the origin.
-//! 4. **cold footer read**: the last 64 KiB of a cold 256 MiB object (a Parquet footer):
-//!    time to first byte and total, against the same ranged GET straight from the origin.
+//!    round): time to the headers, to the first body byte and to the last, against a signed
+//!    download straight from the origin.
+//! 4. **cold footer read**: the last 64 KiB of a cold 256 MiB object (a Parquet footer): the
+//!    same times, against the same ranged GET straight from the origin.
 //! 5. **LIST**: a 1,000-key prefix, 32 connections, `list.ttl` off and on.
 //!
 //! nginx reads Garage's website endpoint (it cannot sign requests); cachey and Shoal read the
@@ -20,7 +21,8 @@
 //! bind option (it listens on all interfaces, on a port the bench picks).
 //!
 //! `make bench` runs it (`cargo bench --bench peers`): it writes `BENCHMARKS.md` at the top of
-//! the repository and `target/bench-peers.json`.
+//! the repository and `target/bench-peers.json`. `cargo bench --bench peers -- cold` runs the
+//! scenarios whose names match (warm_large, warm_small, cold, list) and only prints.
 
 #[path = "../tests/common/mod.rs"]
 mod common;
@@ -179,6 +181,33 @@ fn timed_get(url: &str, headers: &[String]) -> (f64, f64, u64) {
         f[2].parse::<f64>().unwrap() * 1000.0,
         f[3].parse().unwrap(),
     )
+}
+
+/// One GET on a fresh connection, timed in process: response headers, first body byte and
+/// last byte in ms, and the bytes received. curl's own "time to first byte" is the headers;
+/// a cache that answers headers before it has data would look fast there and not to a reader,
+/// so the cold rows report both.
+async fn timed_stream(url: &str, headers: &[String]) -> (f64, f64, f64, u64) {
+    let client = reqwest::Client::builder().no_proxy().build().unwrap();
+    let mut req = client.get(url);
+    for h in headers {
+        let (name, value) = h.split_once(':').unwrap();
+        req = req.header(name.trim(), value.trim());
+    }
+    let t0 = Instant::now();
+    let mut resp = req.send().await.expect("GET");
+    let head = t0.elapsed();
+    assert!(resp.status().is_success(), "GET {url}: {}", resp.status());
+    let (mut first, mut n) = (None, 0u64);
+    while let Some(piece) = resp.chunk().await.expect("body") {
+        if first.is_none() && !piece.is_empty() {
+            first = Some(t0.elapsed());
+        }
+        n += piece.len() as u64;
+    }
+    let total = t0.elapsed();
+    let ms = |d: Duration| d.as_secs_f64() * 1000.0;
+    (ms(head), ms(first.unwrap_or(total)), ms(total), n)
 }
 
 /// median, min, max
@@ -381,6 +410,13 @@ fn main() {
         );
         return;
     }
+    // A name filter runs some scenarios only (`cargo bench --bench peers -- cold`: warm_large,
+    // warm_small, cold, list); a filtered run prints its tables and leaves BENCHMARKS.md alone.
+    let filter: Vec<String> = std::env::args()
+        .skip(1)
+        .filter(|a| !a.starts_with("--"))
+        .collect();
+    let want = |n: &str| filter.is_empty() || filter.iter().any(|f| n.contains(f.as_str()));
     let rt = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
         .enable_all()
@@ -485,247 +521,273 @@ fn main() {
     let _ = writeln!(md_head, "- load: {}", version("wrk", "-v"));
 
     // ---- 1. warm large ----
-    if let Some(t) = cachey_t(format!("Range: bytes=0-{}", LARGE - 1)) {
-        warm.push(t);
-    }
-    for t in &warm {
-        let (_, _, n) = timed_get(&(t.url)(t, "large"), &t.headers);
-        assert_eq!(n as usize, LARGE, "{} warm-up", t.name);
-        // A second read so that every slice is cached whatever the cache's admission.
-        timed_get(&(t.url)(t, "large"), &t.headers);
-    }
-    report.section(
-        "Warm large GET (256 MiB)",
-        "wrk, whole-object GETs of one cached 256 MiB object (cachey: the whole range). MiB/s.",
-    );
-    report.table(&["connections", "contender", "MiB/s", "× best peer"]);
-    for conns in [8usize, 64] {
-        let mut runs: Vec<Vec<f64>> = vec![Vec::new(); warm.len()];
-        for _ in 0..ROUNDS {
-            for (i, t) in warm.iter().enumerate() {
-                runs[i].push(wrk(&(t.url)(t, "large"), &t.headers, conns).bytes_s);
-            }
+    if want("warm_large") {
+        if let Some(t) = cachey_t(format!("Range: bytes=0-{}", LARGE - 1)) {
+            warm.push(t);
         }
-        let best_peer = warm
-            .iter()
-            .zip(&runs)
-            .filter(|(t, _)| !t.name.starts_with("shoal"))
-            .map(|(_, r)| stats(r).0)
-            .fold(0.0, f64::max);
-        for (t, r) in warm.iter().zip(&runs) {
-            report.value(&format!("warm_large_c{conns}"), t.name, "bytes_per_s", r);
-            report.row(&[
-                conns.to_string(),
-                t.name.to_string(),
-                fmt_range(r, MIB as f64, 0),
-                format!("{:.2}", stats(r).0 / best_peer),
-            ]);
+        for t in &warm {
+            let (_, _, n) = timed_get(&(t.url)(t, "large"), &t.headers);
+            assert_eq!(n as usize, LARGE, "{} warm-up", t.name);
+            // A second read so that every slice is cached whatever the cache's admission.
+            timed_get(&(t.url)(t, "large"), &t.headers);
+        }
+        report.section(
+            "Warm large GET (256 MiB)",
+            "wrk, whole-object GETs of one cached 256 MiB object (cachey: the whole range). MiB/s.",
+        );
+        report.table(&["connections", "contender", "MiB/s", "× best peer"]);
+        for conns in [8usize, 64] {
+            let mut runs: Vec<Vec<f64>> = vec![Vec::new(); warm.len()];
+            for _ in 0..ROUNDS {
+                for (i, t) in warm.iter().enumerate() {
+                    runs[i].push(wrk(&(t.url)(t, "large"), &t.headers, conns).bytes_s);
+                }
+            }
+            let best_peer = warm
+                .iter()
+                .zip(&runs)
+                .filter(|(t, _)| !t.name.starts_with("shoal"))
+                .map(|(_, r)| stats(r).0)
+                .fold(0.0, f64::max);
+            for (t, r) in warm.iter().zip(&runs) {
+                report.value(&format!("warm_large_c{conns}"), t.name, "bytes_per_s", r);
+                report.row(&[
+                    conns.to_string(),
+                    t.name.to_string(),
+                    fmt_range(r, MIB as f64, 0),
+                    format!("{:.2}", stats(r).0 / best_peer),
+                ]);
+            }
         }
     }
 
     // ---- 2. warm small ----
-    let mut small_targets = warm.clone();
-    small_targets.truncate(3);
-    if let Some(t) = cachey_t(format!("Range: bytes=0-{}", SMALL - 1)) {
-        small_targets.push(t);
-    }
-    for t in &small_targets {
-        timed_get(&(t.url)(t, "small"), &t.headers);
-        timed_get(&(t.url)(t, "small"), &t.headers);
-    }
-    report.section(
-        "Warm small GET (4 KiB)",
-        "wrk, GETs of one cached 4 KiB object. Requests per second, p50 and p99 in ms.",
-    );
-    report.table(&[
-        "connections",
-        "contender",
-        "req/s",
-        "p50 ms",
-        "p99 ms",
-        "× best peer (req/s)",
-    ]);
-    for conns in [64usize, 256] {
-        let mut runs: Vec<Vec<Load>> = vec![Vec::new(); small_targets.len()];
-        for _ in 0..ROUNDS {
-            for (i, t) in small_targets.iter().enumerate() {
-                runs[i].push(wrk(&(t.url)(t, "small"), &t.headers, conns));
-            }
+    if want("warm_small") {
+        let mut small_targets = warm.clone();
+        small_targets.truncate(3);
+        // The other Shoal rows log warnings only, as nginx runs with `access_log off`; this one
+        // writes its JSON access line for every request, as a deployment does.
+        let logged = ShoalProcess::start_with_env(
+            &shoal_toml(g, "memory", tmp.path(), "0s"),
+            &[("RUST_LOG", "info")],
+        );
+        small_targets.push(shoal_t("shoal (memory, access log)", &logged.s3));
+        if let Some(t) = cachey_t(format!("Range: bytes=0-{}", SMALL - 1)) {
+            small_targets.push(t);
         }
-        let col = |r: &[Load], f: fn(&Load) -> f64| r.iter().map(f).collect::<Vec<f64>>();
-        let best_peer = small_targets
-            .iter()
-            .zip(&runs)
-            .filter(|(t, _)| !t.name.starts_with("shoal"))
-            .map(|(_, r)| stats(&col(r, |l| l.req_s)).0)
-            .fold(0.0, f64::max);
-        for (t, r) in small_targets.iter().zip(&runs) {
-            let rate = col(r, |l| l.req_s);
-            let (p50, p99) = (col(r, |l| l.p50_ms), col(r, |l| l.p99_ms));
-            let s = format!("warm_small_c{conns}");
-            report.value(&s, t.name, "req_per_s", &rate);
-            report.value(&s, t.name, "p50_ms", &p50);
-            report.value(&s, t.name, "p99_ms", &p99);
-            report.row(&[
-                conns.to_string(),
-                t.name.to_string(),
-                fmt_range(&rate, 1.0, 0),
-                fmt_range(&p50, 1.0, 2),
-                fmt_range(&p99, 1.0, 2),
-                format!("{:.2}", stats(&rate).0 / best_peer),
-            ]);
+        for t in &small_targets {
+            timed_get(&(t.url)(t, "small"), &t.headers);
+            timed_get(&(t.url)(t, "small"), &t.headers);
+        }
+        report.section(
+            "Warm small GET (4 KiB)",
+            "wrk, GETs of one cached 4 KiB object. Requests per second, p50 and p99 in ms. \
+             Shoal logs warnings only (nginx: `access_log off`), except the access-log row: one \
+             JSON line per request, at `info`.",
+        );
+        report.table(&[
+            "connections",
+            "contender",
+            "req/s",
+            "p50 ms",
+            "p99 ms",
+            "× best peer (req/s)",
+        ]);
+        for conns in [64usize, 256] {
+            let mut runs: Vec<Vec<Load>> = vec![Vec::new(); small_targets.len()];
+            for _ in 0..ROUNDS {
+                for (i, t) in small_targets.iter().enumerate() {
+                    runs[i].push(wrk(&(t.url)(t, "small"), &t.headers, conns));
+                }
+            }
+            let col = |r: &[Load], f: fn(&Load) -> f64| r.iter().map(f).collect::<Vec<f64>>();
+            let best_peer = small_targets
+                .iter()
+                .zip(&runs)
+                .filter(|(t, _)| !t.name.starts_with("shoal"))
+                .map(|(_, r)| stats(&col(r, |l| l.req_s)).0)
+                .fold(0.0, f64::max);
+            for (t, r) in small_targets.iter().zip(&runs) {
+                let rate = col(r, |l| l.req_s);
+                let (p50, p99) = (col(r, |l| l.p50_ms), col(r, |l| l.p99_ms));
+                let s = format!("warm_small_c{conns}");
+                report.value(&s, t.name, "req_per_s", &rate);
+                report.value(&s, t.name, "p50_ms", &p50);
+                report.value(&s, t.name, "p99_ms", &p99);
+                report.row(&[
+                    conns.to_string(),
+                    t.name.to_string(),
+                    fmt_range(&rate, 1.0, 0),
+                    fmt_range(&p50, 1.0, 2),
+                    fmt_range(&p99, 1.0, 2),
+                    format!("{:.2}", stats(&rate).0 / best_peer),
+                ]);
+            }
         }
     }
 
     // ---- 3. cold large, 4. cold footer ----
-    let origin_url = |key: &str, range: Option<String>| -> String {
-        rt.block_on(async {
-            let mut req = c.get_object().bucket(&b).key(key);
-            if let Some(r) = range {
-                req = req.range(r);
-            }
-            req.presigned(
-                aws_sdk_s3::presigning::PresigningConfig::expires_in(Duration::from_secs(3600))
-                    .unwrap(),
-            )
-            .await
-            .unwrap()
-            .uri()
-            .to_owned()
-        })
-    };
-    report.section(
-        "Cold large GET (256 MiB) and cold footer read (last 64 KiB of 256 MiB)",
-        "One client (curl), an object no cache has seen (a fresh one each round). Time to \
-         first byte and total in ms; the ratio is to a signed GET straight from the origin \
-         (Garage on loopback: the bar a cache cannot beat on a miss).",
-    );
-    report.table(&[
-        "read",
-        "contender",
-        "TTFB ms",
-        "total ms",
-        "TTFB × origin",
-        "total × origin",
-    ]);
-    type ColdRow = (&'static str, Vec<f64>, Vec<f64>);
-    for (scenario, key_prefix, footer) in [
-        ("cold_large", "cold", false),
-        ("cold_footer", "footer", true),
-    ] {
-        let mut rows: Vec<ColdRow> = vec![
-            ("origin (direct)", vec![], vec![]),
-            ("shoal (memory)", vec![], vec![]),
-            ("nginx slice", vec![], vec![]),
-        ];
-        if cachey.is_some() {
-            rows.push(("cachey", vec![], vec![]));
-        }
-        let suffix = format!("bytes=-{FOOTER}");
-        let exact = format!("bytes={}-{}", LARGE - FOOTER, LARGE - 1);
-        for round in 0..ROUNDS {
-            let key = format!("{key_prefix}{round}");
-            for row in rows.iter_mut() {
-                let range_hdr = |r: &str| vec![format!("Range: {r}")];
-                let (ttfb, total, n) = match row.0 {
-                    // The presigned URL signs the Range header: send the same one.
-                    "origin (direct)" => timed_get(
-                        &origin_url(&key, footer.then(|| suffix.clone())),
-                        &if footer { range_hdr(&suffix) } else { vec![] },
-                    ),
-                    "shoal (memory)" => timed_get(
-                        &format!("{}/{b}/{key}", mem.s3),
-                        &if footer { range_hdr(&suffix) } else { vec![] },
-                    ),
-                    "nginx slice" => timed_get(
-                        &format!("{nginx_base}/{key}"),
-                        &if footer { range_hdr(&suffix) } else { vec![] },
-                    ),
-                    _ => {
-                        let base = &cachey.as_ref().unwrap().1;
-                        let r = if footer {
-                            exact.clone()
-                        } else {
-                            format!("bytes=0-{}", LARGE - 1)
-                        };
-                        timed_get(
-                            &format!("{base}/fetch/{b}/{key}"),
-                            &[format!("Range: {r}"), "C0-Config: fps=true".into()],
-                        )
-                    }
-                };
-                assert_eq!(
-                    n as usize,
-                    if footer { FOOTER } else { LARGE },
-                    "{} {key}",
-                    row.0
-                );
-                row.1.push(ttfb);
-                row.2.push(total);
-            }
-        }
-        let (o_ttfb, o_total) = (stats(&rows[0].1).0, stats(&rows[0].2).0);
-        for (name, ttfb, total) in &rows {
-            report.value(scenario, name, "ttfb_ms", ttfb);
-            report.value(scenario, name, "total_ms", total);
-            report.row(&[
-                if footer {
-                    "footer 64 KiB"
-                } else {
-                    "whole 256 MiB"
+    if want("cold") {
+        let origin_url = |key: &str, range: Option<String>| -> String {
+            rt.block_on(async {
+                let mut req = c.get_object().bucket(&b).key(key);
+                if let Some(r) = range {
+                    req = req.range(r);
                 }
-                .to_string(),
-                name.to_string(),
-                fmt_range(ttfb, 1.0, 1),
-                fmt_range(total, 1.0, 1),
-                format!("{:.2}", stats(ttfb).0 / o_ttfb),
-                format!("{:.2}", stats(total).0 / o_total),
-            ]);
+                req.presigned(
+                    aws_sdk_s3::presigning::PresigningConfig::expires_in(Duration::from_secs(3600))
+                        .unwrap(),
+                )
+                .await
+                .unwrap()
+                .uri()
+                .to_owned()
+            })
+        };
+        report.section(
+            "Cold large GET (256 MiB) and cold footer read (last 64 KiB of 256 MiB)",
+            "One client (a fresh connection each GET), an object no cache has seen (a fresh one \
+         each round). Milliseconds to the response headers, to the first body byte and to the \
+         last; the ratios are to a signed GET straight from the origin (Garage on loopback: \
+         the bar a cache cannot beat on a miss).",
+        );
+        report.table(&[
+            "read",
+            "contender",
+            "headers ms",
+            "first byte ms",
+            "total ms",
+            "first byte × origin",
+            "total × origin",
+        ]);
+        type ColdRow = (&'static str, Vec<f64>, Vec<f64>, Vec<f64>);
+        for (scenario, key_prefix, footer) in [
+            ("cold_large", "cold", false),
+            ("cold_footer", "footer", true),
+        ] {
+            let mut rows: Vec<ColdRow> = vec![
+                ("origin (direct)", vec![], vec![], vec![]),
+                ("shoal (memory)", vec![], vec![], vec![]),
+                ("nginx slice", vec![], vec![], vec![]),
+            ];
+            if cachey.is_some() {
+                rows.push(("cachey", vec![], vec![], vec![]));
+            }
+            let suffix = format!("bytes=-{FOOTER}");
+            let exact = format!("bytes={}-{}", LARGE - FOOTER, LARGE - 1);
+            for round in 0..ROUNDS {
+                let key = format!("{key_prefix}{round}");
+                for row in rows.iter_mut() {
+                    let range_hdr = |r: &str| vec![format!("Range: {r}")];
+                    let timed = |url: &str, h: &[String]| rt.block_on(timed_stream(url, h));
+                    let (head, first, total, n) = match row.0 {
+                        // The presigned URL signs the Range header: send the same one.
+                        "origin (direct)" => timed(
+                            &origin_url(&key, footer.then(|| suffix.clone())),
+                            &if footer { range_hdr(&suffix) } else { vec![] },
+                        ),
+                        "shoal (memory)" => timed(
+                            &format!("{}/{b}/{key}", mem.s3),
+                            &if footer { range_hdr(&suffix) } else { vec![] },
+                        ),
+                        "nginx slice" => timed(
+                            &format!("{nginx_base}/{key}"),
+                            &if footer { range_hdr(&suffix) } else { vec![] },
+                        ),
+                        _ => {
+                            let base = &cachey.as_ref().unwrap().1;
+                            let r = if footer {
+                                exact.clone()
+                            } else {
+                                format!("bytes=0-{}", LARGE - 1)
+                            };
+                            timed(
+                                &format!("{base}/fetch/{b}/{key}"),
+                                &[format!("Range: {r}"), "C0-Config: fps=true".into()],
+                            )
+                        }
+                    };
+                    assert_eq!(
+                        n as usize,
+                        if footer { FOOTER } else { LARGE },
+                        "{} {key}",
+                        row.0
+                    );
+                    row.1.push(head);
+                    row.2.push(first);
+                    row.3.push(total);
+                }
+            }
+            let (o_first, o_total) = (stats(&rows[0].2).0, stats(&rows[0].3).0);
+            for (name, head, first, total) in &rows {
+                report.value(scenario, name, "headers_ms", head);
+                report.value(scenario, name, "first_byte_ms", first);
+                report.value(scenario, name, "total_ms", total);
+                report.row(&[
+                    if footer {
+                        "footer 64 KiB"
+                    } else {
+                        "whole 256 MiB"
+                    }
+                    .to_string(),
+                    name.to_string(),
+                    fmt_range(head, 1.0, 1),
+                    fmt_range(first, 1.0, 1),
+                    fmt_range(total, 1.0, 1),
+                    format!("{:.2}", stats(first).0 / o_first),
+                    format!("{:.2}", stats(total).0 / o_total),
+                ]);
+            }
         }
     }
 
     // ---- 5. LIST ----
-    let lb = rt.block_on(bucket(&c, "peers-list"));
-    rt.block_on(async {
-        let puts = (0..1000).map(|i| {
-            let (c, lb) = (c.clone(), lb.clone());
-            async move { put(&c, &lb, &format!("data/{i:04}"), vec![b'x'; 16]).await }
+    if want("list") {
+        let lb = rt.block_on(bucket(&c, "peers-list"));
+        rt.block_on(async {
+            let puts = (0..1000).map(|i| {
+                let (c, lb) = (c.clone(), lb.clone());
+                async move { put(&c, &lb, &format!("data/{i:04}"), vec![b'x'; 16]).await }
+            });
+            futures_util::stream::iter(puts)
+                .buffer_unordered(32)
+                .collect::<Vec<()>>()
+                .await;
         });
-        futures_util::stream::iter(puts)
-            .buffer_unordered(32)
-            .collect::<Vec<()>>()
-            .await;
-    });
-    drop(mem);
-    let off = ShoalProcess::start(&shoal_toml(g, "memory", tmp.path(), "0s"));
-    let on = ShoalProcess::start(&shoal_toml(g, "memory", tmp.path(), "60s"));
-    report.section(
+        drop(mem);
+        let off = ShoalProcess::start(&shoal_toml(g, "memory", tmp.path(), "0s"));
+        let on = ShoalProcess::start(&shoal_toml(g, "memory", tmp.path(), "60s"));
+        report.section(
         "LIST (1,000 keys under one prefix)",
         "wrk, 32 connections, `ListObjectsV2` of the prefix (one 1,000-key page), `list.ttl` off \
          (every LIST asks the origin) and on (60 s).",
     );
-    report.table(&["list.ttl", "req/s", "p50 ms", "p99 ms"]);
-    let list_url = |base: &str| format!("{base}/{lb}?list-type=2&prefix=data/");
-    let (mut r_off, mut r_on) = (Vec::new(), Vec::new());
-    for _ in 0..ROUNDS {
-        r_off.push(wrk(&list_url(&off.s3), &[], 32));
-        r_on.push(wrk(&list_url(&on.s3), &[], 32));
-    }
-    for (name, r) in [("off", &r_off), ("60s", &r_on)] {
-        let rate: Vec<f64> = r.iter().map(|l| l.req_s).collect();
-        let p50: Vec<f64> = r.iter().map(|l| l.p50_ms).collect();
-        let p99: Vec<f64> = r.iter().map(|l| l.p99_ms).collect();
-        report.value("list", name, "req_per_s", &rate);
-        report.row(&[
-            name.to_string(),
-            fmt_range(&rate, 1.0, 0),
-            fmt_range(&p50, 1.0, 2),
-            fmt_range(&p99, 1.0, 2),
-        ]);
+        report.table(&["list.ttl", "req/s", "p50 ms", "p99 ms"]);
+        let list_url = |base: &str| format!("{base}/{lb}?list-type=2&prefix=data/");
+        let (mut r_off, mut r_on) = (Vec::new(), Vec::new());
+        for _ in 0..ROUNDS {
+            r_off.push(wrk(&list_url(&off.s3), &[], 32));
+            r_on.push(wrk(&list_url(&on.s3), &[], 32));
+        }
+        for (name, r) in [("off", &r_off), ("60s", &r_on)] {
+            let rate: Vec<f64> = r.iter().map(|l| l.req_s).collect();
+            let p50: Vec<f64> = r.iter().map(|l| l.p50_ms).collect();
+            let p99: Vec<f64> = r.iter().map(|l| l.p99_ms).collect();
+            report.value("list", name, "req_per_s", &rate);
+            report.row(&[
+                name.to_string(),
+                fmt_range(&rate, 1.0, 0),
+                fmt_range(&p50, 1.0, 2),
+                fmt_range(&p99, 1.0, 2),
+            ]);
+        }
     }
 
     let md = format!("{md_head}{}", report.md);
     print!("{md}");
+    if !filter.is_empty() {
+        return;
+    }
     let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR"));
     let _ = std::fs::write(root.join("BENCHMARKS.md"), &md);
     let json = format!("[\n  {}\n]\n", report.json.join(",\n  "));

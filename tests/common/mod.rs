@@ -584,7 +584,12 @@ impl ShoalProcess {
         let l2 = logs.clone();
         std::thread::spawn(move || {
             for line in lines.map_while(Result::ok) {
-                l2.lock().unwrap().push(line);
+                let mut l = l2.lock().unwrap();
+                // A load run with access lines on writes millions: keep the recent ones.
+                if l.len() >= 50_000 {
+                    l.drain(..25_000);
+                }
+                l.push(line);
             }
         });
         ShoalProcess {
