@@ -1,11 +1,40 @@
 //! The `shoal` binary: version, config errors, serving, health, graceful shutdown.
 
-use std::io::{BufRead, BufReader};
-use std::process::{Command, Stdio};
+mod common;
+
+use std::io::{BufRead, BufReader, Lines};
+use std::path::Path;
+use std::process::{Child, ChildStdout, Command, Stdio};
 use std::time::Duration;
 
 fn shoal() -> Command {
     Command::new(env!("CARGO_BIN_EXE_shoal"))
+}
+
+/// `shoal serve` over a local origin at `root` (its buckets are folders), JSON logs on a pipe
+/// and no `RUST_LOG`: the process, its log lines after the start-up line, and its S3 and ops
+/// addresses.
+fn serve_local(dir: &Path, root: &Path) -> (Child, Lines<BufReader<ChildStdout>>, String, String) {
+    let cfg = dir.join("c.toml");
+    std::fs::write(
+        &cfg,
+        format!(
+            "[server]\nlisten = \"127.0.0.1:0\"\n[ops]\nlisten = \"127.0.0.1:0\"\n[origin]\nkind = \"local\"\nroot = \"{}\"\n[auth]\nmode = \"none\"\n[telemetry]\nlog_format = \"json\"\n",
+            root.display()
+        ),
+    )
+    .unwrap();
+    let mut child = shoal()
+        .args(["serve", "--config"])
+        .arg(&cfg)
+        .env_remove("RUST_LOG")
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
+    let (s3, ops) = common::listening(&mut lines);
+    (child, lines, s3, ops)
 }
 
 #[test]
@@ -65,39 +94,7 @@ fn serves_reports_health_and_stops_on_sigterm() {
     let root = dir.path().join("origin");
     std::fs::create_dir_all(root.join("demo")).unwrap();
     std::fs::write(root.join("demo/hello.txt"), b"hello").unwrap();
-    let cfg = dir.path().join("c.toml");
-    std::fs::write(
-        &cfg,
-        format!(
-            "[server]\nlisten = \"127.0.0.1:0\"\n[ops]\nlisten = \"127.0.0.1:0\"\n[origin]\nkind = \"local\"\nroot = \"{}\"\n[auth]\nmode = \"none\"\n[telemetry]\nlog_format = \"json\"\n",
-            root.display()
-        ),
-    )
-    .unwrap();
-    let mut child = shoal()
-        .args(["serve", "--config"])
-        .arg(&cfg)
-        .env_remove("RUST_LOG")
-        .stdout(Stdio::piped())
-        .stderr(Stdio::null())
-        .spawn()
-        .unwrap();
-    let stdout = child.stdout.take().unwrap();
-    let mut lines = BufReader::new(stdout).lines();
-    let (mut s3, mut ops) = (String::new(), String::new());
-    for line in lines.by_ref() {
-        let line = line.unwrap();
-        if line.contains("shoal listening") {
-            let field = |name: &str| {
-                let start = line.find(&format!("\"{name}\":\"")).unwrap() + name.len() + 4;
-                line[start..].split('"').next().unwrap().to_owned()
-            };
-            s3 = field("s3_addr");
-            ops = field("ops_addr");
-            break;
-        }
-    }
-    assert!(!s3.is_empty(), "no listening line");
+    let (mut child, lines, s3, ops) = serve_local(dir.path(), &root);
     let rt = tokio::runtime::Runtime::new().unwrap();
     rt.block_on(async {
         let get = |u: String| async move { reqwest::get(u).await.unwrap() };
@@ -147,24 +144,7 @@ fn a_log_reader_that_stops_reading_costs_log_lines_not_requests() {
     // A long key makes long access lines: the 8 MiB buffer overflows within the run.
     let key = "k".repeat(200);
     std::fs::write(root.join("demo").join(&key), b"hello").unwrap();
-    let cfg = dir.path().join("c.toml");
-    std::fs::write(
-        &cfg,
-        format!(
-            "[server]\nlisten = \"127.0.0.1:0\"\n[ops]\nlisten = \"127.0.0.1:0\"\n[origin]\nkind = \"local\"\nroot = \"{}\"\n[auth]\nmode = \"none\"\n[telemetry]\nlog_format = \"json\"\n",
-            root.display()
-        ),
-    )
-    .unwrap();
-    let mut child = shoal()
-        .args(["serve", "--config"])
-        .arg(&cfg)
-        .env_remove("RUST_LOG")
-        .stdout(Stdio::piped())
-        .stderr(Stdio::null())
-        .spawn()
-        .unwrap();
-    let stdout = child.stdout.take().unwrap();
+    let (mut child, lines, s3, ops) = serve_local(dir.path(), &root);
     // A failed assertion must not leave the server running.
     struct Reap(Option<u32>);
     impl Drop for Reap {
@@ -178,21 +158,6 @@ fn a_log_reader_that_stops_reading_costs_log_lines_not_requests() {
         }
     }
     let mut reap = Reap(Some(child.id()));
-    let mut lines = BufReader::new(stdout).lines();
-    let (mut s3, mut ops) = (String::new(), String::new());
-    for line in lines.by_ref() {
-        let line = line.unwrap();
-        if line.contains("shoal listening") {
-            let field = |name: &str| {
-                let start = line.find(&format!("\"{name}\":\"")).unwrap() + name.len() + 4;
-                line[start..].split('"').next().unwrap().to_owned()
-            };
-            s3 = field("s3_addr");
-            ops = field("ops_addr");
-            break;
-        }
-    }
-    assert!(!s3.is_empty(), "no listening line");
     // From here on nobody reads the log until the requests are done.
     let rt = tokio::runtime::Runtime::new().unwrap();
     let dropped = rt.block_on(async {

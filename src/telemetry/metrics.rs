@@ -197,7 +197,8 @@ struct Inner {
     connections: Gauge,
     connections_refused: Counter,
     log_lines_dropped: Counter,
-    /// Last values of the store's own counters, so the exported counters only ever grow.
+    /// Last values of the totals kept elsewhere (the store's, the log writer's), so the
+    /// exported counters only ever grow.
     seen: [AtomicU64; 5],
 }
 

@@ -2,8 +2,9 @@
 //!
 //! Logs and traces both come from `tracing`: one subscriber with two layers — the log lines
 //! (text for people, JSON for pipelines, [`json`]), written to stdout off the request path
-//! ([`sink`]), and, when `telemetry.otlp_endpoint` is set, the OTLP exporter ([`trace`]). Metrics are Prometheus ([`metrics`]); the access log and the
-//! request metrics are written when a response's body ends ([`access`]).
+//! ([`sink`]), and, when `telemetry.otlp_endpoint` is set, the OTLP exporter ([`trace`]).
+//! Metrics are Prometheus ([`metrics`]); the access log and the request metrics are written
+//! when a response's body ends ([`access`]).
 
 pub mod access;
 pub mod json;

@@ -55,6 +55,8 @@ struct State {
     writing: bool,
     /// Lines dropped and not reported yet.
     unreported: u64,
+    /// The writer found nothing for a whole tick and sleeps until a line arrives.
+    parked: bool,
 }
 
 impl Shared {
@@ -111,10 +113,12 @@ impl LogSink {
         }
         let before = st.buf.len();
         st.buf.extend_from_slice(line);
-        drop(st);
-        // Past a quarter of the limit the writer need not wait for its tick.
+        // An idle writer is woken by the first line; a busy one comes by every tick, and past a
+        // quarter of the limit it need not wait for the tick.
         let high = self.shared.limit / 4;
-        if before < high && before + line.len() >= high {
+        let wake = std::mem::take(&mut st.parked) || (before < high && before + line.len() >= high);
+        drop(st);
+        if wake {
             self.shared.ready.notify_one();
         }
     }
@@ -128,7 +132,8 @@ fn write_loop(shared: &Shared, mut out: Box<dyn Write + Send>, json: bool) {
             st.writing = false;
             shared.written.notify_all();
             // Lines gather for a tick (or until a flush or a full quarter wakes the writer),
-            // then go out in one write.
+            // then go out in one write. After an empty tick the writer sleeps until a line
+            // comes, so an idle process does not wake a hundred times a second.
             loop {
                 st = match shared.ready.wait_timeout(st, TICK) {
                     Ok((g, _)) => g,
@@ -137,6 +142,14 @@ fn write_loop(shared: &Shared, mut out: Box<dyn Write + Send>, json: bool) {
                 if !st.buf.is_empty() {
                     break;
                 }
+                st.parked = true;
+                while st.parked && st.buf.is_empty() {
+                    st = match shared.ready.wait(st) {
+                        Ok(g) => g,
+                        Err(p) => p.into_inner(),
+                    };
+                }
+                st.parked = false;
             }
             std::mem::swap(&mut st.buf, &mut batch);
             st.writing = true;

@@ -538,6 +538,20 @@ pub struct ShoalProcess {
     _dir: tempfile::TempDir,
 }
 
+/// Reads a `shoal serve` JSON log until its start-up line: the S3 and ops addresses.
+pub fn listening(lines: &mut impl Iterator<Item = std::io::Result<String>>) -> (String, String) {
+    for line in lines.map_while(Result::ok) {
+        if line.contains("shoal listening") {
+            let field = |name: &str| {
+                let start = line.find(&format!("\"{name}\":\"")).unwrap() + name.len() + 4;
+                line[start..].split('"').next().unwrap().to_owned()
+            };
+            return (field("s3_addr"), field("ops_addr"));
+        }
+    }
+    panic!("shoal did not start (no listening line)");
+}
+
 impl ShoalProcess {
     /// Starts `shoal serve` with `toml` (which must listen on 127.0.0.1:0 and log JSON).
     pub fn start(toml: &str) -> ShoalProcess {
@@ -565,20 +579,7 @@ impl ShoalProcess {
 
         let stdout = child.stdout.take().unwrap();
         let mut lines = std::io::BufReader::new(stdout).lines();
-        let (mut s3, mut ops) = (String::new(), String::new());
-        for line in lines.by_ref() {
-            let line = line.unwrap_or_default();
-            if line.contains("shoal listening") {
-                let field = |name: &str| {
-                    let start = line.find(&format!("\"{name}\":\"")).unwrap() + name.len() + 4;
-                    line[start..].split('"').next().unwrap().to_owned()
-                };
-                s3 = field("s3_addr");
-                ops = field("ops_addr");
-                break;
-            }
-        }
-        assert!(!s3.is_empty(), "shoal did not start");
+        let (s3, ops) = listening(&mut lines);
         // Keep draining the log so the child never blocks on a full pipe.
         let logs: Arc<std::sync::Mutex<Vec<String>>> = Arc::default();
         let l2 = logs.clone();
