@@ -15,8 +15,8 @@ use crate::layer::{
 };
 use crate::lookup::{OriginService, StoreLookupLayer};
 use crate::object::{
-    require_etag, ChunkService, InvalidateFn, MetaRequest, MetaService, ObjectRef, ObjectService,
-    ReadPolicy,
+    require_etag, ChunkService, FirstRead, InvalidateFn, MetaRequest, MetaService, ObjectRef,
+    ObjectService, ReadPolicy,
 };
 use crate::origin::{
     ByteStream, LatencyWindow, LocalOrigin, Origin, OriginRanges, Prefetched, RangeRequest,
@@ -241,37 +241,59 @@ pub fn object_service(
     let head = tower::service_fn(move |r: MetaRequest| {
         let (o, prefetched) = (o.clone(), prefetched.clone());
         let (origin_id, tiers, stored) = (origin_id.clone(), tiers.clone(), stored.clone());
-        // In a cluster the first chunk may belong to another replica, which fills it itself.
-        // Nor when the store is shared: the first chunk is probably there already.
-        let one_trip = r.reads_first_chunk
+        // In a cluster the chunk may belong to another replica, which fills it itself. Nor
+        // when the store is shared: the chunk is probably there already.
+        let first_read = r.first_read;
+        let one_trip = first_read != FirstRead::Unknown
             && r.object.sel.is_current()
             && !membership.is_clustered()
             && !stored.is_shared();
         async move {
             let (bucket, key) = (&*r.object.bucket, &*r.object.key);
             if one_trip {
-                // One round trip: the first chunk's GET also says what a HEAD would; its bytes
-                // are parked for that chunk's fill, which follows at once.
+                // One round trip: the GET of the bytes the client reads first also says what a
+                // HEAD would; its bytes are parked for the read that follows at once.
                 let asked = std::time::Instant::now();
-                match o.get_first(bucket, key, base_chunk).await {
+                let got = match first_read {
+                    FirstRead::Suffix(n) => o.get_suffix(bucket, key, n).await,
+                    _ => o.get_first(bucket, key, base_chunk).await,
+                };
+                match got {
                     Ok((meta, answer)) => {
                         let first_byte = asked.elapsed();
                         let meta = require_etag(meta)?;
-                        let len = base_chunk.min(meta.size);
-                        // An origin that ignored the Range sends the whole object: not a chunk.
-                        let ranged = answer.content_range.is_some() || meta.size <= base_chunk;
-                        // Metadata can expire while the chunk stays stored: then no fill would
+                        let chunk_size =
+                            crate::chunk::chunk_size_for(meta.size, base_chunk, &tiers);
+                        // The bytes the answer carries, and whether a read will ask the origin
+                        // for exactly those: the first chunk's fill; for a suffix, the direct
+                        // read of a range deep in its chunk, or the fill of a one-chunk object.
+                        let (bytes, taken) = match first_read {
+                            FirstRead::Suffix(n) => {
+                                let start = meta.size - n.min(meta.size);
+                                let deep = start % chunk_size >= crate::lookup::DIRECT_RANGE_AFTER;
+                                (
+                                    start..meta.size,
+                                    deep || (start == 0 && meta.size <= chunk_size),
+                                )
+                            }
+                            _ => (0..base_chunk.min(meta.size), true),
+                        };
+                        // An origin that ignored the Range sends the whole object: not those
+                        // bytes, unless they are the whole object.
+                        let ranged = answer.content_range.is_some()
+                            || (bytes.start == 0 && bytes.end == meta.size);
+                        // Metadata can expire while the chunk stays stored: then no read would
                         // take the answer, and dropping it now closes it at once.
-                        let first = crate::chunk::ChunkKey {
+                        let at = crate::chunk::ChunkKey {
                             origin_id,
                             bucket: r.object.bucket.clone(),
                             key: r.object.key.clone(),
                             etag: meta.etag.as_str().into(),
-                            chunk_size: crate::chunk::chunk_size_for(meta.size, base_chunk, &tiers),
-                            index: 0,
+                            chunk_size,
+                            index: bytes.start / chunk_size.max(1),
                         };
-                        if len > 0 && ranged && !stored.contains(&first) {
-                            prefetched.park(bucket, key, &meta.etag, len, answer, first_byte);
+                        if !bytes.is_empty() && ranged && taken && !stored.contains(&at) {
+                            prefetched.park(bucket, key, &meta.etag, bytes, answer, first_byte);
                         }
                         return Ok(meta);
                     }
@@ -282,7 +304,7 @@ pub fn object_service(
                     ) => return Err(Error::Origin(e)),
                     // Anything else (an empty object's range, a transient failure): ask HEAD,
                     // and let the fill retry the bytes as it always does.
-                    Err(e) => tracing::debug!(error = %e, "first-chunk GET failed; asking HEAD"),
+                    Err(e) => tracing::debug!(error = %e, "one-trip GET failed; asking HEAD"),
                 }
             }
             let m = o

@@ -64,9 +64,22 @@ pub struct MetaRequest {
     pub object: ObjectRef,
     /// The client request's report, if any.
     pub report: Option<Arc<Report>>,
-    /// The request is a GET that reads the object's first chunk: on a miss the metadata may
-    /// be learned from that chunk's own origin GET (one round trip instead of HEAD + GET).
-    pub reads_first_chunk: bool,
+    /// What the request reads first: on a miss the metadata may be learned from that read's
+    /// own origin GET (one round trip instead of HEAD + GET).
+    pub first_read: FirstRead,
+}
+
+/// What a GET reads first, when its origin GET can also stand for the HEAD a metadata miss
+/// would otherwise cost.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum FirstRead {
+    /// Not a GET, or a read that needs the object's size first: a miss asks HEAD.
+    #[default]
+    Unknown,
+    /// The GET starts at byte 0: the first chunk's GET.
+    FirstChunk,
+    /// The GET is a suffix range (`bytes=-N`, a Parquet footer): a GET of the last N bytes.
+    Suffix(u64),
 }
 
 /// The metadata stack, type-erased: `MetaRequest` → metadata with a non-empty ETag.
@@ -142,12 +155,18 @@ impl ObjectService {
         key: &str,
         report: Option<&Arc<Report>>,
     ) -> Result<Arc<ObjectMeta>, Error> {
-        self.meta(bucket, key, &Selector::default(), report, false)
-            .await
+        self.meta(
+            bucket,
+            key,
+            &Selector::default(),
+            report,
+            FirstRead::Unknown,
+        )
+        .await
     }
 
-    /// Like [`ObjectService::head`], for a GET: `reads_first_chunk` says the GET starts at
-    /// byte 0, so that a miss can be answered by the first chunk's own origin GET.
+    /// Like [`ObjectService::head`], for a GET: `first_read` says what the GET reads first,
+    /// so that a miss can be answered by that read's own origin GET.
     /// `sel` picks a version or part; only the current object can be learned from a GET.
     pub async fn meta(
         &self,
@@ -155,7 +174,7 @@ impl ObjectService {
         key: &str,
         sel: &Selector,
         report: Option<&Arc<Report>>,
-        reads_first_chunk: bool,
+        first_read: FirstRead,
     ) -> Result<Arc<ObjectMeta>, Error> {
         use tracing::Instrument;
         self.meta
@@ -167,7 +186,7 @@ impl ObjectService {
                     sel: sel.clone(),
                 },
                 report: report.cloned(),
-                reads_first_chunk,
+                first_read,
             })
             .instrument(tracing::debug_span!("metadata", bucket, key))
             .await

@@ -863,3 +863,74 @@ async fn a_full_store_admits_an_object_its_readers_keep_reading() {
         shoal.stop().await;
     }
 }
+
+/// A cold suffix range (`bytes=-N`, a Parquet reader's first read of a file) asks the origin
+/// once: the GET of those bytes says what a HEAD would, and its bytes are the ones the client
+/// gets. A suffix the direct read does not take is not kept waiting.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_cold_footer_read_asks_the_origin_once() {
+    let g = garage();
+    let c = client(&g.endpoint);
+    let b = bucket(&c, "footer").await;
+    // 6 MiB in 4 MiB chunks: the footer is 2 MiB into the second chunk, deep enough to be
+    // read straight from the origin.
+    let big = data(6 * MIB, 61);
+    put(&c, &b, "big", big.clone()).await;
+    // 1.5 MiB in 1 MiB chunks: the footer is 448 KiB into its chunk, which is filled.
+    let small = data(MIB + MIB / 2, 62);
+    put(&c, &b, "small", small.clone()).await;
+    let mut cfg = config(g);
+    cfg.chunk.tiers = vec![shoal::config::TierConfig {
+        min_object_size: shoal::config::ByteSize(4 * MIB as u64),
+        chunk_size: shoal::config::ByteSize(4 * MIB as u64),
+    }];
+    let origin = Faulty::new(s3_origin(&cfg).await);
+    origin.one_trip.store(true, Ordering::SeqCst);
+    let shoal = Shoal::start(&cfg, origin.clone()).await;
+    let footer = 64 * 1024u64;
+
+    let r = shoal.get_range(&format!("{b}/big"), "bytes=-65536").await;
+    assert_eq!(r.status(), 206);
+    let (size, start) = (big.len() as u64, big.len() as u64 - footer);
+    assert_eq!(
+        r.headers()["content-range"],
+        format!("bytes {start}-{}/{size}", size - 1)
+    );
+    assert!(body(r).await == big[start as usize..]);
+    assert_eq!(origin.heads(), 0, "no HEAD before the footer");
+    // The footer's own GET, and the background fill of its chunk; nothing else.
+    let gets = origin.gets_for("big");
+    assert_eq!(
+        gets.iter().filter(|g| **g == (start, footer)).count(),
+        1,
+        "{gets:?}"
+    );
+    assert!(
+        shoal.running.prefetched.is_empty(),
+        "the direct read took the footer's answer"
+    );
+
+    let r = shoal.get_range(&format!("{b}/small"), "bytes=-65536").await;
+    assert_eq!(r.status(), 206);
+    let start = small.len() - footer as usize;
+    assert!(body(r).await == small[start..]);
+    assert_eq!(origin.heads(), 0);
+    assert!(
+        shoal.running.prefetched.is_empty(),
+        "an answer no read would take is not kept"
+    );
+    // A suffix longer than the object is the whole object, learned and served in one GET.
+    let tiny = data(1000, 63);
+    put(&c, &b, "tiny", tiny.clone()).await;
+    let r = shoal.get_range(&format!("{b}/tiny"), "bytes=-5000").await;
+    assert_eq!(r.status(), 206);
+    assert_eq!(r.headers()["content-range"], "bytes 0-999/1000");
+    assert!(body(r).await == tiny);
+    assert_eq!(origin.heads(), 0);
+    assert_eq!(
+        origin.gets_for("tiny"),
+        [(0, 1000)],
+        "the suffix GET's bytes were used"
+    );
+    shoal.stop().await;
+}

@@ -279,6 +279,23 @@ pub trait Origin: Send + Sync + 'static {
         Ok((meta, answer))
     }
 
+    /// The object's metadata and its last `len` bytes (all of it if it is smaller), in one
+    /// round trip where the origin can: a GET of `bytes=-len` — a Parquet reader's first read
+    /// of a file, its footer — answers with the object's size and everything a HEAD would. The
+    /// default asks HEAD, then the range pinned to the HEAD's ETag.
+    async fn get_suffix(
+        &self,
+        bucket: &str,
+        key: &str,
+        len: u64,
+    ) -> Result<(ObjectMeta, RangeAnswer), OriginError> {
+        let meta = self.head(bucket, key).await?;
+        let n = len.min(meta.size);
+        let req = RangeRequest::new(bucket, key, &meta.etag, meta.size, meta.size - n, n);
+        let answer = self.get_range(&req).await?;
+        Ok((meta, answer))
+    }
+
     /// One LIST page.
     async fn list(&self, bucket: &str, req: &ListRequest) -> Result<ListPage, OriginError>;
 
@@ -307,6 +324,14 @@ impl<T: Origin + ?Sized> Origin for Arc<T> {
         len: u64,
     ) -> Result<(ObjectMeta, RangeAnswer), OriginError> {
         (**self).get_first(bucket, key, len).await
+    }
+    async fn get_suffix(
+        &self,
+        bucket: &str,
+        key: &str,
+        len: u64,
+    ) -> Result<(ObjectMeta, RangeAnswer), OriginError> {
+        (**self).get_suffix(bucket, key, len).await
     }
     async fn list(&self, bucket: &str, req: &ListRequest) -> Result<ListPage, OriginError> {
         (**self).list(bucket, req).await
@@ -504,9 +529,10 @@ pub fn verify(req: &RangeRequest, a: &RangeAnswer) -> Result<(), OriginError> {
     Ok(())
 }
 
-/// First-chunk answers that a cold GET's metadata lookup received ([`Origin::get_first`]),
-/// parked until the chunk stack asks the origin for that chunk: the fill reads the bytes that
-/// are already on their way instead of asking again. An answer nobody takes (the client went
+/// Answers that a cold GET's metadata lookup received ([`Origin::get_first`],
+/// [`Origin::get_suffix`]), parked until the chunk stack asks the origin for bytes starting
+/// where the answer starts: that read takes the bytes already on their way instead of asking
+/// again. An answer nobody takes (the client went
 /// away, a conditional GET was answered 304, the chunk was in the store after all) is dropped
 /// after [`Prefetched::KEEP`], which closes its connection.
 #[derive(Clone, Default)]
@@ -517,6 +543,8 @@ pub struct Prefetched {
 type PrefetchKey = (Arc<str>, Arc<str>, Arc<str>);
 
 struct Parked {
+    /// Where the answer's bytes start in the object.
+    offset: u64,
     /// Bytes the answer carries.
     len: u64,
     answer: RangeAnswer,
@@ -534,14 +562,14 @@ impl Prefetched {
         crate::layer::lock(&self.parked)
     }
 
-    /// Parks the first `len` bytes of version `etag` of `bucket/key`, which the origin took
-    /// `first_byte` to start answering.
+    /// Parks `bytes` of version `etag` of `bucket/key`, which the origin took `first_byte`
+    /// to start answering.
     pub fn park(
         &self,
         bucket: &str,
         key: &str,
         etag: &str,
-        len: u64,
+        bytes: std::ops::Range<u64>,
         answer: RangeAnswer,
         first_byte: std::time::Duration,
     ) {
@@ -551,7 +579,8 @@ impl Prefetched {
         self.lock().insert(
             k.clone(),
             Parked {
-                len,
+                offset: bytes.start,
+                len: bytes.end.saturating_sub(bytes.start),
                 answer,
                 id,
                 first_byte,
@@ -569,18 +598,21 @@ impl Prefetched {
         });
     }
 
-    /// Takes the parked first bytes of version `etag` of `bucket/key`:
+    /// Takes the parked bytes of version `etag` of `bucket/key` if they start at `offset`:
     /// `(len, answer, time the origin took to answer)`.
     pub fn take(
         &self,
         bucket: &str,
         key: &str,
         etag: &str,
+        offset: u64,
     ) -> Option<(u64, RangeAnswer, std::time::Duration)> {
         let k: PrefetchKey = (bucket.into(), key.into(), etag.into());
-        self.lock()
-            .remove(&k)
-            .map(|p| (p.len, p.answer, p.first_byte))
+        let mut map = self.lock();
+        if map.get(&k)?.offset != offset {
+            return None;
+        }
+        map.remove(&k).map(|p| (p.len, p.answer, p.first_byte))
     }
 
     /// Answers parked right now.
@@ -771,11 +803,7 @@ impl tower::Service<RangeRequest> for OriginRanges {
     fn call(&mut self, r: RangeRequest) -> Self::Future {
         let origin = self.origin.clone();
         let metrics = self.metrics.clone();
-        let parked = if r.offset == 0 {
-            self.prefetched.take(&r.bucket, &r.key, &r.etag)
-        } else {
-            None
-        };
+        let parked = self.prefetched.take(&r.bucket, &r.key, &r.etag, r.offset);
         let latency = self.latency.clone();
         let hedge = self.hedge.clone().and_then(|(after, slots)| match after {
             HedgeAfter::After(d) => Some((d, slots)),
@@ -894,7 +922,7 @@ fn first_then_rest(
         return Ok(first);
     }
     let mut rest = r.clone();
-    rest.offset = len;
+    rest.offset = r.offset + len;
     rest.len = r.len - len;
     let tail = futures_util::stream::once(async move {
         match origin.get_range(&rest).await {

@@ -203,6 +203,68 @@ pub struct S3Origin {
 }
 
 impl S3Origin {
+    /// A GET of `range` whose answer also stands for a HEAD: the metadata (the size from the
+    /// `Content-Range` total) and the bytes.
+    async fn get_with_meta(
+        &self,
+        bucket: &str,
+        key: &str,
+        range: String,
+    ) -> Result<(ObjectMeta, RangeAnswer), OriginError> {
+        let out = answer(
+            self.timeout,
+            self.client
+                .get_object()
+                .bucket(bucket)
+                .key(sdk_key(key))
+                .range(range)
+                .customize()
+                .mutate_request(exact_key(key))
+                // The same as `get_range`: retries and stalls are the fill's to handle.
+                .config_override(
+                    aws_sdk_s3::config::Builder::default()
+                        .retry_config(RetryConfig::disabled())
+                        .stalled_stream_protection(
+                            aws_sdk_s3::config::StalledStreamProtectionConfig::disabled(),
+                        ),
+                )
+                .send(),
+        )
+        .await?;
+        // A GET answers with every header a HEAD does; the size is the Content-Range total
+        // (or the length of a whole-object answer).
+        let size = match out.content_range().and_then(super::parse_content_range) {
+            Some((_, _, Some(total))) => total,
+            Some(_) => {
+                return Err(OriginError::Rejected(
+                    "origin answered a range without the object's size".into(),
+                ))
+            }
+            None => out.content_length().unwrap_or(0).max(0) as u64,
+        };
+        let meta = ObjectMeta {
+            size,
+            etag: out
+                .e_tag()
+                .map(|e| e.trim_matches('"').to_owned())
+                .unwrap_or_default(),
+            content_type: out.content_type().map(str::to_owned),
+            last_modified: out.last_modified().and_then(to_system_time),
+            cache_control: out.cache_control().map(str::to_owned),
+            content_encoding: out.content_encoding().map(str::to_owned),
+            content_disposition: out.content_disposition().map(str::to_owned),
+            content_language: out.content_language().map(str::to_owned),
+            expires: out.expires_string().map(str::to_owned),
+            user_metadata: user_metadata(out.metadata()),
+            version_id: out.version_id().map(str::to_owned),
+            parts_count: out.parts_count().and_then(|n| u32::try_from(n).ok()),
+            part_range: None,
+            // A ranged GET does not carry the object's checksums.
+            checksums: None,
+        };
+        Ok((meta, self.range_answer(out)))
+    }
+
     /// Builds the client: endpoint, path style and credentials from the config, else the
     /// standard AWS chain (env, profile, IMDS).
     pub async fn new(cfg: &OriginConfig) -> Result<Self, Error> {
@@ -570,58 +632,18 @@ impl Origin for S3Origin {
         key: &str,
         len: u64,
     ) -> Result<(ObjectMeta, RangeAnswer), OriginError> {
-        let out = answer(
-            self.timeout,
-            self.client
-                .get_object()
-                .bucket(bucket)
-                .key(sdk_key(key))
-                .range(format!("bytes=0-{}", len.max(1) - 1))
-                .customize()
-                .mutate_request(exact_key(key))
-                // The same as `get_range`: retries and stalls are the fill's to handle.
-                .config_override(
-                    aws_sdk_s3::config::Builder::default()
-                        .retry_config(RetryConfig::disabled())
-                        .stalled_stream_protection(
-                            aws_sdk_s3::config::StalledStreamProtectionConfig::disabled(),
-                        ),
-                )
-                .send(),
-        )
-        .await?;
-        // A GET answers with every header a HEAD does; the size is the Content-Range total
-        // (or the length of a whole-object answer).
-        let size = match out.content_range().and_then(super::parse_content_range) {
-            Some((_, _, Some(total))) => total,
-            Some(_) => {
-                return Err(OriginError::Rejected(
-                    "origin answered a range without the object's size".into(),
-                ))
-            }
-            None => out.content_length().unwrap_or(0).max(0) as u64,
-        };
-        let meta = ObjectMeta {
-            size,
-            etag: out
-                .e_tag()
-                .map(|e| e.trim_matches('"').to_owned())
-                .unwrap_or_default(),
-            content_type: out.content_type().map(str::to_owned),
-            last_modified: out.last_modified().and_then(to_system_time),
-            cache_control: out.cache_control().map(str::to_owned),
-            content_encoding: out.content_encoding().map(str::to_owned),
-            content_disposition: out.content_disposition().map(str::to_owned),
-            content_language: out.content_language().map(str::to_owned),
-            expires: out.expires_string().map(str::to_owned),
-            user_metadata: user_metadata(out.metadata()),
-            version_id: out.version_id().map(str::to_owned),
-            parts_count: out.parts_count().and_then(|n| u32::try_from(n).ok()),
-            part_range: None,
-            // A ranged GET does not carry the object's checksums.
-            checksums: None,
-        };
-        Ok((meta, self.range_answer(out)))
+        self.get_with_meta(bucket, key, format!("bytes=0-{}", len.max(1) - 1))
+            .await
+    }
+
+    async fn get_suffix(
+        &self,
+        bucket: &str,
+        key: &str,
+        len: u64,
+    ) -> Result<(ObjectMeta, RangeAnswer), OriginError> {
+        self.get_with_meta(bucket, key, format!("bytes=-{}", len.max(1)))
+            .await
     }
 
     async fn list(&self, bucket: &str, req: &ListRequest) -> Result<ListPage, OriginError> {

@@ -786,19 +786,29 @@ async fn object_op(
         .is_some_and(|v| v.eq_ignore_ascii_case("enabled"));
     // One re-read of the metadata is allowed if the object changes before the first byte.
     let mut retried_etag = false;
-    // A GET from byte 0 may learn a missing object's metadata from its first chunk's GET
-    // (not a version or a part, and not when the client wants the checksums a HEAD gives).
-    let from_zero = !head
-        && sel.is_current()
-        && !checksums_wanted
-        && headers
+    // A GET from byte 0 may learn a missing object's metadata from its first chunk's GET, and
+    // a suffix range (`bytes=-N`) from the GET of those bytes (not a version or a part, and
+    // not when the client wants the checksums a HEAD gives).
+    let first_read = if head || !sel.is_current() || checksums_wanted {
+        crate::object::FirstRead::Unknown
+    } else {
+        match headers
             .get(http::header::RANGE)
             .and_then(|v| v.to_str().ok())
-            .is_none_or(|r| r.trim_start().starts_with("bytes=0-"));
+            .map(str::trim)
+        {
+            None => crate::object::FirstRead::FirstChunk,
+            Some(r) if r.starts_with("bytes=0-") => crate::object::FirstRead::FirstChunk,
+            Some(r) => match r.strip_prefix("bytes=-").map(|n| n.trim().parse::<u64>()) {
+                Some(Ok(n)) if n > 0 => crate::object::FirstRead::Suffix(n),
+                _ => crate::object::FirstRead::Unknown,
+            },
+        }
+    };
     loop {
         let mut meta = st
             .objects
-            .meta(bucket, key, &sel, Some(report), from_zero)
+            .meta(bucket, key, &sel, Some(report), first_read)
             .await
             .map_err(|e| map(&e))?;
         if checksums_wanted && meta.checksums.is_none() {
@@ -806,7 +816,13 @@ async fn object_op(
             st.objects.invalidate(bucket, key, &sel, &meta.etag).await;
             meta = st
                 .objects
-                .meta(bucket, key, &sel, Some(report), false)
+                .meta(
+                    bucket,
+                    key,
+                    &sel,
+                    Some(report),
+                    crate::object::FirstRead::Unknown,
+                )
                 .await
                 .map_err(|e| map(&e))?;
         }

@@ -253,6 +253,28 @@ impl Origin for Faulty {
         self.inner.get_first(bucket, key, len).await
     }
 
+    async fn get_suffix(
+        &self,
+        bucket: &str,
+        key: &str,
+        len: u64,
+    ) -> Result<(ObjectMeta, RangeAnswer), OriginError> {
+        if !self.one_trip.load(Ordering::SeqCst) {
+            return Err(OriginError::Transient(
+                "one round trip is off in this test".into(),
+            ));
+        }
+        let (meta, answer) = self.inner.get_suffix(bucket, key, len).await?;
+        let n = len.min(meta.size);
+        let start = meta.size - n;
+        self.gets.lock().unwrap().push((key.to_owned(), start, n));
+        self.issued
+            .lock()
+            .unwrap()
+            .push((key.to_owned(), start, true));
+        Ok((meta, answer))
+    }
+
     async fn list(&self, bucket: &str, req: &ListRequest) -> Result<ListPage, OriginError> {
         self.lists.fetch_add(1, Ordering::SeqCst);
         // A little latency, so that concurrent identical LISTs overlap.
