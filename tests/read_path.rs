@@ -11,6 +11,15 @@ use std::time::Duration;
 
 const MIB: usize = 1 << 20;
 
+/// Objects of 4 MiB and more are cut into 4 MiB chunks (smaller ones into the test config's
+/// 1 MiB): a chunk longer than the first GET's, and room deep inside a chunk.
+fn four_mib_chunks_from_four_mib(cfg: &mut shoal::config::Config) {
+    cfg.chunk.tiers = vec![shoal::config::TierConfig {
+        min_object_size: shoal::config::ByteSize(4 * MIB as u64),
+        chunk_size: shoal::config::ByteSize(4 * MIB as u64),
+    }];
+}
+
 async fn body(r: reqwest::Response) -> Vec<u8> {
     r.bytes().await.expect("body").to_vec()
 }
@@ -590,10 +599,7 @@ async fn a_cold_get_asks_the_origin_once_for_metadata_and_first_chunk() {
     let mut cfg = config(g);
     // Objects of 4 MiB and more are cut into 4 MiB chunks: their first chunk is longer than
     // the first GET's 1 MiB, and continues with a pinned GET of the rest.
-    cfg.chunk.tiers = vec![shoal::config::TierConfig {
-        min_object_size: shoal::config::ByteSize(4 * MIB as u64),
-        chunk_size: shoal::config::ByteSize(4 * MIB as u64),
-    }];
+    four_mib_chunks_from_four_mib(&mut cfg);
     let origin = Faulty::new(s3_origin(&cfg).await);
     origin.one_trip.store(true, Ordering::SeqCst);
     let shoal = Shoal::start(&cfg, origin.clone()).await;
@@ -880,10 +886,7 @@ async fn a_cold_footer_read_asks_the_origin_once() {
     let small = data(MIB + MIB / 2, 62);
     put(&c, &b, "small", small.clone()).await;
     let mut cfg = config(g);
-    cfg.chunk.tiers = vec![shoal::config::TierConfig {
-        min_object_size: shoal::config::ByteSize(4 * MIB as u64),
-        chunk_size: shoal::config::ByteSize(4 * MIB as u64),
-    }];
+    four_mib_chunks_from_four_mib(&mut cfg);
     let origin = Faulty::new(s3_origin(&cfg).await);
     origin.one_trip.store(true, Ordering::SeqCst);
     let shoal = Shoal::start(&cfg, origin.clone()).await;
