@@ -532,9 +532,9 @@ pub fn verify(req: &RangeRequest, a: &RangeAnswer) -> Result<(), OriginError> {
 /// Answers that a cold GET's metadata lookup received ([`Origin::get_first`],
 /// [`Origin::get_suffix`]), parked until the chunk stack asks the origin for bytes starting
 /// where the answer starts: that read takes the bytes already on their way instead of asking
-/// again. An answer nobody takes (the client went
-/// away, a conditional GET was answered 304, the chunk was in the store after all) is dropped
-/// after [`Prefetched::KEEP`], which closes its connection.
+/// again. An answer nobody takes (the client went away, a conditional GET was answered 304,
+/// the chunk was in the store after all) is dropped after [`Prefetched::KEEP`], which closes
+/// its connection.
 #[derive(Clone, Default)]
 pub struct Prefetched {
     parked: Arc<std::sync::Mutex<std::collections::HashMap<PrefetchKey, Parked>>>,
@@ -907,7 +907,7 @@ async fn hedged(
 }
 
 /// The answer for `r` from a parked answer of its first `len` bytes: verified as such, then
-/// followed — when the chunk is longer (a bigger size tier) — by a pinned GET of the rest,
+/// followed — when `r` is longer (a bigger size tier's first chunk) — by a pinned GET of the rest,
 /// itself verified before any of its bytes are used.
 fn first_then_rest(
     origin: Arc<dyn Origin>,

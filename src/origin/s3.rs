@@ -221,13 +221,7 @@ impl S3Origin {
                 .customize()
                 .mutate_request(exact_key(key))
                 // The same as `get_range`: retries and stalls are the fill's to handle.
-                .config_override(
-                    aws_sdk_s3::config::Builder::default()
-                        .retry_config(RetryConfig::disabled())
-                        .stalled_stream_protection(
-                            aws_sdk_s3::config::StalledStreamProtectionConfig::disabled(),
-                        ),
-                )
+                .config_override(no_sdk_retries())
                 .send(),
         )
         .await?;
@@ -242,26 +236,8 @@ impl S3Origin {
             }
             None => out.content_length().unwrap_or(0).max(0) as u64,
         };
-        let meta = ObjectMeta {
-            size,
-            etag: out
-                .e_tag()
-                .map(|e| e.trim_matches('"').to_owned())
-                .unwrap_or_default(),
-            content_type: out.content_type().map(str::to_owned),
-            last_modified: out.last_modified().and_then(to_system_time),
-            cache_control: out.cache_control().map(str::to_owned),
-            content_encoding: out.content_encoding().map(str::to_owned),
-            content_disposition: out.content_disposition().map(str::to_owned),
-            content_language: out.content_language().map(str::to_owned),
-            expires: out.expires_string().map(str::to_owned),
-            user_metadata: user_metadata(out.metadata()),
-            version_id: out.version_id().map(str::to_owned),
-            parts_count: out.parts_count().and_then(|n| u32::try_from(n).ok()),
-            part_range: None,
-            // A ranged GET does not carry the object's checksums.
-            checksums: None,
-        };
+        // A ranged GET does not carry the object's checksums.
+        let meta = object_meta!(out, size, None, None);
         Ok((meta, self.range_answer(out)))
     }
 
@@ -397,6 +373,46 @@ pub async fn sdk_client(
 const BUCKET_TTL: Duration = Duration::from_secs(30);
 
 /// `x-amz-meta-*` pairs, names lowercased, sorted by name.
+/// SDK settings for requests whose retries and stalls are someone else's to handle: the GETs
+/// that fill chunks (RetryUntilCommitLayer owns their retries; SDK retries underneath it
+/// would multiply the attempts and hide them from the budget, and stalls are detected with
+/// `origin.timeout`, the one knob the retry budget is checked against, not by the SDK's own
+/// 5 s stalled-stream guard) and passed-through requests (the client retries as it sees fit).
+fn no_sdk_retries() -> aws_sdk_s3::config::Builder {
+    aws_sdk_s3::config::Builder::default()
+        .retry_config(RetryConfig::disabled())
+        .stalled_stream_protection(aws_sdk_s3::config::StalledStreamProtectionConfig::disabled())
+}
+
+/// An object's metadata from a HEAD or a GET answer, given its size, part range and
+/// checksums: the SDK's two outputs have the same accessors, and metadata learned from a cold
+/// GET must describe the object exactly as a HEAD's does, so both are read by one field list.
+macro_rules! object_meta {
+    ($out:expr, $size:expr, $part_range:expr, $checksums:expr) => {{
+        let o = &$out;
+        ObjectMeta {
+            size: $size,
+            etag: o
+                .e_tag()
+                .map(|e| e.trim_matches('"').to_owned())
+                .unwrap_or_default(),
+            content_type: o.content_type().map(str::to_owned),
+            last_modified: o.last_modified().and_then(to_system_time),
+            cache_control: o.cache_control().map(str::to_owned),
+            content_encoding: o.content_encoding().map(str::to_owned),
+            content_disposition: o.content_disposition().map(str::to_owned),
+            content_language: o.content_language().map(str::to_owned),
+            expires: o.expires_string().map(str::to_owned),
+            user_metadata: user_metadata(o.metadata()),
+            version_id: o.version_id().map(str::to_owned),
+            parts_count: o.parts_count().and_then(|n| u32::try_from(n).ok()),
+            part_range: $part_range,
+            checksums: $checksums,
+        }
+    }};
+}
+use object_meta;
+
 fn user_metadata(m: Option<&std::collections::HashMap<String, String>>) -> Vec<(String, String)> {
     let mut v: Vec<(String, String)> = m
         .map(|m| {
@@ -504,25 +520,12 @@ impl Origin for S3Origin {
             Some((_, _, Some(total))) if sel.part_number.is_some() => total,
             _ => out.content_length().unwrap_or(0).max(0) as u64,
         };
-        Ok(ObjectMeta {
+        Ok(object_meta!(
+            out,
             size,
-            etag: out
-                .e_tag()
-                .map(|e| e.trim_matches('"').to_owned())
-                .unwrap_or_default(),
-            content_type: out.content_type().map(str::to_owned),
-            last_modified: out.last_modified().and_then(to_system_time),
-            cache_control: out.cache_control().map(str::to_owned),
-            content_encoding: out.content_encoding().map(str::to_owned),
-            content_disposition: out.content_disposition().map(str::to_owned),
-            content_language: out.content_language().map(str::to_owned),
-            expires: out.expires_string().map(str::to_owned),
-            user_metadata: user_metadata(out.metadata()),
-            version_id: out.version_id().map(str::to_owned),
-            parts_count: out.parts_count().and_then(|n| u32::try_from(n).ok()),
             part_range,
-            checksums: Some(checksums_of(&out)),
-        })
+            Some(checksums_of(&out))
+        ))
     }
 
     async fn passthrough(&self, req: RawRequest) -> Result<RawAnswer, OriginError> {
@@ -562,13 +565,7 @@ impl Origin for S3Origin {
                     }
                 })
                 // The client retries as it sees fit; Shoal passes the first answer on.
-                .config_override(
-                    aws_sdk_s3::config::Builder::default()
-                        .retry_config(RetryConfig::disabled())
-                        .stalled_stream_protection(
-                            aws_sdk_s3::config::StalledStreamProtectionConfig::disabled(),
-                        ),
-                )
+                .config_override(no_sdk_retries())
                 .send(),
         )
         .await
@@ -608,18 +605,7 @@ impl Origin for S3Origin {
                 .if_match(format!("\"{}\"", r.etag))
                 .customize()
                 .mutate_request(exact_key(&r.key))
-                // RetryUntilCommitLayer owns retries of fills; SDK retries underneath it would
-                // multiply the attempts and hide them from the budget. Stalls are detected
-                // below with `origin.timeout`, the one knob the retry budget is checked
-                // against; the SDK's own stalled-stream guard (5 s, not configurable per
-                // request here) would fire on its own schedule instead.
-                .config_override(
-                    aws_sdk_s3::config::Builder::default()
-                        .retry_config(RetryConfig::disabled())
-                        .stalled_stream_protection(
-                            aws_sdk_s3::config::StalledStreamProtectionConfig::disabled(),
-                        ),
-                )
+                .config_override(no_sdk_retries())
                 .send(),
         )
         .await?;

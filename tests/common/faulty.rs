@@ -61,6 +61,18 @@ impl Faulty {
         })
     }
 
+    /// `get_first` and `get_suffix` answer only when the test turned `one_trip` on; else they
+    /// fail as a transient error would, and Shoal asks HEAD.
+    fn one_trip_allowed(&self) -> Result<(), OriginError> {
+        if self.one_trip.load(Ordering::SeqCst) {
+            Ok(())
+        } else {
+            Err(OriginError::Transient(
+                "one round trip is off in this test".into(),
+            ))
+        }
+    }
+
     /// Origin range GETs made for `key`, as (offset, len).
     pub fn gets_for(&self, key: &str) -> Vec<(u64, u64)> {
         self.gets
@@ -243,11 +255,7 @@ impl Origin for Faulty {
         key: &str,
         len: u64,
     ) -> Result<(ObjectMeta, RangeAnswer), OriginError> {
-        if !self.one_trip.load(Ordering::SeqCst) {
-            return Err(OriginError::Transient(
-                "one round trip is off in this test".into(),
-            ));
-        }
+        self.one_trip_allowed()?;
         self.gets.lock().unwrap().push((key.to_owned(), 0, len));
         self.issued.lock().unwrap().push((key.to_owned(), 0, true));
         self.inner.get_first(bucket, key, len).await
@@ -259,11 +267,7 @@ impl Origin for Faulty {
         key: &str,
         len: u64,
     ) -> Result<(ObjectMeta, RangeAnswer), OriginError> {
-        if !self.one_trip.load(Ordering::SeqCst) {
-            return Err(OriginError::Transient(
-                "one round trip is off in this test".into(),
-            ));
-        }
+        self.one_trip_allowed()?;
         let (meta, answer) = self.inner.get_suffix(bucket, key, len).await?;
         let n = len.min(meta.size);
         let start = meta.size - n;
