@@ -8,7 +8,7 @@ GARAGE ?= $(shell command -v garage 2>/dev/null || echo $(HOME)/.cargo/bin/garag
 CACHEY ?= $(HOME)/.cargo/bin/server
 DEMO := target/demo-origin/demo
 
-.PHONY: run cluster test test-deps lint bench bench-deps demo-data clean-demo
+.PHONY: run cluster test test-deps disk-check lint bench bench-deps demo-data clean-demo
 
 run: demo-data
 	$(CARGO) run --release -- serve --config config/dev.toml
@@ -54,13 +54,21 @@ test-deps:
 		$(CARGO) install garage --locked --version 2.5.0; \
 	fi
 
-test: test-deps lint
+test: test-deps disk-check lint
 	GARAGE_BIN=$(GARAGE) $(CARGO) test --all-targets
 	$(CARGO) test --doc
 	# The layers alone, as a user with `default-features = false` builds them.
 	$(CARGO) build --no-default-features
 	$(CARGO) test --no-default-features --lib --examples --test layers
 	$(CARGO) test --no-default-features --doc
+
+# A full test build needs about 4 GiB in target/. A linker that runs out of disk dies of
+# SIGBUS with no word about space, so say it first (a warning: the build may still fit).
+disk-check:
+	@avail=$$(df -Pk . | awk 'NR==2 {print int($$4 / 1048576)}'); \
+	if [ "$${avail:-0}" -lt 6 ]; then \
+		echo "warning: only $${avail} GiB free here; a full test build needs about 4 GiB in target/"; \
+	fi
 
 lint:
 	$(CARGO) fmt --all -- --check
