@@ -172,7 +172,7 @@ impl Footer {
         for c in crcs {
             out.extend_from_slice(&c.to_le_bytes());
         }
-        let table_crc = crc32c::crc32c(&out);
+        let table_crc = crc_fast::crc32_iscsi(&out);
         out.extend_from_slice(MAGIC);
         out.extend_from_slice(&data_len.to_le_bytes());
         out.extend_from_slice(&(BLOCK as u32).to_le_bytes());
@@ -204,7 +204,7 @@ impl Footer {
         }
         let mut table = vec![0u8; (n * 4) as usize];
         f.read_exact_at(&mut table, data_len)?;
-        if crc32c::crc32c(&table) != table_crc {
+        if crc_fast::crc32_iscsi(&table) != table_crc {
             return Ok(None);
         }
         let crcs = table.chunks_exact(4).map(le32).collect();
@@ -480,7 +480,7 @@ fn read_verified(
 fn verify(ft: &Footer, first: u64, buf: BytesMut) -> Result<Bytes, Result<u64, std::io::Error>> {
     for (i, block) in buf.chunks(BLOCK as usize).enumerate() {
         let b = first + i as u64;
-        if ft.crcs.get(b as usize).copied() != Some(crc32c::crc32c(block)) {
+        if ft.crcs.get(b as usize).copied() != Some(crc_fast::crc32_iscsi(block)) {
             return Err(Ok(b));
         }
     }
@@ -777,7 +777,7 @@ impl ChunkStore for DiskStore {
             written: 0,
             buf: BytesMut::with_capacity(READ_AHEAD as usize),
             crcs: Vec::with_capacity(len.div_ceil(BLOCK) as usize),
-            block_crc: 0,
+            block_crc: crc_fast::Digest::new(crc_fast::CrcAlgorithm::Crc32Iscsi),
             block_fill: 0,
         }))
     }
@@ -822,7 +822,8 @@ struct DiskWriter {
     written: u64,
     buf: BytesMut,
     crcs: Vec<u32>,
-    block_crc: u32,
+    /// The CRC32C of the block being written so far.
+    block_crc: crc_fast::Digest,
     block_fill: u64,
 }
 
@@ -830,12 +831,11 @@ impl DiskWriter {
     fn checksum(&mut self, mut b: &[u8]) {
         while !b.is_empty() {
             let n = ((BLOCK - self.block_fill) as usize).min(b.len());
-            self.block_crc = crc32c::crc32c_append(self.block_crc, &b[..n]);
+            self.block_crc.update(&b[..n]);
             self.block_fill += n as u64;
             b = &b[n..];
             if self.block_fill == BLOCK {
-                self.crcs.push(self.block_crc);
-                self.block_crc = 0;
+                self.crcs.push(self.block_crc.finalize_reset() as u32);
                 self.block_fill = 0;
             }
         }
@@ -893,7 +893,7 @@ impl ChunkWriter for DiskWriter {
                 });
             }
             if self.block_fill > 0 {
-                self.crcs.push(self.block_crc);
+                self.crcs.push(self.block_crc.finalize_reset() as u32);
                 self.block_fill = 0;
             }
             let footer = Footer::encode(self.written, &self.crcs);
@@ -1169,14 +1169,41 @@ mod tests {
         assert!(read(&s, &first, 0..10_000).await.is_none());
     }
 
+    /// The format's checksum is CRC-32C (Castagnoli), whichever crate computes it: chunk
+    /// files written by earlier versions stay valid. A block written in odd-sized pieces gets
+    /// the checksum of the whole block.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn blocks_carry_crc32c() {
+        assert_eq!(crc_fast::crc32_iscsi(b"123456789"), 0xe306_9283);
+        let dir = tempfile::tempdir().unwrap();
+        let s = DiskStore::open(dir.path(), 1 << 30).unwrap();
+        let data: Vec<u8> = (0..BLOCK as usize * 2 + 99)
+            .map(|i| (i % 251) as u8)
+            .collect();
+        let k = key("pieces");
+        let mut w = s.begin(&k, data.len() as u64).await.unwrap();
+        for piece in data.chunks(7_777) {
+            w.write(Bytes::copy_from_slice(piece)).await.unwrap();
+        }
+        w.commit().await.unwrap();
+        let ft = Footer::read(&File::open(s.path(&ChunkId::of(&k))).unwrap())
+            .unwrap()
+            .unwrap();
+        let want: Vec<u32> = data
+            .chunks(BLOCK as usize)
+            .map(crc_fast::crc32_iscsi)
+            .collect();
+        assert_eq!(ft.crcs, want);
+    }
+
     #[test]
     fn footer_round_trips_and_rejects_damage() {
         let dir = tempfile::tempdir().unwrap();
         let p = dir.path().join("c");
         let data = vec![7u8; (BLOCK + 10) as usize];
         let crcs = vec![
-            crc32c::crc32c(&data[..BLOCK as usize]),
-            crc32c::crc32c(&data[BLOCK as usize..]),
+            crc_fast::crc32_iscsi(&data[..BLOCK as usize]),
+            crc_fast::crc32_iscsi(&data[BLOCK as usize..]),
         ];
         let mut bytes = data.clone();
         bytes.extend_from_slice(&Footer::encode(data.len() as u64, &crcs));
