@@ -408,6 +408,7 @@ macro_rules! object_meta {
             parts_count: o.parts_count().and_then(|n| u32::try_from(n).ok()),
             part_range: $part_range,
             checksums: $checksums,
+            headers: Default::default(),
         }
     }};
 }

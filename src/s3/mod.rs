@@ -709,8 +709,32 @@ fn selector(p: &Parsed) -> Result<Selector, S3Error> {
 }
 
 /// The object headers of SPEC §1.1, with `response-*` overrides applied.
+/// The headers of a GET or HEAD answer that follow from the object's metadata, with the
+/// request's `response-*` overrides.
 fn object_headers(meta: &ObjectMeta, p: &Parsed) -> HeaderMap {
-    let mut h = HeaderMap::new();
+    let mut h = meta.headers.get_or_init(|| meta_headers(meta)).clone();
+    for (param, header) in [
+        ("response-content-type", http::header::CONTENT_TYPE),
+        ("response-content-language", http::header::CONTENT_LANGUAGE),
+        ("response-expires", http::header::EXPIRES),
+        ("response-cache-control", http::header::CACHE_CONTROL),
+        (
+            "response-content-disposition",
+            http::header::CONTENT_DISPOSITION,
+        ),
+        ("response-content-encoding", http::header::CONTENT_ENCODING),
+    ] {
+        if let Some(Ok(v)) = p.param(param).map(HeaderValue::from_str) {
+            h.insert(header, v);
+        }
+    }
+    h
+}
+
+/// The headers that follow from the metadata alone (cached with it: [`ObjectMeta::headers`]).
+fn meta_headers(meta: &ObjectMeta) -> HeaderMap {
+    // Room for what a response adds (length, range, cache status, request id…) without growing.
+    let mut h = HeaderMap::with_capacity(16 + meta.user_metadata.len());
     let mut put = |name: &str, value: Option<&str>| {
         if let (Ok(n), Some(Ok(v))) = (
             HeaderName::from_bytes(name.as_bytes()),
@@ -739,18 +763,6 @@ fn object_headers(meta: &ObjectMeta, p: &Parsed) -> HeaderMap {
     put("expires", meta.expires.as_deref());
     for (k, v) in &meta.user_metadata {
         put(&format!("x-amz-meta-{k}"), Some(v));
-    }
-    for (param, header) in [
-        ("response-content-type", "content-type"),
-        ("response-content-language", "content-language"),
-        ("response-expires", "expires"),
-        ("response-cache-control", "cache-control"),
-        ("response-content-disposition", "content-disposition"),
-        ("response-content-encoding", "content-encoding"),
-    ] {
-        if let Some(v) = p.param(param) {
-            put(header, Some(v));
-        }
     }
     h
 }
