@@ -268,15 +268,16 @@ async fn handle(State(st): State<Arc<S3State>>, req: Request) -> Response {
         }
     }
     let status = resp.status().as_u16();
-    let cache = resp
-        .headers()
-        .get(CACHE_HEADER)
-        .and_then(|v| v.to_str().ok())
-        .unwrap_or("-")
-        .to_owned();
+    // The header's value as one of the values Shoal sets (no copy per request).
+    let cache = resp.headers().get(CACHE_HEADER).map_or("-", |v| {
+        CACHE_VALUES
+            .into_iter()
+            .find(|c| c.as_bytes() == v.as_bytes())
+            .unwrap_or("other")
+    });
     span.record("op", ctx.op.as_str());
     span.record("http.response.status_code", status);
-    span.record("cache", cache.as_str());
+    span.record("cache", cache);
     let content_length = resp
         .headers()
         .get(http::header::CONTENT_LENGTH)
@@ -301,6 +302,8 @@ async fn handle(State(st): State<Arc<S3State>>, req: Request) -> Response {
 
 /// The header that tells a client where a GET's or HEAD's answer came from.
 const CACHE_HEADER: &str = "x-shoal-cache";
+/// Every value Shoal puts in [`CACHE_HEADER`] (the README's table).
+const CACHE_VALUES: [&str; 6] = ["hit", "miss", "joined", "peer", "mixed", "bypass"];
 
 /// Adds the headers every answer carries: `x-amz-request-id` and `Server: Shoal`.
 fn stamp(mut resp: Response, rid: &str) -> Response {
@@ -712,7 +715,11 @@ fn selector(p: &Parsed) -> Result<Selector, S3Error> {
 /// The headers of a GET or HEAD answer that follow from the object's metadata, with the
 /// request's `response-*` overrides.
 fn object_headers(meta: &ObjectMeta, p: &Parsed) -> HeaderMap {
-    let mut h = meta.headers.get_or_init(|| meta_headers(meta)).clone();
+    // A copy with room for what the response adds (length, range, cache status, request id…):
+    // a cloned map would have none and grow twice.
+    let prepared = meta.headers.get_or_init(|| meta_headers(meta));
+    let mut h = HeaderMap::with_capacity(prepared.len() + 12);
+    h.extend(prepared.iter().map(|(k, v)| (k.clone(), v.clone())));
     for (param, header) in [
         ("response-content-type", http::header::CONTENT_TYPE),
         ("response-content-language", http::header::CONTENT_LANGUAGE),
@@ -733,8 +740,7 @@ fn object_headers(meta: &ObjectMeta, p: &Parsed) -> HeaderMap {
 
 /// The headers that follow from the metadata alone (cached with it: [`ObjectMeta::headers`]).
 fn meta_headers(meta: &ObjectMeta) -> HeaderMap {
-    // Room for what a response adds (length, range, cache status, request id…) without growing.
-    let mut h = HeaderMap::with_capacity(16 + meta.user_metadata.len());
+    let mut h = HeaderMap::with_capacity(10 + meta.user_metadata.len());
     let mut put = |name: &str, value: Option<&str>| {
         if let (Ok(n), Some(Ok(v))) = (
             HeaderName::from_bytes(name.as_bytes()),
@@ -952,6 +958,15 @@ mod tests {
         assert!(r.headers().contains_key("x-amz-request-id"));
         let body = axum::body::to_bytes(r.into_body(), 1 << 16).await.unwrap();
         assert!(String::from_utf8_lossy(&body).contains("<Code>InternalError</Code>"));
+    }
+
+    #[test]
+    fn the_access_log_knows_every_cache_status() {
+        use crate::telemetry::metrics::CacheStatus::*;
+        for c in [Hit, Miss, Joined, Peer, Mixed] {
+            assert!(CACHE_VALUES.contains(&c.as_str()), "{c:?}");
+        }
+        assert!(CACHE_VALUES.contains(&"bypass"));
     }
 
     #[test]

@@ -24,7 +24,7 @@ pub struct Entry {
     /// The status sent.
     pub status: u16,
     /// The `x-shoal-cache` value, or `-`.
-    pub cache: String,
+    pub cache: &'static str,
     /// Where the chunks came from.
     pub report: Arc<Report>,
     /// Where the request is counted.
