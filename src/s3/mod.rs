@@ -711,9 +711,8 @@ fn selector(p: &Parsed) -> Result<Selector, S3Error> {
     })
 }
 
-/// The object headers of SPEC §1.1, with `response-*` overrides applied.
-/// The headers of a GET or HEAD answer that follow from the object's metadata, with the
-/// request's `response-*` overrides.
+/// The object headers of SPEC §1.1 (prepared once per cached metadata entry), with the
+/// request's `response-*` overrides applied to this answer's copy only.
 fn object_headers(meta: &ObjectMeta, p: &Parsed) -> HeaderMap {
     // A copy with room for what the response adds (length, range, cache status, request id…):
     // a cloned map would have none and grow twice.
