@@ -8,7 +8,7 @@ GARAGE ?= $(shell command -v garage 2>/dev/null || echo $(HOME)/.cargo/bin/garag
 CACHEY ?= $(HOME)/.cargo/bin/server
 DEMO := target/demo-origin/demo
 
-.PHONY: run cluster test test-deps disk-check lint bench bench-deps demo-data clean-demo
+.PHONY: run cluster test test-deps disk-check lint bench bench-deps demo-data clean-demo fuzz
 
 run: demo-data
 	$(CARGO) run --release -- serve --config config/dev.toml
@@ -61,6 +61,13 @@ test: test-deps disk-check lint
 	$(CARGO) build --no-default-features
 	$(CARGO) test --no-default-features --lib --examples --test layers
 	$(CARGO) test --no-default-features --doc
+
+# The fuzz targets (proptest properties named `fuzz_*` over what parses untrusted input:
+# SigV4, the S3 request parser, Range, the conditional headers, the internal fill's query).
+# `make test` runs each for 2,000 cases; this runs them for FUZZ_CASES (default 200,000).
+FUZZ_CASES ?= 200000
+fuzz:
+	SHOAL_FUZZ_CASES=$(FUZZ_CASES) $(CARGO) test --release --lib fuzz_
 
 # A full test build needs about 4 GiB in target/. A linker that runs out of disk dies of
 # SIGBUS with no word about space, so say it first (a warning: the build may still fit).

@@ -516,6 +516,7 @@ pub async fn start_with(
             membership: membership.clone(),
             secret: Secret::new(cfg.cluster.secret.as_deref().unwrap_or_default()),
             origin_id: cfg.origin.id.as_str().into(),
+            buckets: cfg.origin.buckets.clone(),
         }));
         servers.spawn(crate::server::serve(
             l,

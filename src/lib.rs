@@ -55,6 +55,8 @@ pub mod config;
 pub mod error;
 #[cfg(feature = "server")]
 pub mod fill;
+#[cfg(all(test, feature = "server"))]
+mod fuzz;
 #[cfg(feature = "server")]
 pub mod lookup;
 #[cfg(feature = "server")]

@@ -765,3 +765,546 @@ otlp_endpoint = "{collector}"
         );
     }
 }
+
+// ---- Issue 19: the signing-key cache, and SigV4 as strict as S3 ----
+
+/// Signs `method target` for `host` as the AWS SDK does (aws-sigv4, S3's settings), at `t`;
+/// `presign` makes it a presigned URL valid that many seconds. Returns the target (with the
+/// presigned query) and the headers to send (`host` included).
+#[allow(clippy::too_many_arguments)]
+fn sign(
+    key: &str,
+    secret: &str,
+    method: &str,
+    host: &str,
+    target: &str,
+    extra: &[(&str, &str)],
+    t: SystemTime,
+    presign: Option<u64>,
+) -> (String, Vec<(String, String)>) {
+    use aws_sigv4::http_request::{
+        sign, PayloadChecksumKind, PercentEncodingMode, SignableBody, SignableRequest,
+        SignatureLocation, SigningSettings, UriPathNormalizationMode,
+    };
+    let identity = Credentials::new(key, secret, None, None, "t").into();
+    let mut settings = SigningSettings::default();
+    settings.percent_encoding_mode = PercentEncodingMode::Single;
+    settings.uri_path_normalization_mode = UriPathNormalizationMode::Disabled;
+    settings.payload_checksum_kind = PayloadChecksumKind::XAmzSha256;
+    if let Some(e) = presign {
+        settings.signature_location = SignatureLocation::QueryParams;
+        settings.expires_in = Some(Duration::from_secs(e));
+        settings.payload_checksum_kind = PayloadChecksumKind::NoHeader;
+    }
+    let params = aws_sigv4::sign::v4::SigningParams::builder()
+        .identity(&identity)
+        .region("us-east-1")
+        .name("s3")
+        .time(t)
+        .settings(settings)
+        .build()
+        .unwrap()
+        .into();
+    let uri = format!("http://{host}{target}");
+    let mut req = http::Request::builder().method(method).uri(&uri);
+    req = req.header("host", host);
+    for (k, v) in extra {
+        req = req.header(*k, *v);
+    }
+    let mut req = req.body(()).unwrap();
+    let hdrs: Vec<(String, String)> = req
+        .headers()
+        .iter()
+        .map(|(k, v)| (k.as_str().to_owned(), v.to_str().unwrap().to_owned()))
+        .collect();
+    let body = if presign.is_some() {
+        SignableBody::UnsignedPayload
+    } else {
+        SignableBody::Precomputed(
+            "e3b0c44298fc1c149afbf4c8996fb92427ae41e4649b934ca495991b7852b855".into(),
+        )
+    };
+    let s = SignableRequest::new(
+        method,
+        &uri,
+        hdrs.iter().map(|(k, v)| (k.as_str(), v.as_str())),
+        body,
+    )
+    .unwrap();
+    let (instructions, _) = sign(s, &params).unwrap().into_parts();
+    instructions.apply_to_request_http1x(&mut req);
+    let (parts, _) = req.into_parts();
+    let target = parts.uri.path_and_query().unwrap().as_str().to_owned();
+    let headers = parts
+        .headers
+        .iter()
+        .map(|(k, v)| (k.as_str().to_owned(), v.to_str().unwrap().to_owned()))
+        .collect();
+    (target, headers)
+}
+
+/// One raw HTTP/1.1 request (`Connection: close`): the status and the body as text. Raw, so
+/// that a test can send what no client library would: two `Host` headers, an absolute-form
+/// target, a `Host` other than the one signed.
+async fn raw(base: &str, request_line_target: &str, headers: &[(String, String)]) -> (u16, String) {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let addr = base.trim_start_matches("http://");
+    let mut s = tokio::net::TcpStream::connect(addr).await.unwrap();
+    let mut req = format!("GET {request_line_target} HTTP/1.1\r\n");
+    for (k, v) in headers {
+        req.push_str(&format!("{k}: {v}\r\n"));
+    }
+    req.push_str("connection: close\r\n\r\n");
+    s.write_all(req.as_bytes()).await.unwrap();
+    let mut out = Vec::new();
+    s.read_to_end(&mut out).await.unwrap();
+    let text = String::from_utf8_lossy(&out).into_owned();
+    let status = text
+        .split(' ')
+        .nth(1)
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(0);
+    let body = text.split("\r\n\r\n").nth(1).unwrap_or("").to_owned();
+    (status, body)
+}
+
+fn with_host(headers: &[(String, String)], host: &str) -> Vec<(String, String)> {
+    headers
+        .iter()
+        .map(|(k, v)| {
+            if k == "host" {
+                (k.clone(), host.to_owned())
+            } else {
+                (k.clone(), v.clone())
+            }
+        })
+        .collect()
+}
+
+/// The `X-Amz-Date` day of `t`, `YYYYMMDD`.
+fn day_of(t: SystemTime) -> String {
+    let (target, _) = sign("k", "s", "GET", "h", "/b/k", &[], t, Some(60));
+    let i = target.find("X-Amz-Date=").unwrap() + "X-Amz-Date=".len();
+    target[i..i + 8].to_owned()
+}
+
+fn forged_presign(bucket: &str, day: &str, amz_date: &str, region: &str) -> String {
+    format!(
+        "/{bucket}/{k}?X-Amz-Algorithm=AWS4-HMAC-SHA256&X-Amz-Credential={READER}%2F{day}%2F{region}%2Fs3%2Faws4_request&X-Amz-Date={amz_date}&X-Amz-Expires=604800&X-Amz-SignedHeaders=host&X-Amz-Signature={sig}",
+        k = KEYS[0],
+        sig = "0".repeat(64)
+    )
+}
+
+/// Issue 19, vulnerability 1: a caller with only an access key id (it is in every presigned
+/// URL) sent second 60 of a day with a bogus signature; the signing key of the next day was
+/// cached under the credential's day before the signature was checked, and the user's valid
+/// presigned URLs of that day were refused for the life of the cache entry.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_forged_date_cannot_break_a_users_presigned_urls() {
+    let f = fixture("authdate").await;
+    let host = f.shoal.base.trim_start_matches("http://").to_owned();
+    let t = SystemTime::now() - Duration::from_secs(2 * 86_400);
+    let (valid, headers) = sign(
+        READER,
+        READER_SECRET,
+        "GET",
+        &host,
+        &format!("/{}/{}", f.bucket, KEYS[0]),
+        &[],
+        t,
+        Some(7 * 86_400),
+    );
+    let d = day_of(t);
+    for attack in [
+        forged_presign(&f.bucket, &d, &format!("{d}T235960Z"), "us-east-1"),
+        forged_presign(&f.bucket, &d, &format!("{d}T235959Z"), "us-east-1"),
+        forged_presign(&f.bucket, &d, "00000101T000000Z", "us-east-1"),
+    ] {
+        let (status, body) = raw(&f.shoal.base, &attack, &[("host".into(), host.clone())]).await;
+        assert!(matches!(status, 400 | 403), "{status} {body}");
+    }
+    let (status, body) = raw(&f.shoal.base, &valid, &headers).await;
+    assert_eq!(status, 200, "the user's own URL still works: {body}");
+    // The header form of the year-0 date used to panic (a 500): S3 answers 403.
+    let (target, mut h) = sign(
+        READER,
+        READER_SECRET,
+        "GET",
+        &host,
+        &format!("/{}/{}", f.bucket, KEYS[0]),
+        &[],
+        SystemTime::now(),
+        None,
+    );
+    for (k, v) in h.iter_mut() {
+        if k == "x-amz-date" {
+            *v = "00000101T000000Z".into();
+        }
+    }
+    let (status, body) = raw(&f.shoal.base, &target, &h).await;
+    assert_eq!(status, 403, "{body}");
+    assert!(body.contains("<Code>AccessDenied</Code>"), "{body}");
+    f.shoal.stop().await;
+}
+
+fn rss_kib(pid: u32) -> u64 {
+    std::fs::read_to_string(format!("/proc/{pid}/status"))
+        .unwrap()
+        .lines()
+        .find_map(|l| l.strip_prefix("VmRSS:"))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+        .unwrap()
+}
+
+/// Issue 19, vulnerability 2: each distinct region of a request without a valid signature
+/// used to add a signing key to a cache counted in entries, not bytes (2,000 requests with
+/// 30 KB regions took RSS from 18 to 77 MiB). Now nothing unverified is cached, regions are
+/// short, and 2,000 hostile requests leave RSS within 5 MiB of where it started.
+#[test]
+fn hostile_requests_without_a_secret_do_not_grow_memory() {
+    let g = garage();
+    let toml = format!(
+        r#"
+[server]
+listen = "127.0.0.1:0"
+[ops]
+listen = "127.0.0.1:0"
+[origin]
+endpoint = "{ep}"
+region = "{REGION}"
+force_path_style = true
+access_key_id = "{ACCESS_KEY}"
+secret_access_key = "{SECRET_KEY}"
+[auth]
+mode = "sigv4"
+[[auth.users]]
+access_key_id = "{READER}"
+secret_access_key = "{READER_SECRET}"
+[telemetry]
+log_format = "json"
+"#,
+        ep = g.endpoint
+    );
+    let shoal = ShoalProcess::start(&toml);
+    let pid = shoal.child.id();
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    let host = shoal.s3.trim_start_matches("http://").to_owned();
+    let d = day_of(SystemTime::now());
+    let send = |n: usize, long: bool| {
+        let (base, host, d) = (shoal.s3.clone(), host.clone(), d.clone());
+        rt.block_on(async move {
+            let mut tasks = tokio::task::JoinSet::new();
+            for w in 0..8usize {
+                let (base, host, d) = (base.clone(), host.clone(), d.clone());
+                tasks.spawn(async move {
+                    for i in (w..n).step_by(8) {
+                        let region = if long && i % 2 == 0 {
+                            format!("r{i}-{}", "x".repeat(30_000))
+                        } else {
+                            format!("r{i}")
+                        };
+                        let target = forged_presign("b", &d, &format!("{d}T000000Z"), &region);
+                        let (status, _) =
+                            raw(&base, &target, &[("host".into(), host.clone())]).await;
+                        assert!(matches!(status, 400 | 403), "{status}");
+                    }
+                });
+            }
+            while let Some(r) = tasks.join_next().await {
+                r.unwrap();
+            }
+        })
+    };
+    // Warm the allocator and the connection paths with the same shapes, then measure.
+    send(200, true);
+    let start = rss_kib(pid);
+    send(2_000, true);
+    let end = rss_kib(pid);
+    assert!(
+        end <= start + 5 * 1024,
+        "RSS grew from {start} KiB to {end} KiB after 2,000 hostile requests"
+    );
+}
+
+/// Issue 19, items 4, 5 and 8: `host` and every `x-amz-*` header must be signed, a signature
+/// for one virtual host is no good for another, and the authority that picks the bucket is
+/// the authority that was signed (absolute-form target over `Host`; two `Host` headers are a
+/// 400).
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn the_signature_pins_the_host_and_every_x_amz_header() {
+    let g = garage();
+    let c = client(&g.endpoint);
+    let a = common::bucket(&c, "vha").await;
+    let b = common::bucket(&c, "vhb").await;
+    // Text, so that the raw client's text body can be compared.
+    put(&c, &a, "k", vec![b'a'; 100]).await;
+    put(&c, &b, "k", vec![b'b'; 200]).await;
+    let mut cfg = config(g);
+    cfg.server.domain = Some("localhost".into());
+    cfg.auth.mode = AuthMode::Sigv4;
+    cfg.auth.users = vec![user(ADMIN, ADMIN_SECRET, &[])];
+    let shoal = Shoal::start(&cfg, s3_origin(&cfg).await).await;
+    let port = shoal.base.rsplit(':').next().unwrap().to_owned();
+    let (ha, hb) = (
+        format!("{a}.localhost:{port}"),
+        format!("{b}.localhost:{port}"),
+    );
+    let now = SystemTime::now();
+    let (target, h) = sign(ADMIN, ADMIN_SECRET, "GET", &ha, "/k", &[], now, None);
+    let (status, body) = raw(&shoal.base, &target, &h).await;
+    assert_eq!((status, body), (200, "a".repeat(100)));
+    // Replayed against the other bucket's virtual host.
+    let (status, body) = raw(&shoal.base, &target, &with_host(&h, &hb)).await;
+    assert_eq!(status, 403, "{body}");
+    assert!(body.contains("SignatureDoesNotMatch"), "{body}");
+    // An absolute-form target names the other bucket: it wins over Host, and was not signed.
+    let (status, body) = raw(&shoal.base, &format!("http://{hb}/k"), &h).await;
+    assert_eq!(status, 403, "{body}");
+    // Two Host headers.
+    let mut two = h.clone();
+    two.push(("host".into(), hb.clone()));
+    let (status, body) = raw(&shoal.base, &target, &two).await;
+    assert_eq!(status, 400, "{body}");
+    // A signature that does not cover host, in a header and in a presigned URL.
+    let (t2, h2) = sign(ADMIN, ADMIN_SECRET, "GET", &ha, "/k", &[], now, None);
+    let no_host: Vec<(String, String)> = h2
+        .iter()
+        .map(|(k, v)| {
+            (
+                k.clone(),
+                v.replace("SignedHeaders=host;", "SignedHeaders="),
+            )
+        })
+        .collect();
+    let (status, body) = raw(&shoal.base, &t2, &no_host).await;
+    assert_eq!(status, 403, "{body}");
+    assert!(
+        body.contains("<HeadersNotSigned>host</HeadersNotSigned>"),
+        "{body}"
+    );
+    // An x-amz-* header added to a captured request (SSE-C would divert it to the origin).
+    let mut sse = h.clone();
+    sse.push((
+        "x-amz-server-side-encryption-customer-algorithm".into(),
+        "AES256".into(),
+    ));
+    let (status, body) = raw(&shoal.base, &target, &sse).await;
+    assert_eq!(status, 403, "{body}");
+    assert!(
+        body.contains("x-amz-server-side-encryption-customer-algorithm"),
+        "{body}"
+    );
+    let (pt, ph) = sign(ADMIN, ADMIN_SECRET, "GET", &ha, "/k", &[], now, Some(60));
+    let (status, _) = raw(&shoal.base, &pt, &ph).await;
+    assert_eq!(status, 200);
+    let mut psse = ph.clone();
+    psse.push((
+        "x-amz-server-side-encryption-customer-algorithm".into(),
+        "AES256".into(),
+    ));
+    let (status, body) = raw(&shoal.base, &pt, &psse).await;
+    assert_eq!(status, 403, "{body}");
+    shoal.stop().await;
+}
+
+/// Issue 19, items 6, 7, 11 and 12: a `+` is verified as the space it is served as; one auth
+/// mechanism per request; `x-amz-content-sha256` as S3 checks it; no session tokens; `//…`
+/// is not ListBuckets; ListBuckets shows the caller as owner.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn sigv4_is_as_strict_as_s3() {
+    let f = fixture("authstrict").await;
+    let c = client(&garage().endpoint);
+    put(&c, &f.bucket, "sec/a b+c.txt", data(10, 9)).await;
+    let host = f.shoal.base.trim_start_matches("http://").to_owned();
+    let now = SystemTime::now();
+    let s = |target: &str, extra: &[(&str, &str)], presign: Option<u64>| {
+        sign(
+            ADMIN,
+            ADMIN_SECRET,
+            "GET",
+            &host,
+            target,
+            extra,
+            now,
+            presign,
+        )
+    };
+    // Signed for the prefix `sec/a+`, replayed as `sec/a ` (a `+` in a query is a space).
+    let list = format!("/{}?list-type=2&prefix=sec%2Fa%2B", f.bucket);
+    let (target, h) = s(&list, &[], None);
+    let (status, body) = raw(&f.shoal.base, &target, &h).await;
+    assert_eq!(status, 200, "{body}");
+    assert!(!body.contains("a b+c.txt"), "{body}");
+    let replay = target.replace("sec%2Fa%2B", "sec%2Fa+");
+    let (status, body) = raw(&f.shoal.base, &replay, &h).await;
+    assert_eq!(status, 403, "{body}");
+    // Signed for `sec/a ` as `%20`, sent as `+`: the same value, served.
+    let (target, h) = s(
+        &format!("/{}?list-type=2&prefix=sec%2Fa%20", f.bucket),
+        &[],
+        None,
+    );
+    let (status, body) = raw(&f.shoal.base, &target.replace("%2Fa%20", "%2Fa+"), &h).await;
+    assert_eq!(status, 200, "{body}");
+    assert!(body.contains("sec/a b+c.txt"), "{body}");
+    // A header signature and a query signature.
+    let obj = format!("/{}/{}", f.bucket, KEYS[0]);
+    let (ptarget, _) = s(&obj, &[], Some(60));
+    let (_, h) = s(&obj, &[], None);
+    let (status, body) = raw(&f.shoal.base, &ptarget, &h).await;
+    assert_eq!(status, 400, "{body}");
+    assert!(body.contains("<Code>InvalidArgument</Code>"), "{body}");
+    // x-amz-content-sha256 that is neither a hash nor a keyword.
+    let (target, h) = s(&obj, &[], None);
+    let bad: Vec<(String, String)> = h
+        .iter()
+        .map(|(k, v)| {
+            if k == "x-amz-content-sha256" {
+                (k.clone(), "not-a-hash".into())
+            } else {
+                (k.clone(), v.clone())
+            }
+        })
+        .collect();
+    let (status, body) = raw(&f.shoal.base, &target, &bad).await;
+    assert_eq!(status, 400, "{body}");
+    // Session tokens, signed or not.
+    let (target, h) = s(&obj, &[("x-amz-security-token", "FwoGZXIvYXdzE")], None);
+    let (status, body) = raw(&f.shoal.base, &target, &h).await;
+    assert_eq!(status, 403, "{body}");
+    assert!(body.contains("<Code>InvalidToken</Code>"), "{body}");
+    let (ptarget, ph) = s(&obj, &[], Some(60));
+    let (status, body) = raw(
+        &f.shoal.base,
+        &format!("{ptarget}&X-Amz-Security-Token=FwoGZXIvYXdzE"),
+        &ph,
+    )
+    .await;
+    assert_eq!(status, 403, "{body}");
+    // `//…` names no bucket: not the bucket list.
+    for path in ["//etc/passwd", &format!("//{}/{}", f.bucket, KEYS[0])] {
+        let (target, h) = s(path, &[], None);
+        let (status, body) = raw(&f.shoal.base, &target, &h).await;
+        assert_eq!(status, 400, "{path}: {body}");
+        assert!(!body.contains("ListAllMyBucketsResult"), "{body}");
+    }
+    // ListBuckets: the caller is the owner, not Shoal's origin account.
+    for (key, secret) in [(ADMIN, ADMIN_SECRET), (READER, READER_SECRET)] {
+        let (target, h) = sign(key, secret, "GET", &host, "/", &[], now, None);
+        let (status, body) = raw(&f.shoal.base, &target, &h).await;
+        assert_eq!(status, 200, "{body}");
+        assert!(body.contains(&format!("<Owner><ID>{key}</ID>")), "{body}");
+        assert!(
+            !body.contains(ACCESS_KEY),
+            "the origin's key id leaked: {body}"
+        );
+    }
+    f.shoal.stop().await;
+}
+
+/// Issue 19, item 9: virtual-hosted style over HTTP/2 takes the bucket from `:authority`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn virtual_hosts_work_over_http2() {
+    let g = garage();
+    let c = client(&g.endpoint);
+    let a = common::bucket(&c, "vh2").await;
+    put(&c, &a, "k", data(300, 3)).await;
+    let mut cfg = config(g);
+    cfg.server.domain = Some("localhost".into());
+    cfg.auth.mode = AuthMode::Sigv4;
+    cfg.auth.users = vec![user(ADMIN, ADMIN_SECRET, &[])];
+    let shoal = Shoal::start(&cfg, s3_origin(&cfg).await).await;
+    let port = shoal.base.rsplit(':').next().unwrap().to_owned();
+    let authority = format!("{a}.localhost:{port}");
+    let (target, headers) = sign(
+        ADMIN,
+        ADMIN_SECRET,
+        "GET",
+        &authority,
+        "/k",
+        &[],
+        SystemTime::now(),
+        None,
+    );
+    let tcp = tokio::net::TcpStream::connect(shoal.base.trim_start_matches("http://"))
+        .await
+        .unwrap();
+    let (h2, conn) = h2::client::handshake(tcp).await.unwrap();
+    tokio::spawn(conn);
+    let mut h2 = h2.ready().await.unwrap();
+    let mut req = http::Request::get(format!("http://{authority}{target}"));
+    for (k, v) in &headers {
+        if k != "host" {
+            req = req.header(k.as_str(), v.as_str());
+        }
+    }
+    let (resp, _) = h2.send_request(req.body(()).unwrap(), true).unwrap();
+    let resp = resp.await.unwrap();
+    let status = resp.status();
+    let mut body = resp.into_body();
+    let mut got = Vec::new();
+    while let Some(chunk) = body.data().await {
+        let chunk = chunk.unwrap();
+        let _ = body.flow_control().release_capacity(chunk.len());
+        got.extend_from_slice(&chunk);
+    }
+    assert_eq!(status, 200, "{}", String::from_utf8_lossy(&got));
+    assert_eq!(got, data(300, 3));
+    shoal.stop().await;
+}
+
+/// Issue 19, item 10: `origin.buckets` holds on the internal listener too: a holder of
+/// `cluster.secret` cannot fill a bucket outside it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn the_internal_fill_keeps_to_the_bucket_allowlist() {
+    use shoal::cluster::internal::{encode, Secret, AUTH_HEADER};
+    let g = garage();
+    let c = client(&g.endpoint);
+    let allowed = common::bucket(&c, "ifa").await;
+    let outside = common::bucket(&c, "ifb").await;
+    put(&c, &outside, "k", data(1000, 5)).await;
+    let head = c
+        .head_object()
+        .bucket(&outside)
+        .key("k")
+        .send()
+        .await
+        .unwrap();
+    let port = free_port();
+    let secret = "internal-allowlist-secret-0123";
+    let mut cfg = config(g);
+    cfg.origin.buckets = vec![allowed.clone()];
+    cfg.cluster.listen = format!("127.0.0.1:{port}").parse().unwrap();
+    cfg.cluster.advertise = Some(format!("127.0.0.1:{port}"));
+    cfg.cluster.peers = vec![format!("127.0.0.1:{port}")];
+    cfg.cluster.secret = Some(secret.into());
+    let origin = Faulty::new(s3_origin(&cfg).await);
+    let shoal = Shoal::start(&cfg, origin.clone()).await;
+    let key = shoal::chunk::ChunkKey {
+        origin_id: cfg.origin.id.as_str().into(),
+        bucket: outside.as_str().into(),
+        key: "k".into(),
+        etag: head.e_tag().unwrap().into(),
+        chunk_size: MIB as u64,
+        index: 0,
+    };
+    let req = shoal::chunk::ChunkRequest::whole(key, 1000);
+    let pq = format!("/internal/fill?{}", encode(&req));
+    let now = SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs();
+    let r = reqwest::Client::new()
+        .get(format!("http://127.0.0.1:{port}{pq}"))
+        .header(AUTH_HEADER, Secret::new(secret).sign(now, &pq))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 403);
+    assert!(
+        origin.gets_for("k").is_empty(),
+        "the origin was never asked"
+    );
+    shoal.stop().await;
+}

@@ -32,6 +32,22 @@ const ALGORITHM: &str = "AWS4-HMAC-SHA256";
 const EMPTY_SHA256: &str = "e3b0c44298fc1c149afbf4c8996fb92427ae41e4649b934ca495991b7852b855";
 /// Presigned URLs live at most seven days (S3's limit).
 const MAX_EXPIRES: u64 = 7 * 24 * 3600;
+/// The longest region a credential scope may name. AWS's longest is 14 bytes; S3-compatible
+/// stores name theirs freely but briefly (`garage`, `auto`, `minio-1`).
+const MAX_REGION_LEN: usize = 32;
+/// What the derived signing keys may hold in all, in bytes (each entry is weighed by its
+/// scope's length plus the 32-byte key and a fixed overhead). Only verified requests add to
+/// it, so a user signing for one region a day needs a few hundred bytes.
+const KEY_CACHE_BYTES: u64 = 1 << 20;
+/// The `x-amz-content-sha256` keywords S3 accepts besides a hash.
+const PAYLOAD_KEYWORDS: [&str; 6] = [
+    "UNSIGNED-PAYLOAD",
+    "STREAMING-UNSIGNED-PAYLOAD-TRAILER",
+    "STREAMING-AWS4-HMAC-SHA256-PAYLOAD",
+    "STREAMING-AWS4-HMAC-SHA256-PAYLOAD-TRAILER",
+    "STREAMING-AWS4-ECDSA-P256-SHA256-PAYLOAD",
+    "STREAMING-AWS4-ECDSA-P256-SHA256-PAYLOAD-TRAILER",
+];
 
 /// Why a request was refused. Each maps to the S3 error a client expects (`s3::error`).
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -56,6 +72,21 @@ pub enum Denied {
     BadQuery(String),
     /// The user may not read this bucket.
     Bucket,
+    /// An `x-amz-date` header S3 would not parse (403 there, as here).
+    BadDate,
+    /// Headers that S3 requires to be signed are not in `SignedHeaders`: `host`, and every
+    /// `x-amz-*` header the request carries. Unsigned, they could be changed or added by anyone
+    /// who captured the request (another bucket's virtual host, SSE-C headers).
+    Unsigned(String),
+    /// An `Authorization` header and a presigned URL's parameters in one request.
+    TwoMechanisms,
+    /// An `x-amz-content-sha256` that is neither a SHA-256 nor one of S3's keywords.
+    BadContentSha256,
+    /// An `x-amz-content-sha256` hash that is not the hash of the (empty) body Shoal received.
+    ContentSha256Mismatch,
+    /// A session token (`X-Amz-Security-Token`): Shoal has no session credentials, and a
+    /// token it silently ignored would suggest a protection that does not exist.
+    SessionToken,
 }
 
 /// A secret that never prints.
@@ -161,18 +192,33 @@ impl Authenticator {
             users,
             max_skew: cfg.max_skew.0,
             keys: moka::sync::Cache::builder()
-                .max_capacity(10_000)
+                .max_capacity(KEY_CACHE_BYTES)
+                .weigher(|scope: &KeyScope, _key: &Arc<[u8]>| {
+                    let (a, d, r, s) = scope;
+                    u32::try_from(a.len() + d.len() + r.len() + s.len() + 32 + 96)
+                        .unwrap_or(u32::MAX)
+                })
                 .time_to_live(Duration::from_secs(2 * 24 * 3600))
                 .build(),
         }))
     }
 
     /// Verifies a request's signature; the principal says which buckets it may read.
+    ///
+    /// `host` is the request's authority as the S3 front resolved it (the absolute-form
+    /// target's or HTTP/2's `:authority`, else the one `Host` header): the value the `host`
+    /// line of the canonical request must carry, so that the signature pins the bucket of a
+    /// virtual-hosted request.
+    ///
+    /// Nothing is remembered from a request that does not verify: the signing-key cache is
+    /// written only after the signature matched, under exactly the scope the key was derived
+    /// for.
     pub fn verify(
         &self,
         method: &Method,
         uri: &Uri,
         headers: &HeaderMap,
+        host: Option<&str>,
         now: SystemTime,
     ) -> Result<Principal, Denied> {
         let query = uri.query().unwrap_or("");
@@ -183,6 +229,21 @@ impl Authenticator {
                     .map_err(|_| Denied::Malformed("not ASCII".into()))
             })
             .transpose()?;
+        if headers.contains_key("x-amz-security-token")
+            || query_names(query).any(|k| k.eq_ignore_ascii_case("X-Amz-Security-Token"))
+        {
+            return Err(Denied::SessionToken);
+        }
+        if auth.is_some()
+            && query_names(query).any(|k| {
+                k == "X-Amz-Algorithm"
+                    || k == "X-Amz-Signature"
+                    || k == "X-Amz-Credential"
+                    || k == "Signature"
+            })
+        {
+            return Err(Denied::TwoMechanisms);
+        }
         // Only a presigned URL needs its query decoded, and only its X-Amz-* values.
         let params: Vec<(String, String)> = if auth.is_none() {
             query_params(query, |k| k.starts_with("X-Amz-") || k == "AWSAccessKeyId")
@@ -201,16 +262,32 @@ impl Authenticator {
             None if params.iter().any(|(k, _)| k == "AWSAccessKeyId") => return Err(Denied::SigV2),
             None => return Err(Denied::Anonymous),
         };
+        check_payload(&p.payload)?;
+        let bad = |why: String| {
+            if p.presigned {
+                Denied::BadQuery(why)
+            } else {
+                Denied::Malformed(why)
+            }
+        };
+        let t = parse_amz_date(&p.amz_date).ok_or_else(|| {
+            if p.presigned {
+                Denied::BadQuery(
+                    "X-Amz-Date must be in the ISO8601 Long Format \"yyyyMMdd'T'HHmmss'Z'\"".into(),
+                )
+            } else {
+                Denied::BadDate
+            }
+        })?;
+        // The day the signing key is derived for is the credential's, checked to be the
+        // request's own: the key is then exactly what the cache files it under.
+        let day = parse_amz_date(&format!("{}T000000Z", p.date))
+            .filter(|_| p.amz_date.starts_with(p.date))
+            .ok_or_else(|| bad("the credential's date is not the request's".into()))?;
+        unsigned(headers, &p.signed_headers)?;
         let Some(user) = self.users.get(p.access_key) else {
             return Err(Denied::UnknownKey);
         };
-        let t = parse_amz_date(&p.amz_date)
-            .ok_or_else(|| Denied::Malformed(format!("bad X-Amz-Date `{}`", p.amz_date)))?;
-        if !p.amz_date.starts_with(p.date) {
-            return Err(Denied::Malformed(
-                "the credential's date is not the request's".into(),
-            ));
-        }
         if p.presigned {
             let expires: u64 = param(&params, "X-Amz-Expires")
                 .and_then(|v| v.parse().ok())
@@ -232,57 +309,105 @@ impl Authenticator {
                 return Err(Denied::Skewed);
             }
         }
-        let creq = canonical_request(method, uri, headers, &p);
+        let creq = canonical_request(method, uri, headers, host, &p);
         let scope = format!("{}/{}/{}/aws4_request", p.date, p.region, p.service);
         let sts = format!(
             "{ALGORITHM}\n{}\n{scope}\n{}",
             p.amz_date,
             sha256_hex(creq.as_bytes())
         );
-        let key = self.signing_key(p.access_key, user, t, p.date, p.region, p.service);
+        let scope = (
+            Arc::<str>::from(p.access_key),
+            p.date.to_owned(),
+            p.region.to_owned(),
+            p.service.to_owned(),
+        );
+        let (key, cached) = match self.cached_key(user, &scope) {
+            Some(k) => (k, true),
+            None => {
+                let k = aws_sigv4::sign::v4::generate_signing_key(
+                    &user.secret.0,
+                    day,
+                    p.region,
+                    p.service,
+                );
+                (Arc::<[u8]>::from(k.as_ref()), false)
+            }
+        };
         let expected = aws_sigv4::sign::v4::calculate_signature(&*key, sts.as_bytes());
         let same = expected.len() == p.signature.len()
             && bool::from(expected.as_bytes().ct_eq(p.signature.as_bytes()));
         if !same {
             return Err(Denied::BadSignature);
         }
+        if !cached {
+            self.keys.insert(scope.clone(), key.clone());
+        }
+        let (_, date, region, service) = scope;
+        *user.last_key.write().unwrap_or_else(|p| p.into_inner()) =
+            Some((date, region, service, key));
         Ok(Principal {
             access_key_id: Some(p.access_key.into()),
             buckets: user.buckets.clone(),
         })
     }
 
-    fn signing_key(
-        &self,
-        access_key: &str,
-        user: &User,
-        t: SystemTime,
-        date: &str,
-        region: &str,
-        service: &str,
-    ) -> Arc<[u8]> {
+    /// The signing key already derived for `scope`, from the user's last one or the cache.
+    fn cached_key(&self, user: &User, scope: &KeyScope) -> Option<Arc<[u8]>> {
         if let Some((d, r, s, k)) = &*user.last_key.read().unwrap_or_else(|p| p.into_inner()) {
-            if d == date && r == region && s == service {
-                return k.clone();
+            if *d == scope.1 && *r == scope.2 && *s == scope.3 {
+                return Some(k.clone());
             }
         }
-        let scope = (
-            Arc::<str>::from(access_key),
-            date.to_owned(),
-            region.to_owned(),
-            service.to_owned(),
-        );
-        let key = self.keys.get_with(scope, || {
-            let key = aws_sigv4::sign::v4::generate_signing_key(&user.secret.0, t, region, service);
-            Arc::from(key.as_ref())
-        });
-        *user.last_key.write().unwrap_or_else(|p| p.into_inner()) = Some((
-            date.to_owned(),
-            region.to_owned(),
-            service.to_owned(),
-            key.clone(),
-        ));
-        key
+        self.keys.get(scope)
+    }
+
+    /// How many signing keys are cached (tests: nothing is cached from an unverified request).
+    #[cfg(test)]
+    fn cached_keys(&self) -> u64 {
+        self.keys.run_pending_tasks();
+        self.keys.entry_count()
+    }
+}
+
+/// The query's parameter names, raw.
+fn query_names(q: &str) -> impl Iterator<Item = &str> {
+    q.split('&')
+        .filter(|p| !p.is_empty())
+        .map(|p| p.split_once('=').map_or(p, |(k, _)| k))
+}
+
+/// S3's rule for `x-amz-content-sha256`: a lowercase hex SHA-256 or one of its keywords. A
+/// GET or HEAD has no body, so a hash can only be the empty body's.
+fn check_payload(v: &str) -> Result<(), Denied> {
+    if PAYLOAD_KEYWORDS.contains(&v) {
+        return Ok(());
+    }
+    let is_hash = v.len() == 64 && v.bytes().all(|b| matches!(b, b'0'..=b'9' | b'a'..=b'f'));
+    match (is_hash, v == EMPTY_SHA256) {
+        (true, true) => Ok(()),
+        (true, false) => Err(Denied::ContentSha256Mismatch),
+        (false, _) => Err(Denied::BadContentSha256),
+    }
+}
+
+/// `Denied::Unsigned` naming what S3 requires to be signed but is not: `host`, and every
+/// `x-amz-*` header present.
+fn unsigned(headers: &HeaderMap, signed: &[&str]) -> Result<(), Denied> {
+    let mut missing: Vec<&str> = Vec::new();
+    if !signed.contains(&"host") {
+        missing.push("host");
+    }
+    for name in headers.keys() {
+        let n = name.as_str();
+        if n.starts_with("x-amz-") && !signed.contains(&n) && !missing.contains(&n) {
+            missing.push(n);
+        }
+    }
+    if missing.is_empty() {
+        Ok(())
+    } else {
+        Err(Denied::Unsigned(missing.join(";")))
     }
 }
 
@@ -398,6 +523,16 @@ fn credential(c: &str) -> Result<(&str, &str, &str, &str), String> {
     if term != "aws4_request" || key.is_empty() || date.len() != 8 {
         return Err(format!("bad Credential `{c}`"));
     }
+    let region_ok = !region.is_empty()
+        && region.len() <= MAX_REGION_LEN
+        && region
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.'));
+    if !region_ok {
+        return Err(format!(
+            "the credential's region must be 1 to {MAX_REGION_LEN} letters, digits, `-`, `_` or `.`"
+        ));
+    }
     if service != "s3" {
         return Err(format!(
             "the credential's service must be s3, not `{service}`"
@@ -422,10 +557,11 @@ fn query_params(q: &str, want: impl Fn(&str) -> bool) -> Vec<(String, String)> {
 }
 
 fn pct_decode(s: &str) -> String {
-    percent_encoding::percent_decode_str(s)
+    let s = s.replace('+', " ");
+    percent_encoding::percent_decode_str(&s)
         .decode_utf8()
         .map(|c| c.into_owned())
-        .unwrap_or_else(|_| s.to_owned())
+        .unwrap_or_else(|_| s.clone())
 }
 
 /// SigV4's URI encoding: every byte but `A-Za-z0-9-_.~` (and `/` where `keep_slash`) as `%XX`.
@@ -478,6 +614,16 @@ fn is_canonical(s: &str, keep_slash: bool) -> bool {
 
 /// A path or query component in canonical form: as sent when it already is, else decoded once
 /// and encoded again.
+/// A query component in canonical form. The S3 front decodes `+` in a query as a space (as
+/// S3 and HTML forms do), so it is a space here too: the value verified is the value served.
+fn canonical_query(raw: &str) -> std::borrow::Cow<'_, str> {
+    if raw.contains('+') {
+        std::borrow::Cow::Owned(canonical(&raw.replace('+', "%20"), false).into_owned())
+    } else {
+        canonical(raw, false)
+    }
+}
+
 fn canonical(raw: &str, keep_slash: bool) -> std::borrow::Cow<'_, str> {
     if is_canonical(raw, keep_slash) {
         std::borrow::Cow::Borrowed(raw)
@@ -487,7 +633,13 @@ fn canonical(raw: &str, keep_slash: bool) -> std::borrow::Cow<'_, str> {
     }
 }
 
-fn canonical_request(method: &Method, uri: &Uri, headers: &HeaderMap, p: &Parts<'_>) -> String {
+fn canonical_request(
+    method: &Method,
+    uri: &Uri,
+    headers: &HeaderMap,
+    host: Option<&str>,
+    p: &Parts<'_>,
+) -> String {
     let mut out = String::with_capacity(512);
     out.push_str(method.as_str());
     out.push('\n');
@@ -501,7 +653,7 @@ fn canonical_request(method: &Method, uri: &Uri, headers: &HeaderMap, p: &Parts<
         .filter(|x| !x.is_empty())
         .map(|x| x.split_once('=').unwrap_or((x, "")))
         .filter(|(k, _)| !(p.presigned && *k == "X-Amz-Signature"))
-        .map(|(k, v)| (canonical(k, false), canonical(v, false)))
+        .map(|(k, v)| (canonical_query(k), canonical_query(v)))
         .collect();
     q.sort();
     for (i, (k, v)) in q.iter().enumerate() {
@@ -516,18 +668,18 @@ fn canonical_request(method: &Method, uri: &Uri, headers: &HeaderMap, p: &Parts<
     for name in &p.signed_headers {
         out.push_str(name);
         out.push(':');
-        let mut any = false;
-        for v in headers.get_all(*name) {
-            if any {
-                out.push(',');
-            }
-            collapse_into(&mut out, &String::from_utf8_lossy(v.as_bytes()));
-            any = true;
-        }
-        if !any && *name == "host" {
-            // HTTP/2 carries the host as :authority, which hyper puts in the URI.
-            if let Some(a) = uri.authority() {
-                out.push_str(a.as_str());
+        if *name == "host" {
+            // The authority the front resolved (absolute-form target, HTTP/2 `:authority`
+            // or the one `Host` header): the one that also picks a virtual host's bucket.
+            collapse_into(&mut out, host.unwrap_or(""));
+        } else {
+            let mut any = false;
+            for v in headers.get_all(*name) {
+                if any {
+                    out.push(',');
+                }
+                collapse_into(&mut out, &String::from_utf8_lossy(v.as_bytes()));
+                any = true;
             }
         }
         out.push('\n');
@@ -560,19 +712,40 @@ fn collapse_into(out: &mut String, v: &str) {
     }
 }
 
-/// `YYYYMMDDTHHMMSSZ` → the instant.
+/// `YYYYMMDDTHHMMSSZ` → the instant, parsed as strictly as S3 parses it: digits only, a real
+/// calendar date (no 31 April, 29 February only in leap years), hours 00–23, minutes and
+/// seconds 00–59 (a leap second `60` would roll into the next day, whose signing key differs
+/// from the credential's), and years 1970–9999, so no arithmetic below can overflow.
 fn parse_amz_date(s: &str) -> Option<SystemTime> {
     let b = s.as_bytes();
     if b.len() != 16 || b[8] != b'T' || b[15] != b'Z' {
         return None;
     }
-    let n = |r: std::ops::Range<usize>| s.get(r)?.parse::<u64>().ok();
+    let n = |r: std::ops::Range<usize>| -> Option<u64> {
+        let d = b.get(r)?;
+        d.iter()
+            .all(u8::is_ascii_digit)
+            .then(|| d.iter().fold(0u64, |acc, c| acc * 10 + u64::from(c - b'0')))
+    };
     let (y, mo, d) = (n(0..4)?, n(4..6)?, n(6..8)?);
     let (h, mi, se) = (n(9..11)?, n(11..13)?, n(13..15)?);
-    if !(1..=12).contains(&mo) || !(1..=31).contains(&d) || h > 23 || mi > 59 || se > 60 {
+    let leap = y % 4 == 0 && (y % 100 != 0 || y % 400 == 0);
+    let days_in_month = match mo {
+        1 | 3 | 5 | 7 | 8 | 10 | 12 => 31,
+        4 | 6 | 9 | 11 => 30,
+        2 if leap => 29,
+        2 => 28,
+        _ => return None,
+    };
+    if !(1970..=9999).contains(&y)
+        || !(1..=days_in_month).contains(&d)
+        || h > 23
+        || mi > 59
+        || se > 59
+    {
         return None;
     }
-    // Days from the civil date (Howard Hinnant's algorithm), for years ≥ 1970.
+    // Days from the civil date (Howard Hinnant's algorithm); y ≥ 1970 keeps it unsigned.
     let (y, m) = if mo <= 2 {
         (y - 1, mo + 9)
     } else {
@@ -698,39 +871,46 @@ mod tests {
             now(),
             None,
         );
-        let p = a.verify(&Method::GET, &uri, &h, now()).unwrap();
+        let p = a
+            .verify(&Method::GET, &uri, &h, Some("shoal.test"), now())
+            .unwrap();
         assert!(p.may_read("models") && !p.may_read("datasets"));
         assert!(a
-            .verify(&Method::GET, &uri, &h, now())
+            .verify(&Method::GET, &uri, &h, Some("shoal.test"), now())
             .unwrap()
             .access_key_id
             .is_some());
         // Another user's secret, an unknown key, a tampered header, another method.
         let (uri2, h2) = signed("reader", "wrong", "GET", "/models/k", &[], now(), None);
         assert_eq!(
-            a.verify(&Method::GET, &uri2, &h2, now()).unwrap_err(),
+            a.verify(&Method::GET, &uri2, &h2, Some("shoal.test"), now())
+                .unwrap_err(),
             Denied::BadSignature
         );
         let (uri3, h3) = signed("nobody", "x", "GET", "/models/k", &[], now(), None);
         assert_eq!(
-            a.verify(&Method::GET, &uri3, &h3, now()).unwrap_err(),
+            a.verify(&Method::GET, &uri3, &h3, Some("shoal.test"), now())
+                .unwrap_err(),
             Denied::UnknownKey
         );
         let mut h4 = h.clone();
         h4.insert("range", "bytes=0-10".parse().unwrap());
         assert_eq!(
-            a.verify(&Method::GET, &uri, &h4, now()).unwrap_err(),
+            a.verify(&Method::GET, &uri, &h4, Some("shoal.test"), now())
+                .unwrap_err(),
             Denied::BadSignature
         );
         assert_eq!(
-            a.verify(&Method::HEAD, &uri, &h, now()).unwrap_err(),
+            a.verify(&Method::HEAD, &uri, &h, Some("shoal.test"), now())
+                .unwrap_err(),
             Denied::BadSignature
         );
         // Clock skew.
         let old = now() - Duration::from_secs(20 * 60);
         let (uri5, h5) = signed("all", "other", "GET", "/x/k", &[], old, None);
         assert_eq!(
-            a.verify(&Method::GET, &uri5, &h5, now()).unwrap_err(),
+            a.verify(&Method::GET, &uri5, &h5, Some("shoal.test"), now())
+                .unwrap_err(),
             Denied::Skewed
         );
         // No credentials; Signature Version 2.
@@ -739,6 +919,7 @@ mod tests {
                 &Method::GET,
                 &"/x/k".parse().unwrap(),
                 &HeaderMap::new(),
+                Some("shoal.test"),
                 now()
             )
             .unwrap_err(),
@@ -747,8 +928,14 @@ mod tests {
         let mut v2 = HeaderMap::new();
         v2.insert("authorization", "AWS all:c2lnbmF0dXJl".parse().unwrap());
         assert_eq!(
-            a.verify(&Method::GET, &"/x/k".parse().unwrap(), &v2, now())
-                .unwrap_err(),
+            a.verify(
+                &Method::GET,
+                &"/x/k".parse().unwrap(),
+                &v2,
+                Some("shoal.test"),
+                now()
+            )
+            .unwrap_err(),
             Denied::SigV2
         );
         let mut bad = HeaderMap::new();
@@ -757,8 +944,14 @@ mod tests {
             "AWS4-HMAC-SHA256 Credential=all".parse().unwrap(),
         );
         assert!(matches!(
-            a.verify(&Method::GET, &"/x/k".parse().unwrap(), &bad, now())
-                .unwrap_err(),
+            a.verify(
+                &Method::GET,
+                &"/x/k".parse().unwrap(),
+                &bad,
+                Some("shoal.test"),
+                now()
+            )
+            .unwrap_err(),
             Denied::Malformed(_)
         ));
     }
@@ -769,10 +962,18 @@ mod tests {
         let t = now();
         let (uri, h) = signed("all", "other", "GET", "/b/some%20key", &[], t, Some(60));
         assert!(uri.query().unwrap().contains("X-Amz-Signature"));
-        assert!(a.verify(&Method::GET, &uri, &h, t).is_ok());
+        assert!(a
+            .verify(&Method::GET, &uri, &h, Some("shoal.test"), t)
+            .is_ok());
         assert_eq!(
-            a.verify(&Method::GET, &uri, &h, t + Duration::from_secs(61))
-                .unwrap_err(),
+            a.verify(
+                &Method::GET,
+                &uri,
+                &h,
+                Some("shoal.test"),
+                t + Duration::from_secs(61)
+            )
+            .unwrap_err(),
             Denied::Expired
         );
         let tampered: Uri = uri
@@ -781,14 +982,312 @@ mod tests {
             .parse()
             .unwrap();
         assert_eq!(
-            a.verify(&Method::GET, &tampered, &h, t).unwrap_err(),
+            a.verify(&Method::GET, &tampered, &h, Some("shoal.test"), t)
+                .unwrap_err(),
             Denied::BadSignature
         );
         let (long, h2) = signed("all", "other", "GET", "/b/k", &[], t, Some(MAX_EXPIRES + 1));
         assert!(matches!(
-            a.verify(&Method::GET, &long, &h2, t).unwrap_err(),
+            a.verify(&Method::GET, &long, &h2, Some("shoal.test"), t)
+                .unwrap_err(),
             Denied::BadQuery(_)
         ));
+    }
+
+    #[test]
+    fn dates_parse_as_s3_parses_them() {
+        for bad in [
+            "20130524T235960Z", // a leap second would roll into the next day
+            "00000101T000000Z", // year 0 used to overflow
+            "19691231T235959Z",
+            "20130230T000000Z",
+            "20130229T000000Z", // not a leap year
+            "20130431T000000Z",
+            "20131301T000000Z",
+            "20130500T000000Z",
+            "2013052+T000000Z",
+            "+2013052T000000Z",
+            "20130524T24000Z0",
+        ] {
+            assert!(parse_amz_date(bad).is_none(), "{bad}");
+        }
+        assert!(parse_amz_date("20120229T235959Z").is_some());
+        assert!(parse_amz_date("20000229T000000Z").is_some());
+        assert!(parse_amz_date("99991231T235959Z").is_some());
+    }
+
+    /// A presigned URL whose query is `base` with `X-Amz-Date` and `X-Amz-Credential` as given.
+    fn forged(access_key: &str, date: &str, amz_date: &str, region: &str) -> Uri {
+        format!(
+            "/b/any?X-Amz-Algorithm=AWS4-HMAC-SHA256&X-Amz-Credential={access_key}%2F{date}%2F{region}%2Fs3%2Faws4_request&X-Amz-Date={amz_date}&X-Amz-Expires=604800&X-Amz-SignedHeaders=host&X-Amz-Signature={}",
+            "0".repeat(64)
+        )
+        .parse()
+        .unwrap()
+    }
+
+    #[test]
+    fn a_request_that_does_not_verify_leaves_no_signing_key_behind() {
+        let a = auth(&[("alice", "alice-secret", &[])]);
+        let t = now() - Duration::from_secs(2 * 86_400);
+        let (uri, h) = signed(
+            "alice",
+            "alice-secret",
+            "GET",
+            "/b/k",
+            &[],
+            t,
+            Some(604_800),
+        );
+        let d = param(&query_params(uri.query().unwrap(), |_| true), "X-Amz-Date").unwrap()[..8]
+            .to_owned();
+        // The attack of issue 19: second 60 of the credential's day, a bogus signature.
+        let attack = forged("alice", &d, &format!("{d}T235960Z"), "us-east-1");
+        assert!(matches!(
+            a.verify(
+                &Method::GET,
+                &attack,
+                &HeaderMap::new(),
+                Some("shoal.test"),
+                now()
+            ),
+            Err(Denied::BadQuery(_))
+        ));
+        // Every date of the day and many regions, with bogus signatures: nothing is cached.
+        for (i, region) in ["us-east-1", "eu-west-1", "x", "garage"].iter().enumerate() {
+            let forged = forged("alice", &d, &format!("{d}T23595{i}Z"), region);
+            assert_eq!(
+                a.verify(
+                    &Method::GET,
+                    &forged,
+                    &HeaderMap::new(),
+                    Some("shoal.test"),
+                    now()
+                )
+                .unwrap_err(),
+                Denied::BadSignature
+            );
+        }
+        assert_eq!(a.cached_keys(), 0);
+        // Alice's own URL still verifies, and only it is cached.
+        a.verify(&Method::GET, &uri, &h, Some("shoal.test"), now())
+            .unwrap();
+        assert_eq!(a.cached_keys(), 1);
+        let huge = forged("alice", &d, &format!("{d}T000000Z"), &"r".repeat(30_000));
+        assert!(matches!(
+            a.verify(
+                &Method::GET,
+                &huge,
+                &HeaderMap::new(),
+                Some("shoal.test"),
+                now()
+            ),
+            Err(Denied::BadQuery(_))
+        ));
+    }
+
+    #[test]
+    fn host_and_every_x_amz_header_must_be_signed() {
+        let a = auth(&[("k", "s", &[])]);
+        let (uri, h) = signed("k", "s", "GET", "/b/k", &[], now(), None);
+        assert!(a
+            .verify(&Method::GET, &uri, &h, Some("shoal.test"), now())
+            .is_ok());
+        // The host it was signed for is the host it is good for.
+        assert_eq!(
+            a.verify(&Method::GET, &uri, &h, Some("other.test"), now())
+                .unwrap_err(),
+            Denied::BadSignature
+        );
+        let mut extra = h.clone();
+        extra.insert(
+            "x-amz-server-side-encryption-customer-algorithm",
+            "AES256".parse().unwrap(),
+        );
+        assert_eq!(
+            a.verify(&Method::GET, &uri, &extra, Some("shoal.test"), now())
+                .unwrap_err(),
+            Denied::Unsigned("x-amz-server-side-encryption-customer-algorithm".into())
+        );
+        // A signature without host.
+        let auth_value = h.get("authorization").unwrap().to_str().unwrap();
+        let no_host = auth_value.replace("SignedHeaders=host;", "SignedHeaders=");
+        let mut h2 = h.clone();
+        h2.insert("authorization", no_host.parse().unwrap());
+        assert_eq!(
+            a.verify(&Method::GET, &uri, &h2, Some("shoal.test"), now())
+                .unwrap_err(),
+            Denied::Unsigned("host".into())
+        );
+        let (puri, ph) = signed("k", "s", "GET", "/b/k", &[], now(), Some(60));
+        let pno_host: Uri = puri
+            .to_string()
+            .replace("X-Amz-SignedHeaders=host", "X-Amz-SignedHeaders=range")
+            .parse()
+            .unwrap();
+        assert_eq!(
+            a.verify(&Method::GET, &pno_host, &ph, Some("shoal.test"), now())
+                .unwrap_err(),
+            Denied::Unsigned("host".into())
+        );
+    }
+
+    #[test]
+    fn s3s_other_refusals() {
+        let a = auth(&[("k", "s", &[])]);
+        let (uri, h) = signed("k", "s", "GET", "/b/k", &[], now(), None);
+        // A header signature and a query signature.
+        let (puri, _) = signed("k", "s", "GET", "/b/k", &[], now(), Some(60));
+        assert_eq!(
+            a.verify(&Method::GET, &puri, &h, Some("shoal.test"), now())
+                .unwrap_err(),
+            Denied::TwoMechanisms
+        );
+        // Session tokens, in a header or the query.
+        let mut tok = h.clone();
+        tok.insert("x-amz-security-token", "FwoGZX".parse().unwrap());
+        assert_eq!(
+            a.verify(&Method::GET, &uri, &tok, Some("shoal.test"), now())
+                .unwrap_err(),
+            Denied::SessionToken
+        );
+        let qtok: Uri = format!("{puri}&X-Amz-Security-Token=FwoGZX")
+            .parse()
+            .unwrap();
+        assert_eq!(
+            a.verify(
+                &Method::GET,
+                &qtok,
+                &HeaderMap::new(),
+                Some("shoal.test"),
+                now()
+            )
+            .unwrap_err(),
+            Denied::SessionToken
+        );
+        // x-amz-content-sha256: a keyword, the empty body's hash, or nothing else.
+        for (v, want) in [
+            ("garbage", Some(Denied::BadContentSha256)),
+            (&"A".repeat(64)[..], Some(Denied::BadContentSha256)),
+            (&"a".repeat(64)[..], Some(Denied::ContentSha256Mismatch)),
+            ("UNSIGNED-PAYLOAD", None),
+            (EMPTY_SHA256, None),
+        ] {
+            // The value is judged before the signature: a changed one is refused as such.
+            let mut h = h.clone();
+            h.insert("x-amz-content-sha256", v.parse().unwrap());
+            let got = a.verify(&Method::GET, &uri, &h, Some("shoal.test"), now());
+            match want {
+                Some(d) => assert_eq!(got.unwrap_err(), d, "{v}"),
+                None => assert!(
+                    matches!(got, Ok(_) | Err(Denied::BadSignature)),
+                    "{v}: {got:?}"
+                ),
+            }
+        }
+    }
+
+    #[test]
+    fn a_plus_in_the_query_is_verified_as_the_space_it_is_served_as() {
+        let a = auth(&[("k", "s", &[])]);
+        // Signed for a literal `+` (`%2B`).
+        let (uri, h) = signed(
+            "k",
+            "s",
+            "GET",
+            "/b?list-type=2&prefix=sec%2Fa%2B",
+            &[],
+            now(),
+            None,
+        );
+        assert!(a
+            .verify(&Method::GET, &uri, &h, Some("shoal.test"), now())
+            .is_ok());
+        let replay: Uri = uri.to_string().replace("%2Fa%2B", "%2Fa+").parse().unwrap();
+        assert_eq!(
+            a.verify(&Method::GET, &replay, &h, Some("shoal.test"), now())
+                .unwrap_err(),
+            Denied::BadSignature
+        );
+        // Signed for a space (`%20`): `+` is the same value.
+        let (uri, h) = signed(
+            "k",
+            "s",
+            "GET",
+            "/b?list-type=2&prefix=a%20b",
+            &[],
+            now(),
+            None,
+        );
+        let plus: Uri = uri.to_string().replace("a%20b", "a+b").parse().unwrap();
+        assert!(a
+            .verify(&Method::GET, &plus, &h, Some("shoal.test"), now())
+            .is_ok());
+    }
+
+    /// Hostile shapes for what a SigV4 request carries.
+    fn hostile() -> impl Strategy<Value = String> {
+        prop_oneof![
+            "[ -~]{0,40}",
+            "[0-9TZ]{0,20}",
+            Just("AWS4-HMAC-SHA256".to_string()),
+            Just("%".to_string()),
+            Just("%zz".to_string()),
+            Just("/".to_string()),
+            Just("=".to_string()),
+            Just(",".to_string()),
+            Just("aws4_request".to_string()),
+            Just("99991231T235960Z".to_string()),
+            Just("00000101T000000Z".to_string()),
+            "\\PC{0,8}",
+        ]
+    }
+
+    fn hostile_concat() -> impl Strategy<Value = String> {
+        proptest::collection::vec(hostile(), 0..8).prop_map(|v| v.concat())
+    }
+
+    proptest! {
+        #![proptest_config(crate::fuzz::config())]
+        /// Fuzz: any Authorization header, presigned query, date and content hash is refused
+        /// (or verified) without a panic, and no refused request leaves a key behind.
+        #[test]
+        fn fuzz_sigv4_never_panics_and_never_caches_a_refusal(
+            cred in hostile_concat(),
+            date in hostile_concat(),
+            signed_headers in hostile_concat(),
+            sig in hostile_concat(),
+            sha in hostile_concat(),
+            presign in any::<bool>(),
+        ) {
+            let a = auth(&[("alice", "s", &[])]);
+            let mut h = HeaderMap::new();
+            let uri: Uri = if presign {
+                let q = format!(
+                    "X-Amz-Algorithm=AWS4-HMAC-SHA256&X-Amz-Credential=alice%2F{cred}&X-Amz-Date={date}&X-Amz-Expires=60&X-Amz-SignedHeaders={signed_headers}&X-Amz-Signature={sig}"
+                );
+                let q: String = q.chars().filter(|c| c.is_ascii_graphic() && *c != '#').collect();
+                match format!("/b/k?{q}").parse() { Ok(u) => u, Err(_) => return Ok(()) }
+            } else {
+                let v = format!("AWS4-HMAC-SHA256 Credential=alice/{cred}, SignedHeaders={signed_headers}, Signature={sig}");
+                if let Ok(v) = v.parse() { h.insert("authorization", v); }
+                if let Ok(v) = date.parse() { h.insert("x-amz-date", v); }
+                if let Ok(v) = sha.parse() { h.insert("x-amz-content-sha256", v); }
+                "/b/k".parse().unwrap()
+            };
+            let _ = a.verify(&Method::GET, &uri, &h, Some("shoal.test"), now());
+            prop_assert_eq!(a.cached_keys(), 0);
+        }
+
+        /// Fuzz: the date parser never panics, and what it accepts formats back to itself.
+        #[test]
+        fn fuzz_amz_dates(s in "[0-9]{8}T[0-9]{6}Z|[ -~]{0,20}") {
+            if let Some(t) = parse_amz_date(&s) {
+                let d = t.duration_since(UNIX_EPOCH).unwrap().as_secs();
+                prop_assert!(d % 60 < 60);
+                prop_assert_eq!(&s[13..15], format!("{:02}", d % 60));
+            }
+        }
     }
 
     #[test]
@@ -856,7 +1355,7 @@ mod tests {
             let path = format!("/bucket/{}", enc(&key, true));
             let uri = format!("{path}?{}={}&x-id=GetObject", enc(&qk, false), enc(&qv, false));
             let (u, h) = signed("AKIDTEST", &secret, "GET", &uri, &[("x-amz-meta-test", hv.trim())], t, presign.then_some(300));
-            prop_assert!(a.verify(&Method::GET, &u, &h, t).is_ok(), "{}", u);
+            prop_assert!(a.verify(&Method::GET, &u, &h, Some("shoal.test"), t).is_ok(), "{}", u);
             let (mut u2, mut h2, mut m2) = (u.clone(), h.clone(), Method::GET);
             match which {
                 0 => m2 = Method::HEAD,
@@ -878,7 +1377,7 @@ mod tests {
                     }
                 }
             }
-            prop_assert!(a.verify(&m2, &u2, &h2, t).is_err(), "change {} accepted", which);
+            prop_assert!(a.verify(&m2, &u2, &h2, Some("shoal.test"), t).is_err(), "change {} accepted", which);
         }
     }
 }

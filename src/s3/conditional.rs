@@ -244,6 +244,32 @@ mod tests {
     }
 
     proptest! {
+        #![proptest_config(crate::fuzz::config())]
+        /// Fuzz: hostile conditional headers (dates out of every range, ETag lists with stray
+        /// quotes, commas and `W/`) never panic.
+        #[test]
+        fn fuzz_conditional_headers(
+            v in proptest::collection::vec(prop_oneof![
+                Just("\"".to_string()), Just(",".to_string()), Just("W/".to_string()), Just("*".to_string()),
+                Just("Sun, 06 Nov 1994 08:49:37 GMT".to_string()),
+                Just("Fri, 31 Dec 9999 23:59:59 GMT".to_string()),
+                Just("Thu, 01 Jan 1970 00:00:00 GMT".to_string()),
+                Just("Mon, 01 Jan 0001 00:00:00 GMT".to_string()),
+                Just("Sunday, 06-Nov-94 08:49:37 GMT".to_string()),
+                Just("Sun Nov  6 08:49:37 1994".to_string()),
+                "[0-9]{1,30}", ".{0,6}",
+            ], 0..6).prop_map(|v| v.concat()),
+            which in 0usize..5,
+        ) {
+            let mut h = HeaderMap::new();
+            let name = ["if-match", "if-none-match", "if-modified-since", "if-unmodified-since", "if-range"][which];
+            if let Ok(v) = HeaderValue::from_str(&v) { h.insert(name, v); }
+            let _ = evaluate(&h, ETAG, Some(lm()));
+            let _ = evaluate(&h, ETAG, None);
+            let _ = if_range_holds(&h, ETAG, Some(lm()));
+            let _ = parse_date(&v);
+        }
+
         #[test]
         fn never_panics(a in ".{0,30}", b in ".{0,30}", c in ".{0,30}") {
             let mut h = HeaderMap::new();

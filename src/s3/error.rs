@@ -67,6 +67,12 @@ impl S3Error {
             D::Malformed(why) => Self::new(S::BAD_REQUEST, "AuthorizationHeaderMalformed", format!("The authorization header is malformed: {why}")),
             D::BadQuery(why) => Self::new(S::BAD_REQUEST, "AuthorizationQueryParametersError", why.clone()),
             D::Bucket => Self::access_denied(),
+            D::BadDate => Self::new(S::FORBIDDEN, "AccessDenied", "AWS authentication requires a valid Date or x-amz-date header"),
+            D::Unsigned(names) => Self::new(S::FORBIDDEN, "AccessDenied", "There were headers present in the request which were not signed").with("HeadersNotSigned", names.clone()),
+            D::TwoMechanisms => Self::invalid_argument("Only one auth mechanism allowed; only the X-Amz-Algorithm query parameter, Signature query string parameter or the Authorization header should be specified"),
+            D::BadContentSha256 => Self::invalid_argument("x-amz-content-sha256 must be UNSIGNED-PAYLOAD, STREAMING-UNSIGNED-PAYLOAD-TRAILER, STREAMING-AWS4-HMAC-SHA256-PAYLOAD, STREAMING-AWS4-HMAC-SHA256-PAYLOAD-TRAILER, STREAMING-AWS4-ECDSA-P256-SHA256-PAYLOAD, STREAMING-AWS4-ECDSA-P256-SHA256-PAYLOAD-TRAILER or a valid sha256 value."),
+            D::ContentSha256Mismatch => Self::new(S::BAD_REQUEST, "XAmzContentSHA256Mismatch", "The provided 'x-amz-content-sha256' header does not match what was computed."),
+            D::SessionToken => Self::new(S::FORBIDDEN, "InvalidToken", "The provided token is malformed or otherwise invalid. Shoal does not accept session tokens."),
         }
     }
 

@@ -196,22 +196,45 @@ impl Parsed {
     }
 }
 
-fn parse(req: &Request, domain: Option<&str>) -> Result<Parsed, S3Error> {
+/// The request's authority: the absolute-form target's or HTTP/2's `:authority` (hyper puts
+/// both in the URI), else the one `Host` header. The URI wins over `Host`, as RFC 9112 §3.2.2
+/// says; two `Host` headers are a 400, never "the first one".
+fn authority(req: &Request) -> Result<Option<&str>, S3Error> {
+    let mut hosts = req.headers().get_all(http::header::HOST).iter();
+    let host = hosts.next();
+    if hosts.next().is_some() {
+        return Err(S3Error::invalid_argument(
+            "The request has more than one Host header.",
+        ));
+    }
+    if let Some(a) = req.uri().authority() {
+        if a.as_str().contains('@') {
+            return Err(S3Error::invalid_argument(
+                "The request target may not carry user information.",
+            ));
+        }
+        return Ok(Some(a.as_str()));
+    }
+    host.map(|h| {
+        h.to_str()
+            .map_err(|_| S3Error::invalid_argument("The Host header is not ASCII."))
+    })
+    .transpose()
+}
+
+fn parse(req: &Request, host: Option<&str>, domain: Option<&str>) -> Result<Parsed, S3Error> {
     let uri = req.uri();
     let path = decode(uri.path(), false)?;
     let query = query_pairs(uri.query())?;
-    let host = req
-        .headers()
-        .get(http::header::HOST)
-        .and_then(|h| h.to_str().ok())
-        .map(|h| {
-            h.rsplit_once(':')
-                .map_or(h, |(a, _)| a)
-                .to_ascii_lowercase()
-        });
+    let host = host.map(|h| {
+        h.rsplit_once(':')
+            .map_or(h, |(a, _)| a)
+            .to_ascii_lowercase()
+    });
     let vhost_bucket = match (domain, host) {
         (Some(d), Some(h)) => h
             .strip_suffix(&format!(".{}", d.to_ascii_lowercase()))
+            .filter(|b| !b.is_empty())
             .map(str::to_owned),
         _ => None,
     };
@@ -223,6 +246,16 @@ fn parse(req: &Request, domain: Option<&str>) -> Result<Parsed, S3Error> {
             None => (rest.to_owned(), String::new()),
         },
     };
+    // Only `/` itself is ListBuckets. An empty bucket name before more path (`//etc/passwd`,
+    // `//bucket/key`) names no bucket at all.
+    if bucket.is_empty() && !rest.is_empty() {
+        return Err(S3Error::new(
+            StatusCode::BAD_REQUEST,
+            "InvalidBucketName",
+            "The specified bucket is not valid.",
+        )
+        .with("BucketName", ""));
+    }
     Ok(Parsed { bucket, key, query })
 }
 
@@ -346,6 +379,7 @@ async fn dispatch(st: &S3State, req: Request, ctx: &mut Ctx) -> Result<Response,
             format!("Your request header section exceeds the maximum allowed size of {MAX_HEADER_BYTES} bytes."),
         ));
     }
+    let host = authority(&req)?;
     // Who is asking, before anything else is looked at: a denied request learns nothing.
     let principal = match &st.auth {
         Some(a) => a
@@ -353,6 +387,7 @@ async fn dispatch(st: &S3State, req: Request, ctx: &mut Ctx) -> Result<Response,
                 &method,
                 req.uri(),
                 req.headers(),
+                host,
                 std::time::SystemTime::now(),
             )
             .map_err(|d| {
@@ -364,7 +399,7 @@ async fn dispatch(st: &S3State, req: Request, ctx: &mut Ctx) -> Result<Response,
     if !matches!(method, Method::GET | Method::HEAD) {
         return Err(S3Error::method_not_allowed(method.as_str()));
     }
-    let p = parse(&req, st.domain.as_deref())?;
+    let p = parse(&req, host, st.domain.as_deref())?;
     ctx.op = if p.bucket.is_empty() {
         Op::ListBuckets
     } else if !p.key.is_empty() {
@@ -411,6 +446,12 @@ async fn dispatch(st: &S3State, req: Request, ctx: &mut Ctx) -> Result<Response,
             list.buckets = allowed;
         }
         list.buckets.retain(|b| principal.may_read(&b.name));
+        // The caller is the owner S3 shows; the origin's owner is Shoal's own account (with
+        // Garage its access key id, on AWS the operator's account id), not the caller's.
+        list.owner = principal
+            .access_key_id
+            .as_deref()
+            .map(|k| (k.to_owned(), Some(k.to_owned())));
         return Ok(xml_response(xml::bucket_list(&list), head));
     }
     if !st.buckets.is_empty() && !st.buckets.contains(&p.bucket) {
@@ -929,6 +970,93 @@ async fn object_op(
 #[cfg(test)]
 mod tests {
     use super::*;
+    use proptest::prelude::*;
+
+    fn req(target: &str, hosts: &[&str]) -> Option<Request> {
+        let mut b = http::Request::builder().uri(target);
+        for h in hosts {
+            b = b.header(http::header::HOST, HeaderValue::from_str(h).ok()?);
+        }
+        b.body(Body::empty()).ok()
+    }
+
+    #[test]
+    fn the_authority_is_the_targets_then_the_one_host_header() {
+        let r = req("/b/k", &["data.localhost"]).unwrap();
+        assert_eq!(authority(&r).unwrap(), Some("data.localhost"));
+        let r = req("http://other.localhost/k", &["data.localhost"]).unwrap();
+        assert_eq!(authority(&r).unwrap(), Some("other.localhost"));
+        let p = parse(&r, authority(&r).unwrap(), Some("localhost")).unwrap();
+        assert_eq!((p.bucket.as_str(), p.key.as_str()), ("other", "k"));
+        let r = req("/b/k", &["data.localhost", "other.localhost"]).unwrap();
+        assert_eq!(authority(&r).unwrap_err().status, StatusCode::BAD_REQUEST);
+        let r = req("http://u@other.localhost/k", &[]).unwrap();
+        assert!(authority(&r).is_err());
+    }
+
+    #[test]
+    fn an_empty_bucket_before_a_key_is_no_bucket() {
+        for target in ["//etc/passwd", "//data/chaos/obj-04", "//"] {
+            let r = req(target, &["shoal"]).unwrap();
+            let e = parse(&r, Some("shoal"), None).err().expect(target);
+            assert_eq!(e.code, "InvalidBucketName", "{target}");
+        }
+        let r = req("/", &["shoal"]).unwrap();
+        assert!(parse(&r, Some("shoal"), None).unwrap().bucket.is_empty());
+        // Virtual-hosted: a key may start with `/`; an empty host label is no bucket.
+        let r = req("//k", &["b.localhost"]).unwrap();
+        let p = parse(&r, Some("b.localhost"), Some("localhost")).unwrap();
+        assert_eq!((p.bucket.as_str(), p.key.as_str()), ("b", "/k"));
+        let r = req("/x/k", &[".localhost"]).unwrap();
+        let p = parse(&r, Some(".localhost"), Some("localhost")).unwrap();
+        assert_eq!((p.bucket.as_str(), p.key.as_str()), ("x", "k"));
+    }
+
+    fn hostile() -> impl Strategy<Value = String> {
+        proptest::collection::vec(
+            prop_oneof![
+                Just("/".to_string()),
+                Just("//".to_string()),
+                Just("%".to_string()),
+                Just("%2F".to_string()),
+                Just("%00".to_string()),
+                Just("%ff".to_string()),
+                Just("+".to_string()),
+                Just("?".to_string()),
+                Just("&".to_string()),
+                Just("=".to_string()),
+                Just("..".to_string()),
+                Just(":".to_string()),
+                Just("@".to_string()),
+                "[a-z0-9.-]{1,5}",
+                "\\PC{0,3}",
+            ],
+            0..10,
+        )
+        .prop_map(|v| v.concat())
+    }
+
+    proptest! {
+        #![proptest_config(crate::fuzz::config())]
+        /// Fuzz: the S3 request parser (authority, path, query, virtual hosts) never panics on
+        /// hostile targets and hosts, and never turns a path with more than `/` into
+        /// ListBuckets.
+        #[test]
+        fn fuzz_request_parser(
+            path in hostile(), host in hostile(), host2 in hostile(),
+            absolute in any::<bool>(), two in any::<bool>(), vhost in any::<bool>(),
+        ) {
+            let target = if absolute { format!("http://{host}/{path}") } else { format!("/{path}") };
+            let hosts: Vec<&str> = if two { vec![&host, &host2] } else { vec![&host] };
+            let Some(r) = req(&target, &hosts) else { return Ok(()) };
+            let Ok(h) = authority(&r) else { return Ok(()) };
+            if let Ok(p) = parse(&r, h, vhost.then_some("localhost")) {
+                if p.bucket.is_empty() {
+                    prop_assert!(matches!(r.uri().path(), "/" | ""), "{}", r.uri());
+                }
+            }
+        }
+    }
 
     #[test]
     fn decoding_rejects_bad_escapes() {

@@ -134,6 +134,23 @@ mod tests {
     }
 
     proptest! {
+        #![proptest_config(crate::fuzz::config())]
+        /// Fuzz: hostile `Range` values (overlong and overflowing numbers, stray separators,
+        /// several ranges, non-ASCII) never panic, and a partial answer is inside the object.
+        #[test]
+        fn fuzz_range(
+            h in proptest::collection::vec(prop_oneof![
+                Just("bytes=".to_string()), Just("-".to_string()), Just(",".to_string()),
+                Just(" ".to_string()), Just("18446744073709551615".to_string()),
+                Just("99999999999999999999999".to_string()), "[0-9]{1,6}", ".{0,4}",
+            ], 0..8).prop_map(|v| v.concat()),
+            size in prop_oneof![0u64..10_000, Just(u64::MAX)],
+        ) {
+            if let Partial(s, e) = resolve(parse(&h), size) {
+                prop_assert!(s <= e && e < size);
+            }
+        }
+
         #[test]
         fn parse_never_panics_and_partial_is_in_bounds(h in ".{0,40}", size in 0u64..10_000) {
             if let Partial(s, e) = resolve(parse(&h), size) {
