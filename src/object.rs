@@ -296,6 +296,7 @@ impl ObjectService {
                 deadline: None,
             }),
             opening: None,
+            open_deadline: None,
             failed: false,
             failing: None,
             progress_timeout: self.policy.progress_timeout,
@@ -368,6 +369,13 @@ struct Readahead {
     current: Option<Current>,
     /// The next chunk, asked for urgently; resolves to its stream.
     opening: Option<(BoxFuture<'static, Result<ByteStream, Error>>, ChunkRequest)>,
+    /// While the reader waits for the next chunk to *open* (its urgent request, or the
+    /// readahead task it caught up with): when to give up. A readahead request waits in the
+    /// memory and origin queues with no deadline of its own (it is cancelled with its reader
+    /// instead), and a request that joins another's fill waits as long as that fill does, so
+    /// the reader's own wait needs this bound. Armed when the wait first pends, cleared when
+    /// the chunk opens.
+    open_deadline: Option<Pin<Box<Sleep>>>,
     /// A chunk failed: the stream is over.
     failed: bool,
     /// The error that ends the stream, once the metadata it invalidates is forgotten.
@@ -399,6 +407,19 @@ impl Readahead {
                 open: AbortOnDropHandle::new(self.tasks.spawn(task)),
             });
         }
+    }
+
+    /// Whether the reader has waited `progress_timeout` for the next chunk to open.
+    fn open_expired(&mut self, cx: &mut Context<'_>) -> bool {
+        let waited = self.progress_timeout;
+        let d = self
+            .open_deadline
+            .get_or_insert_with(|| Box::pin(tokio::time::sleep_until(Instant::now() + waited)));
+        if d.as_mut().poll(cx).is_ready() {
+            tracing::warn!("the next chunk did not open within {waited:?}; ending the response");
+            return true;
+        }
+        false
     }
 
     fn deadline(&self) -> Option<Pin<Box<Sleep>>> {
@@ -508,8 +529,15 @@ impl Stream for Readahead {
             }
             if let Some((fut, _)) = this.opening.as_mut() {
                 match fut.as_mut().poll(cx) {
-                    Poll::Pending => return Poll::Pending,
+                    Poll::Pending => {
+                        if this.open_expired(cx) {
+                            this.opening = None;
+                            return this.fail(Error::SlowDown(this.progress_timeout), cx);
+                        }
+                        return Poll::Pending;
+                    }
                     Poll::Ready(Ok(s)) => {
+                        this.open_deadline = None;
                         this.opening = None;
                         this.current = Some(Current {
                             stream: s,
@@ -521,6 +549,7 @@ impl Stream for Readahead {
                         continue;
                     }
                     Poll::Ready(Err(e)) => {
+                        this.open_deadline = None;
                         this.opening = None;
                         return this.fail(e, cx);
                     }
@@ -530,9 +559,15 @@ impl Stream for Readahead {
                 // The reader is here: this chunk is urgent from now on, wherever it waits.
                 front.priority.raise();
                 let res = match Pin::new(&mut front.open).poll(cx) {
-                    Poll::Pending => return Poll::Pending,
+                    Poll::Pending => {
+                        if this.open_expired(cx) {
+                            return this.fail(Error::SlowDown(this.progress_timeout), cx);
+                        }
+                        return Poll::Pending;
+                    }
                     Poll::Ready(r) => r,
                 };
+                this.open_deadline = None;
                 let Some(a) = this.ahead.pop_front() else {
                     continue;
                 };
@@ -601,13 +636,31 @@ mod tests {
         progress: Duration,
         make: impl Fn(u64, usize) -> ByteStream + Clone + Send + Sync + 'static,
     ) -> (ObjectService, Arc<Mutex<Vec<u64>>>, Arc<ObjectMeta>) {
+        service_parking(n, progress, make, None)
+    }
+
+    /// As [`service_with`], with every request for chunk `parked` never opening: a fill that
+    /// waits in a queue for ever (a readahead fill behind a spent budget, or a fill joined to
+    /// one).
+    fn service_parking(
+        n: u64,
+        progress: Duration,
+        make: impl Fn(u64, usize) -> ByteStream + Clone + Send + Sync + 'static,
+        parked: Option<u64>,
+    ) -> (ObjectService, Arc<Mutex<Vec<u64>>>, Arc<ObjectMeta>) {
         let asked: Arc<Mutex<Vec<u64>>> = Arc::default();
         let a2 = asked.clone();
         let chunks = tower::service_fn(move |r: ChunkRequest| {
             a2.lock().unwrap().push(r.key.index);
             let len = (r.range.end - r.range.start) as usize;
             let s = make(r.key.index, len);
-            async move { Ok::<ByteStream, Error>(s) }
+            let park = parked == Some(r.key.index);
+            async move {
+                if park {
+                    futures_util::future::pending::<()>().await;
+                }
+                Ok::<ByteStream, Error>(s)
+            }
         });
         let meta = Arc::new(ObjectMeta {
             size: n << 20,
@@ -711,5 +764,42 @@ mod tests {
             "ended after {waited:?}, before the progress timeout"
         );
         assert!(s.next().await.is_none(), "the stream is over");
+    }
+
+    /// Regression (issue 21, "no wait without a bound"): a reader that caught up with a chunk
+    /// whose readahead request never opens — parked in the memory or origin queue, which
+    /// readahead waits in with no deadline of its own, or joined to a fill parked there —
+    /// waited for ever: the response hung with nothing to bound it. It now ends with
+    /// `SlowDown` after `progress_timeout`, whether the chunk was read ahead or asked for now.
+    #[tokio::test]
+    async fn a_chunk_that_never_opens_ends_the_response() {
+        let progress = Duration::from_millis(300);
+        for parked in [1u64, 3] {
+            let (svc, asked, meta) = service_parking(
+                5,
+                progress,
+                |_, len| {
+                    futures_util::stream::once(async move { Ok(Bytes::from(vec![7u8; len])) })
+                        .boxed()
+                },
+                Some(parked),
+            );
+            let mut s = whole(&svc, &meta).await;
+            let mut read = 0u64;
+            let end = loop {
+                match tokio::time::timeout(Duration::from_secs(30), s.next()).await {
+                    Ok(Some(Ok(b))) => read += b.len() as u64,
+                    Ok(other) => break other,
+                    Err(_) => panic!("the response hung after {read} bytes"),
+                }
+            };
+            assert_eq!(
+                read,
+                parked << 20,
+                "every chunk before the parked one was sent"
+            );
+            assert!(matches!(end, Some(Err(Error::SlowDown(_)))), "{end:?}");
+            assert!(asked.lock().unwrap().contains(&parked));
+        }
     }
 }
