@@ -276,7 +276,16 @@ async fn capacity_holds_under_a_larger_workload() {
             let (st, got) = get_all(&shoal, &format!("{b}/o{i}")).await;
             assert_eq!(st, 200);
             assert!(got == data(MIB, i), "round {round} object {i}");
-            let used = du(dir.path());
+            // Evicted files are unlinked by the store's own thread, a moment after the
+            // eviction (never on a runtime thread): allow it that moment, on a loaded machine.
+            let mut used = du(dir.path());
+            for _ in 0..100 {
+                if used <= cap {
+                    break;
+                }
+                tokio::time::sleep(Duration::from_millis(20)).await;
+                used = du(dir.path());
+            }
             assert!(used <= cap, "{used} bytes on disk > capacity {cap}");
         }
     }
