@@ -66,11 +66,15 @@ pub mod origin;
 #[cfg(feature = "server")]
 pub mod s3;
 #[cfg(feature = "server")]
+pub mod sdk;
+#[cfg(feature = "server")]
 pub mod server;
 #[cfg(feature = "server")]
 pub mod store;
 #[cfg(feature = "server")]
 pub mod telemetry;
+#[cfg(feature = "server")]
+pub mod wire;
 
 pub use layer::{
     ConcurrencyLimitLayer, NegativeCacheLayer, PeerRoutingLayer, RetryUntilCommitLayer,

@@ -150,7 +150,7 @@ impl AzureOrigin {
             .collect();
         all.push((
             "x-ms-date".into(),
-            crate::s3::conditional::format_date(SystemTime::now()),
+            crate::wire::format_date(SystemTime::now()),
         ));
         all.push(("x-ms-version".into(), VERSION.into()));
         if let Auth::SharedKey { account, key } = &self.auth {
@@ -241,7 +241,7 @@ impl AzureOrigin {
             content_type: s("content-type"),
             last_modified: s("last-modified")
                 .as_deref()
-                .and_then(crate::s3::conditional::parse_date),
+                .and_then(crate::wire::parse_date),
             cache_control: s("cache-control"),
             content_encoding: s("content-encoding"),
             content_disposition: s("content-disposition"),
@@ -475,7 +475,7 @@ impl Origin for AzureOrigin {
         let size = match h
             .get("content-range")
             .and_then(|v| v.to_str().ok())
-            .and_then(super::parse_content_range)
+            .and_then(crate::wire::parse_content_range)
         {
             Some((_, _, Some(total))) => total,
             Some(_) => {
@@ -554,7 +554,7 @@ impl Origin for AzureOrigin {
                 key: e(name),
                 last_modified: tag(props, "Last-Modified")
                     .as_deref()
-                    .and_then(crate::s3::conditional::parse_date),
+                    .and_then(crate::wire::parse_date),
                 etag: tag(props, "Etag").map(|t| format!("\"{}\"", t.trim_matches('"'))),
                 size: tag(props, "Content-Length")
                     .and_then(|v| v.parse().ok())
@@ -624,7 +624,7 @@ impl Origin for AzureOrigin {
                 if let Some(name) = tag(c, "Name") {
                     let created = tag(c, "Last-Modified")
                         .as_deref()
-                        .and_then(crate::s3::conditional::parse_date);
+                        .and_then(crate::wire::parse_date);
                     buckets.push(BucketInfo { name, created });
                 }
             }

@@ -10,7 +10,7 @@ mod s3;
 
 pub use azure::AzureOrigin;
 pub use local::LocalOrigin;
-pub use s3::{sdk_client, S3Origin};
+pub use s3::S3Origin;
 
 use crate::config::HedgeAfter;
 use crate::error::{Error, OriginError};
@@ -512,18 +512,6 @@ impl std::fmt::Debug for RangeAnswer {
     }
 }
 
-/// Parses `bytes S-E/T` (T may be `*`, returned as `None`).
-pub(crate) fn parse_content_range(v: &str) -> Option<(u64, u64, Option<u64>)> {
-    let rest = v.trim().strip_prefix("bytes ")?;
-    let (span, total) = rest.split_once('/')?;
-    let (s, e) = span.split_once('-')?;
-    let total = match total.trim() {
-        "*" => None,
-        t => Some(t.parse().ok()?),
-    };
-    Some((s.trim().parse().ok()?, e.trim().parse().ok()?, total))
-}
-
 /// Checks an origin's answer against the request: the ETag must be the pinned one, and the
 /// `Content-Range` start, end and total and the length must be exactly what was asked.
 ///
@@ -549,7 +537,7 @@ pub fn verify(req: &RangeRequest, a: &RangeAnswer) -> Result<(), OriginError> {
     }
     let end = req.offset + req.len - 1;
     match a.content_range.as_deref() {
-        Some(cr) => match parse_content_range(cr) {
+        Some(cr) => match crate::wire::parse_content_range(cr) {
             Some((s, e, Some(t))) if s == req.offset && e == end && t == req.object_size => {}
             _ => {
                 return changed(format!(

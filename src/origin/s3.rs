@@ -13,7 +13,6 @@ use crate::error::{Error, OriginError};
 use async_trait::async_trait;
 use aws_sdk_s3::config::interceptors::BeforeDeserializationInterceptorContextMut;
 use aws_sdk_s3::config::retry::RetryConfig;
-use aws_sdk_s3::config::{BehaviorVersion, Credentials, Region};
 use aws_sdk_s3::config::{ConfigBag, Intercept, RuntimeComponents};
 use aws_sdk_s3::error::{ProvideErrorMetadata, SdkError};
 use aws_sdk_s3::Client;
@@ -227,7 +226,10 @@ impl S3Origin {
         .await?;
         // A GET answers with every header a HEAD does; the size is the Content-Range total
         // (or the length of a whole-object answer).
-        let size = match out.content_range().and_then(super::parse_content_range) {
+        let size = match out
+            .content_range()
+            .and_then(crate::wire::parse_content_range)
+        {
             Some((_, _, Some(total))) => total,
             Some(_) => {
                 return Err(OriginError::Rejected(
@@ -248,7 +250,7 @@ impl S3Origin {
             .access_key_id
             .as_deref()
             .zip(cfg.secret_access_key.as_deref());
-        let client = sdk_client(
+        let client = crate::sdk::sdk_client(
             cfg.endpoint.as_deref(),
             &cfg.region,
             cfg.force_path_style,
@@ -323,50 +325,6 @@ impl S3Origin {
         });
         stream.boxed()
     }
-}
-
-/// An aws-sdk-s3 client as Shoal uses one (for the origin and for the `s3` store): rustls,
-/// a bounded connect timeout, the given endpoint, region and path style, static credentials
-/// when given (else the standard AWS chain: env, profile, IMDS), and checksums only where
-/// required — many S3-compatible stores reject or mangle the newer default checksums.
-pub async fn sdk_client(
-    endpoint: Option<&str>,
-    region: &str,
-    force_path_style: bool,
-    credentials: Option<(&str, &str)>,
-) -> Client {
-    use aws_smithy_http_client::tls;
-    let http = aws_smithy_http_client::Builder::new()
-        .tls_provider(tls::Provider::Rustls(
-            tls::rustls_provider::CryptoMode::Ring,
-        ))
-        .build_https();
-    let mut loader = aws_config::defaults(BehaviorVersion::latest())
-        .http_client(http)
-        .region(Region::new(region.to_owned()));
-    if let Some((id, secret)) = credentials {
-        loader = loader.credentials_provider(Credentials::new(
-            id.to_owned(),
-            secret.to_owned(),
-            None,
-            None,
-            "shoal-config",
-        ));
-    }
-    let shared = loader.load().await;
-    let mut b = aws_sdk_s3::config::Builder::from(&shared)
-        .force_path_style(force_path_style)
-        .timeout_config(
-            aws_sdk_s3::config::timeout::TimeoutConfig::builder()
-                .connect_timeout(Duration::from_secs(5))
-                .build(),
-        )
-        .request_checksum_calculation(aws_sdk_s3::config::RequestChecksumCalculation::WhenRequired)
-        .response_checksum_validation(aws_sdk_s3::config::ResponseChecksumValidation::WhenRequired);
-    if let Some(ep) = endpoint {
-        b = b.endpoint_url(ep);
-    }
-    Client::from_conf(b.build())
 }
 
 /// How long Shoal trusts what it learned about a bucket's existence.
@@ -513,11 +471,14 @@ impl Origin for S3Origin {
             Err(e) => return Err(e),
         };
         let part_range = match (sel.part_number, out.content_range()) {
-            (Some(_), Some(cr)) => super::parse_content_range(cr).map(|(s, e, _)| (s, e)),
+            (Some(_), Some(cr)) => crate::wire::parse_content_range(cr).map(|(s, e, _)| (s, e)),
             _ => None,
         };
         // With a part number, the object's size is the Content-Range total.
-        let size = match out.content_range().and_then(super::parse_content_range) {
+        let size = match out
+            .content_range()
+            .and_then(crate::wire::parse_content_range)
+        {
             Some((_, _, Some(total))) if sel.part_number.is_some() => total,
             _ => out.content_length().unwrap_or(0).max(0) as u64,
         };

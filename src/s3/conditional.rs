@@ -1,8 +1,9 @@
 //! Conditional requests (SPEC §1.3), evaluated in RFC 9110 §13.2.2 order against cached
 //! metadata — a hit never needs the origin to answer a conditional GET.
 
+pub use crate::wire::{format_date, parse_date};
 use http::HeaderMap;
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::{SystemTime, UNIX_EPOCH};
 
 /// What the preconditions decided.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -14,28 +15,6 @@ pub enum Outcome {
     /// 412 Precondition Failed, naming the header that failed (`If-Match` or
     /// `If-Unmodified-Since`), as S3's error body does.
     Failed(&'static str),
-}
-
-/// Parses an HTTP-date (IMF-fixdate, RFC 850 or asctime); `None` if invalid, and an invalid
-/// date makes its header be ignored, as RFC 9110 says.
-pub fn parse_date(s: &str) -> Option<SystemTime> {
-    let dt = aws_smithy_types::DateTime::from_str(
-        s.trim(),
-        aws_smithy_types::date_time::Format::HttpDate,
-    )
-    .ok()?;
-    let secs = dt.secs();
-    if secs < 0 {
-        return None;
-    }
-    Some(UNIX_EPOCH + Duration::from_secs(secs as u64))
-}
-
-/// Formats a time as IMF-fixdate (`Last-Modified`).
-pub fn format_date(t: SystemTime) -> String {
-    aws_smithy_types::DateTime::from(t)
-        .fmt(aws_smithy_types::date_time::Format::HttpDate)
-        .unwrap_or_default()
 }
 
 fn secs(t: SystemTime) -> u64 {

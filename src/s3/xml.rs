@@ -4,7 +4,7 @@
 //! S3 clients are picky about element order, which a hand-written writer keeps obvious.
 
 use crate::origin::{ListPage, ListRequest, ListVersion};
-use crate::s3::conditional::format_date;
+use crate::wire::format_date;
 use std::fmt::Write;
 use std::time::SystemTime;
 

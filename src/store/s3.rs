@@ -117,7 +117,7 @@ impl S3Store {
             .access_key_id
             .as_deref()
             .zip(cfg.secret_access_key.as_deref());
-        let client = crate::origin::sdk_client(
+        let client = crate::sdk::sdk_client(
             cfg.endpoint.as_deref(),
             &cfg.region,
             cfg.force_path_style,
@@ -358,7 +358,7 @@ impl ChunkStore for S3Store {
         if range.start == 0 {
             if let Some(total) = out
                 .content_range()
-                .and_then(crate::origin::parse_content_range)
+                .and_then(crate::wire::parse_content_range)
                 .and_then(|(_, _, t)| t)
             {
                 self.remember(key, total);
