@@ -111,6 +111,17 @@ pub struct Shared {
     pub origin_latency: Arc<LatencyWindow>,
 }
 
+/// `fill.retry` as a policy: how hard an origin request is tried, for chunk fills and LISTs.
+fn retry_policy(cfg: &Config) -> RetryPolicy {
+    let retry = &cfg.fill.retry;
+    RetryPolicy {
+        attempts: retry.attempts,
+        backoff_initial: retry.backoff_initial.0,
+        backoff_max: retry.backoff_max.0,
+        max_total: retry.max_total.0,
+    }
+}
+
 /// The chunk stack of DESIGN.md, top to bottom, sharing the budget for every byte it holds
 /// outside the store:
 /// `StoreLookup ▸ Singleflight ▸ Fill ▸ PeerRouting ▸ ConcurrencyLimit ▸ RetryUntilCommit ▸
@@ -130,7 +141,6 @@ pub fn chunk_stack(
         prefetched,
         origin_latency,
     } = shared.clone();
-    let retry = &cfg.fill.retry;
     let (m1, m2) = (metrics.clone(), metrics.clone());
     let limit = ConcurrencyLimitLayer::new(cfg.fill.origin_concurrency, cfg.fill.queue_timeout.0)
         .on_wait(move |d| m1.origin_queue(d));
@@ -138,16 +148,8 @@ pub fn chunk_stack(
     let origin_stack = ServiceBuilder::new()
         .layer(limit)
         .layer(
-            RetryUntilCommitLayer::new(
-                RetryPolicy {
-                    attempts: retry.attempts,
-                    backoff_initial: retry.backoff_initial.0,
-                    backoff_max: retry.backoff_max.0,
-                    max_total: retry.max_total.0,
-                },
-                ShoalClassify,
-            )
-            .on_retry(move || m2.origin_retry()),
+            RetryUntilCommitLayer::new(retry_policy(cfg), ShoalClassify)
+                .on_retry(move || m2.origin_retry()),
         )
         .service(
             OriginRanges::new(origin)
@@ -470,7 +472,8 @@ pub async fn start_with(
     let state = Arc::new(S3State {
         objects,
         origin,
-        lists: crate::s3::list_cache::ListCache::new(cfg.list.ttl.0, cfg.list.max_entries),
+        lists: crate::s3::list_cache::ListCache::new(cfg.list.ttl.0, cfg.list.max_entries)
+            .retry(retry_policy(cfg)),
         buckets: cfg.origin.buckets.clone(),
         domain: cfg.server.domain.clone(),
         auth: crate::s3::auth::Authenticator::from_config(&cfg.auth)?,

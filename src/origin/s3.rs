@@ -181,7 +181,7 @@ async fn answer<T, E>(
     fut: impl std::future::Future<Output = Result<T, SdkError<E>>>,
 ) -> Result<T, OriginError>
 where
-    E: ProvideErrorMetadata + std::fmt::Debug,
+    E: ProvideErrorMetadata + std::error::Error + 'static,
 {
     match tokio::time::timeout(timeout, fut).await {
         Ok(r) => r.map_err(map_err),
@@ -426,8 +426,35 @@ fn user_metadata(m: Option<&std::collections::HashMap<String, String>>) -> Vec<(
     v
 }
 
-fn map_err<E: ProvideErrorMetadata + std::fmt::Debug>(e: SdkError<E>) -> OriginError {
+/// Files an SDK error as an [`OriginError`].
+///
+/// An answer that failed *on the way in* is transient, whatever its status line said: the body
+/// was cut short (`ResponseError`), the request timed out or never got through
+/// (`TimeoutError`, `DispatchFailure`), or a 2xx/3xx answer's body could not be read as the
+/// operation's output (the SDK reports a success body it cannot parse as an "unhandled" service
+/// error carrying the 200). Such a failure says nothing about the request, so it is retried,
+/// and in the end answered as the retryable 502 of SPEC §1.4 — never as a 400 that tells the
+/// client its request was wrong (issue 21: a LIST cut short was answered 400 "HTTP 200").
+fn map_err<E>(e: SdkError<E>) -> OriginError
+where
+    E: ProvideErrorMetadata + std::error::Error + 'static,
+{
     let status = e.raw_response().map(|r| r.status().as_u16());
+    let transport = matches!(
+        e,
+        SdkError::ResponseError(_) | SdkError::TimeoutError(_) | SdkError::DispatchFailure(_)
+    );
+    if transport && status.is_none_or(|s| s < 400) {
+        return OriginError::Transient(
+            format!(
+                "origin answer not received whole: {}",
+                aws_smithy_types::error::display::DisplayErrorContext(&e)
+            )
+            .chars()
+            .take(300)
+            .collect(),
+        );
+    }
     let code = e
         .as_service_error()
         .and_then(|s| s.code())
@@ -449,6 +476,16 @@ fn map_err<E: ProvideErrorMetadata + std::fmt::Debug>(e: SdkError<E>) -> OriginE
             OriginError::Throttled(msg)
         }
         (Some(s), _) if s >= 500 => OriginError::Transient(format!("HTTP {s} {msg}")),
+        // A success (or redirect) status with an error: its body did not parse.
+        (Some(s), _) if s < 400 => OriginError::Transient(
+            format!(
+                "HTTP {s} answer could not be read: {}",
+                aws_smithy_types::error::display::DisplayErrorContext(&e)
+            )
+            .chars()
+            .take(300)
+            .collect(),
+        ),
         (Some(s), _) => OriginError::Rejected(format!("HTTP {s} {msg}")),
         // No response at all: timeouts, connection errors, dispatch failures.
         (None, _) => OriginError::Transient(format!("{e:?}").chars().take(300).collect()),
@@ -651,6 +688,10 @@ impl Origin for S3Origin {
                         .set_start_after(req.start_after.clone())
                         .fetch_owner(req.fetch_owner)
                         .set_encoding_type(enc)
+                        .customize()
+                        // Shoal's LIST path retries (`s3::list_cache`); SDK retries under it
+                        // would multiply the attempts.
+                        .config_override(no_sdk_retries())
                         .send(),
                 )
                 .await?;
@@ -679,6 +720,10 @@ impl Origin for S3Origin {
                         .max_keys(req.max_keys)
                         .set_marker(req.marker.clone())
                         .set_encoding_type(enc)
+                        .customize()
+                        // Shoal's LIST path retries (`s3::list_cache`); SDK retries under it
+                        // would multiply the attempts.
+                        .config_override(no_sdk_retries())
                         .send(),
                 )
                 .await?;
@@ -771,6 +816,32 @@ mod tests {
         );
         assert_eq!(sdk_key(" \n"), PLACEHOLDER);
         assert_eq!(sdk_key(" a "), " a ");
+    }
+
+    fn raw(status: u16) -> aws_sdk_s3::config::http::HttpResponse {
+        aws_sdk_s3::config::http::HttpResponse::try_from(
+            http::Response::builder()
+                .status(status)
+                .body(aws_smithy_types::body::SdkBody::empty())
+                .unwrap(),
+        )
+        .unwrap()
+    }
+
+    #[test]
+    fn an_answer_that_failed_on_the_way_in_is_transient_not_rejected() {
+        use aws_sdk_s3::operation::list_objects_v2::ListObjectsV2Error as E;
+        // A 200 whose body was cut short (issue 21: answered 400 "HTTP 200").
+        let cut = SdkError::<E, _>::response_error("connection reset", raw(200));
+        assert!(matches!(map_err(cut), OriginError::Transient(_)));
+        // A 200 whose body did not parse as a listing.
+        let unparsed = SdkError::service_error(E::unhandled("bad XML"), raw(200));
+        assert!(matches!(map_err(unparsed), OriginError::Transient(_)));
+        // A 4xx stays what its status says, even when its body broke too.
+        let e = SdkError::<E, _>::response_error("reset", raw(404));
+        assert_eq!(map_err(e), OriginError::NotFound);
+        let e = SdkError::service_error(E::unhandled("?"), raw(400));
+        assert!(matches!(map_err(e), OriginError::Rejected(_)));
     }
 
     #[tokio::test]

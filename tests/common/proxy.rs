@@ -1,7 +1,8 @@
 //! A misbehaving HTTP proxy between Shoal and the real S3 server, for faults that only exist on
 //! the wire: a proxy that drops `If-Match` (and re-signs the request, since `If-Match` is a
-//! signed header — exactly what a careless caching proxy in front of an origin does), and a body
-//! that stops flowing half-way without the connection closing.
+//! signed header — exactly what a careless caching proxy in front of an origin does), a body
+//! that stops flowing half-way without the connection closing, and a body cut (the connection
+//! dropped) after some bytes.
 
 use super::{ACCESS_KEY, REGION, SECRET_KEY};
 use bytes::Bytes;
@@ -32,9 +33,9 @@ struct Rules {
     /// (path substring, bytes): the next matching response body stops after that many bytes
     /// and never sends more; the connection stays open.
     stall: Mutex<Option<(String, usize)>>,
-    /// (path substring, bytes): the next matching GET's response body fails after that many
-    /// bytes (the connection is cut).
-    cut: Mutex<Option<(String, usize)>>,
+    /// (path substring, bytes, times): the next `times` matching GETs' response bodies fail
+    /// after that many bytes (the connection is cut).
+    cut: Mutex<Option<(String, usize, u32)>>,
     /// Response bodies are paced to this many bytes per second.
     throttle: Mutex<Option<u64>>,
 }
@@ -93,7 +94,13 @@ impl Proxy {
     /// The next GET whose path contains `path_part` is cut (connection dropped) after `after`
     /// bytes of body.
     pub fn cut_next(&self, path_part: &str, after: usize) {
-        *self.rules.cut.lock().unwrap() = Some((path_part.to_owned(), after));
+        self.cut_times(path_part, after, 1);
+    }
+
+    /// The next `times` GETs whose path contains `path_part` are cut (connection dropped)
+    /// after `after` bytes of body.
+    pub fn cut_times(&self, path_part: &str, after: usize, times: u32) {
+        *self.rules.cut.lock().unwrap() = (times > 0).then(|| (path_part.to_owned(), after, times));
     }
 
     /// Paces every response body to `rate` bytes per second (`None`: full speed).
@@ -151,10 +158,15 @@ async fn forward(
     };
     let cut = {
         let mut c = rules.cut.lock().unwrap();
-        match c.as_ref() {
-            Some((p, n)) if parts.method == hyper::Method::GET && pq.contains(p.as_str()) => {
+        match c.as_mut() {
+            Some((p, n, times))
+                if parts.method == hyper::Method::GET && pq.contains(p.as_str()) =>
+            {
                 let n = *n;
-                *c = None;
+                *times -= 1;
+                if *times == 0 {
+                    *c = None;
+                }
                 Some(n)
             }
             _ => None,
@@ -181,7 +193,11 @@ async fn forward(
         (data, stall.or(cut).unwrap_or(usize::MAX)),
         move |(mut data, left)| async move {
             if left == 0 && cut.is_some() {
-                // The cut: the body fails, and with it the connection.
+                // The cut: the body fails, and with it the connection. First a pause, so that
+                // the status line, the headers and the bytes before the cut are on the wire
+                // (hyper drops what it has not flushed when a body fails): the client sees a
+                // 200 whose body breaks, not a connection that never answered.
+                tokio::time::sleep(std::time::Duration::from_millis(50)).await;
                 return Some((
                     Err(std::io::Error::other("cut by the test proxy")),
                     (data, 0),
