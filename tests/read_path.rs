@@ -523,6 +523,59 @@ async fn a_list_cut_short_is_retried_then_a_5xx_never_a_400() {
     shoal.stop().await;
 }
 
+/// The body up to the end of the `n`th occurrence of `tag` (1-based).
+fn through_nth(body: &[u8], tag: &str, n: usize) -> bytes::Bytes {
+    let s = std::str::from_utf8(body).expect("XML");
+    let mut end = 0;
+    for i in 0..n {
+        let at = s[end..]
+            .find(tag)
+            .unwrap_or_else(|| panic!("no {tag} #{} in {s}", i + 1));
+        end += at + tag.len();
+    }
+    bytes::Bytes::copy_from_slice(&body[..end])
+}
+
+/// Issue 21, defect 2: a LIST body cut short but framed with a matching `Content-Length` was
+/// answered 200 and complete-looking (KeyCount 4 of 5, an entry with Size 0, a continuation
+/// token past the missing key). LIST answers are verified: an entry without `Key`, `Size` or
+/// `ETag`, a `KeyCount` that does not match, or a document that ends before its root element
+/// closes is an origin failure — retried, then a 5xx — never a 200.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_list_truncated_with_a_matching_length_is_never_a_200() {
+    let (b, proxy, shoal) = list_behind_a_proxy("listtrunc").await;
+    type Cut = fn(bytes::Bytes) -> bytes::Bytes;
+    let cuts: [(&str, Cut); 4] = [
+        // Four whole entries of five: KeyCount says 5.
+        ("after the 4th entry", |x| through_nth(&x, "</Contents>", 4)),
+        // The 5th entry has its Key but no Size or ETag: not an object of size 0.
+        ("inside the 5th entry", |x| through_nth(&x, "</Key>", 5)),
+        // Every entry whole; only the document's end is missing (the V1 shape: no KeyCount
+        // to disagree).
+        ("after the last entry", |x| {
+            through_nth(&x, "</Contents>", 5)
+        }),
+        ("without the root's end", |x| {
+            let s = std::str::from_utf8(&x).unwrap().trim_end();
+            let end = s.rfind("</ListBucketResult>").expect("root end");
+            x.slice(..end)
+        }),
+    ];
+    for (path, version) in [
+        (format!("{b}?list-type=2&max-keys=5"), "V2"),
+        (format!("{b}?max-keys=5"), "V1"),
+    ] {
+        for (what, cut) in cuts {
+            proxy.rewrite_times("max-keys=", 100, cut);
+            assert_origin_failure(shoal.get(&path).await, &format!("{version}, {what}")).await;
+        }
+    }
+    // One truncated answer, then a clean one: the full, correct page.
+    proxy.rewrite_times("max-keys=", 1, |x| through_nth(&x, "</Contents>", 4));
+    assert_same_page(&b, &shoal).await;
+    shoal.stop().await;
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn headers_go_out_before_the_first_chunk_is_complete() {
     let g = garage();

@@ -11,7 +11,9 @@ use super::{
 use crate::config::OriginConfig;
 use crate::error::{Error, OriginError};
 use async_trait::async_trait;
-use aws_sdk_s3::config::interceptors::BeforeDeserializationInterceptorContextMut;
+use aws_sdk_s3::config::interceptors::{
+    AfterDeserializationInterceptorContextRef, BeforeDeserializationInterceptorContextMut,
+};
 use aws_sdk_s3::config::retry::RetryConfig;
 use aws_sdk_s3::config::{BehaviorVersion, Credentials, Region};
 use aws_sdk_s3::config::{ConfigBag, Intercept, RuntimeComponents};
@@ -496,24 +498,103 @@ fn to_system_time(t: &aws_sdk_s3::primitives::DateTime) -> Option<SystemTime> {
     SystemTime::try_from(*t).ok()
 }
 
-fn list_entry(o: &aws_sdk_s3::types::Object) -> ListEntry {
-    ListEntry {
-        key: o.key().unwrap_or_default().to_owned(),
+/// A LIST answer that arrived but cannot be trusted: an origin failure, retried like a reset
+/// (`Protocol` is transient), never passed on as a 200.
+fn malformed(why: impl std::fmt::Display) -> OriginError {
+    OriginError::Protocol(format!("malformed LIST answer: {why}"))
+}
+
+/// One listed object, verified: an entry without `Key`, `Size` or `ETag` is a malformed answer
+/// (a body cut short, a proxy that mangled it), not an object of size 0 or without a version.
+fn list_entry(o: &aws_sdk_s3::types::Object) -> Result<ListEntry, OriginError> {
+    let key = o.key().ok_or_else(|| malformed("an entry without Key"))?;
+    let size = o
+        .size()
+        .and_then(|n| u64::try_from(n).ok())
+        .ok_or_else(|| malformed(format_args!("entry {key:?} without a valid Size")))?;
+    let etag = o
+        .e_tag()
+        .ok_or_else(|| malformed(format_args!("entry {key:?} without ETag")))?;
+    Ok(ListEntry {
+        key: key.to_owned(),
         last_modified: o.last_modified().and_then(to_system_time),
-        etag: o.e_tag().map(str::to_owned),
-        size: o.size().unwrap_or(0).max(0) as u64,
+        etag: Some(etag.to_owned()),
+        size,
         storage_class: o.storage_class().map(|s| s.as_str().to_owned()),
         owner: o.owner().and_then(|ow| {
             ow.id()
                 .map(|id| (id.to_owned(), ow.display_name().map(str::to_owned)))
         }),
+    })
+}
+
+/// The listed objects, each verified.
+fn list_entries(objects: &[aws_sdk_s3::types::Object]) -> Result<Vec<ListEntry>, OriginError> {
+    objects.iter().map(list_entry).collect()
+}
+
+/// The common prefixes; one without `Prefix` is malformed.
+fn prefixes(p: &[aws_sdk_s3::types::CommonPrefix]) -> Result<Vec<String>, OriginError> {
+    p.iter()
+        .map(|p| {
+            p.prefix()
+                .map(str::to_owned)
+                .ok_or_else(|| malformed("a CommonPrefixes entry without Prefix"))
+        })
+        .collect()
+}
+
+/// Whether a LIST answer's XML document arrived whole: it must end with the root element's
+/// closing tag. The SDK's XML reader accepts a document cut short (it reads the elements it
+/// got), and a cut that lands between two entries leaves nothing else to notice — every entry
+/// it has is complete, and a V1 listing has no `KeyCount`. A cut with a `Content-Length` that
+/// matches (a proxy that truncated and re-framed the body) is only visible here.
+fn xml_is_whole(body: &[u8], root: &str) -> bool {
+    let close = format!("</{root}>");
+    body.trim_ascii_end().ends_with(close.as_bytes())
+}
+
+/// The verdict of [`xml_is_whole`] on a LIST answer's raw body, taken by an interceptor after
+/// the SDK read it (the parsed output keeps no trace of where the document ended). `None`:
+/// no successful answer was seen.
+#[derive(Debug, Clone, Default)]
+struct WholeXml(Arc<Mutex<Option<bool>>>);
+
+impl Intercept for WholeXml {
+    fn name(&self) -> &'static str {
+        "ShoalWholeXml"
+    }
+    fn read_after_deserialization(
+        &self,
+        ctx: &AfterDeserializationInterceptorContextRef<'_>,
+        _rc: &RuntimeComponents,
+        _cfg: &mut ConfigBag,
+    ) -> Result<(), aws_sdk_s3::error::BoxError> {
+        let r = ctx.response();
+        if r.status().is_success() {
+            // A non-streaming operation's body is in memory by now; if it were not, the
+            // document could not be checked, and is not trusted.
+            let whole = r
+                .body()
+                .bytes()
+                .is_some_and(|b| xml_is_whole(b, "ListBucketResult"));
+            *crate::layer::lock(&self.0) = Some(whole);
+        }
+        Ok(())
     }
 }
 
-fn prefixes(p: &[aws_sdk_s3::types::CommonPrefix]) -> Vec<String> {
-    p.iter()
-        .filter_map(|p| p.prefix().map(str::to_owned))
-        .collect()
+impl WholeXml {
+    /// Fails unless the answer just received was seen whole.
+    fn check(&self) -> Result<(), OriginError> {
+        match crate::layer::lock(&self.0).take() {
+            Some(true) => Ok(()),
+            Some(false) => Err(malformed(
+                "the XML document ends before </ListBucketResult> (body cut short)",
+            )),
+            None => Err(malformed("the answer's body was not seen")),
+        }
+    }
 }
 
 #[async_trait]
@@ -676,6 +757,7 @@ impl Origin for S3Origin {
             .then_some(aws_sdk_s3::types::EncodingType::Url);
         match req.version {
             ListVersion::V2 => {
+                let whole = WholeXml::default();
                 let out = answer(
                     self.timeout,
                     self.client
@@ -689,15 +771,29 @@ impl Origin for S3Origin {
                         .fetch_owner(req.fetch_owner)
                         .set_encoding_type(enc)
                         .customize()
-                        // Shoal's LIST path retries (`s3::list_cache`); SDK retries under it
-                        // would multiply the attempts.
+                        .interceptor(whole.clone())
+                        // Shoal's LIST path retries (with the checks below, which the SDK's
+                        // retries would not repeat); SDK retries under it would multiply them.
                         .config_override(no_sdk_retries())
                         .send(),
                 )
                 .await?;
+                whole.check()?;
+                let contents = list_entries(out.contents())?;
+                let common_prefixes = prefixes(out.common_prefixes())?;
+                // KeyCount counts the keys and the common prefixes the page returns.
+                if let Some(n) = out.key_count() {
+                    if usize::try_from(n).ok() != Some(contents.len() + common_prefixes.len()) {
+                        return Err(malformed(format_args!(
+                            "KeyCount {n} but {} entries and {} common prefixes",
+                            contents.len(),
+                            common_prefixes.len()
+                        )));
+                    }
+                }
                 Ok(ListPage {
-                    contents: out.contents().iter().map(list_entry).collect(),
-                    common_prefixes: prefixes(out.common_prefixes()),
+                    contents,
+                    common_prefixes,
                     is_truncated: out.is_truncated().unwrap_or(false),
                     next_continuation_token: out.next_continuation_token().map(str::to_owned),
                     next_marker: None,
@@ -710,6 +806,7 @@ impl Origin for S3Origin {
                 })
             }
             ListVersion::V1 => {
+                let whole = WholeXml::default();
                 let out = answer(
                     self.timeout,
                     self.client
@@ -721,15 +818,16 @@ impl Origin for S3Origin {
                         .set_marker(req.marker.clone())
                         .set_encoding_type(enc)
                         .customize()
-                        // Shoal's LIST path retries (`s3::list_cache`); SDK retries under it
-                        // would multiply the attempts.
+                        .interceptor(whole.clone())
                         .config_override(no_sdk_retries())
                         .send(),
                 )
                 .await?;
+                // V1 has no KeyCount: the document's end is what proves it complete.
+                whole.check()?;
                 Ok(ListPage {
-                    contents: out.contents().iter().map(list_entry).collect(),
-                    common_prefixes: prefixes(out.common_prefixes()),
+                    contents: list_entries(out.contents())?,
+                    common_prefixes: prefixes(out.common_prefixes())?,
                     is_truncated: out.is_truncated().unwrap_or(false),
                     next_continuation_token: None,
                     next_marker: out.next_marker().map(str::to_owned),
@@ -842,6 +940,39 @@ mod tests {
         assert_eq!(map_err(e), OriginError::NotFound);
         let e = SdkError::service_error(E::unhandled("?"), raw(400));
         assert!(matches!(map_err(e), OriginError::Rejected(_)));
+    }
+
+    #[test]
+    fn list_answers_are_verified_not_defaulted() {
+        use aws_sdk_s3::types::Object;
+        assert!(xml_is_whole(
+            b"<ListBucketResult><Contents/></ListBucketResult>\n",
+            "ListBucketResult"
+        ));
+        assert!(!xml_is_whole(
+            b"<ListBucketResult><Contents/>",
+            "ListBucketResult"
+        ));
+        assert!(!xml_is_whole(b"", "ListBucketResult"));
+        let whole = Object::builder().key("k").size(7).e_tag("\"e\"").build();
+        let e = list_entry(&whole).unwrap();
+        assert_eq!(
+            (e.key.as_str(), e.size, e.etag.as_deref()),
+            ("k", 7, Some("\"e\""))
+        );
+        for bad in [
+            Object::builder().size(7).e_tag("\"e\"").build(),
+            Object::builder().key("k").e_tag("\"e\"").build(),
+            Object::builder().key("k").size(7).build(),
+            Object::builder().key("k").size(-1).e_tag("\"e\"").build(),
+        ] {
+            assert!(
+                matches!(list_entry(&bad), Err(OriginError::Protocol(_))),
+                "{bad:?}"
+            );
+        }
+        let p = aws_sdk_s3::types::CommonPrefix::builder().build();
+        assert!(prefixes(&[p]).is_err());
     }
 
     #[tokio::test]

@@ -10,12 +10,14 @@
 //!
 //! **Retries.** Every origin LIST goes through [`ListCache::list`], cached or not, and is
 //! retried here within `fill.retry` (attempts and backoff, as a chunk fill's) when it fails in
-//! a way that may pass: a reset or stalled body (a 200 whose body broke is an origin failure,
-//! not a request the origin rejected), a 5xx, throttling. A LIST is small and idempotent, so a
-//! plain retry is safe. Retrying here, once for every origin kind (the Azure origin had no
-//! retries at all), rather than in the S3 SDK, keeps the attempts within one budget. When the
-//! budget is spent the client gets the origin's retryable 5xx (502 `OriginUnreachable`, 503
-//! `SlowDown`), never a 400.
+//! a way that may pass: a reset or stalled body, a 5xx, throttling, or an answer the origin
+//! verified as malformed (a document cut short, an entry without `Key`, `Size` or `ETag`, a
+//! `KeyCount` that does not match; see the origins' `list`). A LIST is small and idempotent, so
+//! a plain retry is safe. Retrying here, once for every origin kind, and not in the S3 SDK,
+//! is what lets a verified-bad answer be retried at all: the SDK only retries failures it
+//! recognises, and its retries under these would multiply the attempts. When the budget is
+//! spent the client gets the origin's retryable 5xx (502 `OriginUnreachable`, 503 `SlowDown`),
+//! never a 400 and never a page that looks complete but is not.
 
 use crate::error::{OriginError, ShoalClassify};
 use crate::layer::{Class, Classify, RetryPolicy};

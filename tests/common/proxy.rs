@@ -1,8 +1,9 @@
 //! A misbehaving HTTP proxy between Shoal and the real S3 server, for faults that only exist on
 //! the wire: a proxy that drops `If-Match` (and re-signs the request, since `If-Match` is a
 //! signed header — exactly what a careless caching proxy in front of an origin does), a body
-//! that stops flowing half-way without the connection closing, and a body cut (the connection
-//! dropped) after some bytes.
+//! that stops flowing half-way without the connection closing, a body cut (the connection
+//! dropped) after some bytes, and a body rewritten — truncated, say — and re-framed with a
+//! `Content-Length` that matches, so that nothing on the wire shows it is short.
 
 use super::{ACCESS_KEY, REGION, SECRET_KEY};
 use bytes::Bytes;
@@ -27,6 +28,9 @@ pub struct Seen {
     pub if_match: Option<String>,
 }
 
+/// A change made to a whole response body.
+pub type Rewrite = Arc<dyn Fn(Bytes) -> Bytes + Send + Sync>;
+
 #[derive(Default)]
 struct Rules {
     strip_if_match: AtomicBool,
@@ -36,6 +40,9 @@ struct Rules {
     /// (path substring, bytes, times): the next `times` matching GETs' response bodies fail
     /// after that many bytes (the connection is cut).
     cut: Mutex<Option<(String, usize, u32)>>,
+    /// (path substring, times, rewrite): the next `times` matching GETs' response bodies are
+    /// read whole, passed through `rewrite` and sent with a `Content-Length` that matches.
+    rewrite: Mutex<Option<(String, u32, Rewrite)>>,
     /// Response bodies are paced to this many bytes per second.
     throttle: Mutex<Option<u64>>,
 }
@@ -101,6 +108,19 @@ impl Proxy {
     /// after `after` bytes of body.
     pub fn cut_times(&self, path_part: &str, after: usize, times: u32) {
         *self.rules.cut.lock().unwrap() = (times > 0).then(|| (path_part.to_owned(), after, times));
+    }
+
+    /// The next `times` GETs whose path contains `path_part` get their whole body passed
+    /// through `rewrite`, with `Content-Length` set to match what is left (a proxy that
+    /// truncated a body and framed it as complete).
+    pub fn rewrite_times(
+        &self,
+        path_part: &str,
+        times: u32,
+        rewrite: impl Fn(Bytes) -> Bytes + Send + Sync + 'static,
+    ) {
+        *self.rules.rewrite.lock().unwrap() =
+            (times > 0).then(|| (path_part.to_owned(), times, Arc::new(rewrite) as Rewrite));
     }
 
     /// Paces every response body to `rate` bytes per second (`None`: full speed).
@@ -172,6 +192,22 @@ async fn forward(
             _ => None,
         }
     };
+    let rewrite = {
+        let mut r = rules.rewrite.lock().unwrap();
+        match r.as_mut() {
+            Some((p, times, f))
+                if parts.method == hyper::Method::GET && pq.contains(p.as_str()) =>
+            {
+                let f = f.clone();
+                *times -= 1;
+                if *times == 0 {
+                    *r = None;
+                }
+                Some(f)
+            }
+            _ => None,
+        }
+    };
     let resp = match client
         .request(hyper::Request::from_parts(parts, Full::new(body)))
         .await
@@ -186,7 +222,21 @@ async fn forward(
             return Ok(r);
         }
     };
-    let (parts, body) = resp.into_parts();
+    let (mut parts, body) = resp.into_parts();
+    if let Some(f) = rewrite {
+        let whole = body
+            .collect()
+            .await
+            .map(|b| b.to_bytes())
+            .unwrap_or_default();
+        let out = f(whole);
+        parts.headers.remove(hyper::header::TRANSFER_ENCODING);
+        parts
+            .headers
+            .insert(hyper::header::CONTENT_LENGTH, out.len().into());
+        let b = Full::new(out).map_err(|never| match never {}).boxed();
+        return Ok(hyper::Response::from_parts(parts, b));
+    }
     let data = body.into_data_stream();
     let rate = *rules.throttle.lock().unwrap();
     let frames = futures_util::stream::unfold(
