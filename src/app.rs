@@ -2,7 +2,7 @@
 
 use crate::budget::Budget;
 use crate::chunk::ChunkRequest;
-use crate::cluster::internal::{InternalState, PeerClient, Secret};
+use crate::cluster::internal::{InternalState, PeerClient, PeerTimeouts, Secret};
 use crate::cluster::{self, HotCache, Member, Membership, Tiered};
 use crate::config::{Config, OriginKind, StoreKind};
 use crate::error::{Error, OriginError, ShoalClassify};
@@ -167,22 +167,30 @@ pub fn chunk_stack(
         Some(h) => Arc::new(Tiered::new(store.clone(), h.clone())),
         None => store.clone(),
     };
-    let m = membership.clone();
+    let peers = PeerClient::new(
+        membership.clone(),
+        Secret::new(cfg.cluster.secret.as_deref().unwrap_or_default()),
+        PeerTimeouts {
+            // The owner acknowledges at once (`cluster::internal`): only a stopped or wedged
+            // owner takes longer.
+            ack: cfg.cluster.peer_timeout.0,
+            // The owner may be queued for an origin slot, then wait for the origin.
+            first_byte: cfg.fill.queue_timeout.0 + cfg.origin.timeout.0,
+            idle: cfg.origin.timeout.0,
+        },
+        metrics.clone(),
+    );
+    let (m, admitted) = (membership, peers.clone());
     let route = move |r: &ChunkRequest| -> Option<Member> {
         // A request a peer sent here is served here (the loop guard).
         if r.from_peer || !m.is_clustered() {
             return None;
         }
         let owner = m.owner(&r.key.path());
-        (owner != m.me()).then_some(owner)
+        // An ejected owner is not asked: its chunks are filled here until a probe shows it
+        // is back (`cluster::ejection`).
+        (owner != m.me() && admitted.admits(&owner)).then_some(owner)
     };
-    let peers = PeerClient::new(
-        membership,
-        Secret::new(cfg.cluster.secret.as_deref().unwrap_or_default()),
-        // The owner may itself be queued and filling from the origin before it answers.
-        cfg.fill.queue_timeout.0 + cfg.origin.timeout.0,
-        cfg.origin.timeout.0,
-    );
     let m3 = metrics.clone();
     let source = PeerRoutingLayer::new(route, peers)
         .on_event(move |e| {
