@@ -2,7 +2,7 @@
 
 use crate::budget::Budget;
 use crate::chunk::ChunkRequest;
-use crate::cluster::internal::{InternalState, PeerClient, Secret};
+use crate::cluster::internal::{InternalState, PeerClient, PeerTimeouts, Secret};
 use crate::cluster::{self, HotCache, Member, Membership, Tiered};
 use crate::config::{Config, OriginKind, StoreKind};
 use crate::error::{Error, OriginError, ShoalClassify};
@@ -111,6 +111,17 @@ pub struct Shared {
     pub origin_latency: Arc<LatencyWindow>,
 }
 
+/// `fill.retry` as a policy: how hard an origin request is tried, for chunk fills and LISTs.
+fn retry_policy(cfg: &Config) -> RetryPolicy {
+    let retry = &cfg.fill.retry;
+    RetryPolicy {
+        attempts: retry.attempts,
+        backoff_initial: retry.backoff_initial.0,
+        backoff_max: retry.backoff_max.0,
+        max_total: retry.max_total.0,
+    }
+}
+
 /// The chunk stack of DESIGN.md, top to bottom, sharing the budget for every byte it holds
 /// outside the store:
 /// `StoreLookup ▸ Singleflight ▸ Fill ▸ PeerRouting ▸ ConcurrencyLimit ▸ RetryUntilCommit ▸
@@ -130,7 +141,6 @@ pub fn chunk_stack(
         prefetched,
         origin_latency,
     } = shared.clone();
-    let retry = &cfg.fill.retry;
     let (m1, m2) = (metrics.clone(), metrics.clone());
     let limit = ConcurrencyLimitLayer::new(cfg.fill.origin_concurrency, cfg.fill.queue_timeout.0)
         .on_wait(move |d| m1.origin_queue(d));
@@ -138,16 +148,8 @@ pub fn chunk_stack(
     let origin_stack = ServiceBuilder::new()
         .layer(limit)
         .layer(
-            RetryUntilCommitLayer::new(
-                RetryPolicy {
-                    attempts: retry.attempts,
-                    backoff_initial: retry.backoff_initial.0,
-                    backoff_max: retry.backoff_max.0,
-                    max_total: retry.max_total.0,
-                },
-                ShoalClassify,
-            )
-            .on_retry(move || m2.origin_retry()),
+            RetryUntilCommitLayer::new(retry_policy(cfg), ShoalClassify)
+                .on_retry(move || m2.origin_retry()),
         )
         .service(
             OriginRanges::new(origin)
@@ -165,22 +167,30 @@ pub fn chunk_stack(
         Some(h) => Arc::new(Tiered::new(store.clone(), h.clone())),
         None => store.clone(),
     };
-    let m = membership.clone();
+    let peers = PeerClient::new(
+        membership.clone(),
+        Secret::new(cfg.cluster.secret.as_deref().unwrap_or_default()),
+        PeerTimeouts {
+            // The owner acknowledges at once (`cluster::internal`): only a stopped or wedged
+            // owner takes longer.
+            ack: cfg.cluster.peer_timeout.0,
+            // The owner may be queued for an origin slot, then wait for the origin.
+            first_byte: cfg.fill.queue_timeout.0 + cfg.origin.timeout.0,
+            idle: cfg.origin.timeout.0,
+        },
+        metrics.clone(),
+    );
+    let (m, admitted) = (membership, peers.clone());
     let route = move |r: &ChunkRequest| -> Option<Member> {
         // A request a peer sent here is served here (the loop guard).
         if r.from_peer || !m.is_clustered() {
             return None;
         }
         let owner = m.owner(&r.key.path());
-        (owner != m.me()).then_some(owner)
+        // An ejected owner is not asked: its chunks are filled here until a probe shows it
+        // is back (`cluster::ejection`).
+        (owner != m.me() && admitted.admits(&owner)).then_some(owner)
     };
-    let peers = PeerClient::new(
-        membership,
-        Secret::new(cfg.cluster.secret.as_deref().unwrap_or_default()),
-        // The owner may itself be queued and filling from the origin before it answers.
-        cfg.fill.queue_timeout.0 + cfg.origin.timeout.0,
-        cfg.origin.timeout.0,
-    );
     let m3 = metrics.clone();
     let source = PeerRoutingLayer::new(route, peers)
         .on_event(move |e| {
@@ -470,7 +480,8 @@ pub async fn start_with(
     let state = Arc::new(S3State {
         objects,
         origin,
-        lists: crate::s3::list_cache::ListCache::new(cfg.list.ttl.0, cfg.list.max_entries),
+        lists: crate::s3::list_cache::ListCache::new(cfg.list.ttl.0, cfg.list.max_entries)
+            .retry(retry_policy(cfg)),
         buckets: cfg.origin.buckets.clone(),
         domain: cfg.server.domain.clone(),
         auth: crate::s3::auth::Authenticator::from_config(&cfg.auth)?,

@@ -672,6 +672,12 @@ pub struct ClusterConfig {
     /// Bytes of chunks owned by other replicas kept here because they were asked for
     /// repeatedly; unset: 10% of `store.capacity`.
     pub hot_cache: Option<ByteSize>,
+    /// How long a chunk's owner may take to acknowledge an internal fill (connect and
+    /// response headers). Owners acknowledge at once and stream when they have bytes, so only
+    /// a stopped or wedged one takes longer: it is then ejected and its chunks are filled
+    /// here. The bytes themselves keep the origin's deadlines, so a busy owner is never
+    /// mistaken for a dead one.
+    pub peer_timeout: Dur,
 }
 
 impl Default for ClusterConfig {
@@ -685,6 +691,7 @@ impl Default for ClusterConfig {
             refresh: Dur(Duration::from_secs(5)),
             secret: None,
             hot_cache: None,
+            peer_timeout: Dur(Duration::from_secs(2)),
         }
     }
 }
@@ -700,6 +707,7 @@ impl fmt::Debug for ClusterConfig {
             .field("refresh", &self.refresh)
             .field("secret", &self.secret.as_ref().map(|_| "***"))
             .field("hot_cache", &self.hot_cache)
+            .field("peer_timeout", &self.peer_timeout)
             .finish()
     }
 }
@@ -834,6 +842,19 @@ impl Config {
         let c = &self.cluster;
         if c.refresh.0.is_zero() {
             return bad("cluster.refresh", "must be > 0".into());
+        }
+        // Long enough for a loaded owner's answer on a local network, short enough that a
+        // stopped one costs little; beyond a minute it no longer tells stopped from busy.
+        if c.peer_timeout.0 < Duration::from_millis(10)
+            || c.peer_timeout.0 > Duration::from_secs(60)
+        {
+            return bad(
+                "cluster.peer_timeout",
+                format!(
+                    "{} is outside 10ms..=60s",
+                    humantime::format_duration(c.peer_timeout.0)
+                ),
+            );
         }
         if let Some(h) = c.hot_cache {
             if h.0 > self.store.capacity.0 {
@@ -1435,6 +1456,8 @@ mod tests {
             ("[cluster]\ndns = \"x\"\npeers = [\"10.0.0.1:1\"]\nadvertise = \"10.0.0.1\"\nsecret = \"0123456789abcdef0123\"", "cluster.dns"),
             ("[cluster]\ndns = \"peers.svc\"\nadvertise = \"not an ip\"\nsecret = \"0123456789abcdef0123\"", "cluster.advertise"),
             ("[cluster]\nrefresh = \"0s\"", "cluster.refresh"),
+            ("[cluster]\npeer_timeout = \"0s\"", "cluster.peer_timeout"),
+            ("[cluster]\npeer_timeout = \"5m\"", "cluster.peer_timeout"),
             ("[cluster]\nhot_cache = \"2 GiB\"", "cluster.hot_cache"),
         ] {
             let e = from_toml(toml).unwrap_err().to_string();

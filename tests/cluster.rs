@@ -662,3 +662,235 @@ log_format = "json"
         "no peer stream was cut mid-way by the kill (chunk {target}): {logs:?}"
     );
 }
+
+/// A sample of a replica's `/metrics` (0 when absent).
+async fn metric(ops: &str, sample: &str) -> f64 {
+    let text = reqwest::get(format!("http://{ops}/metrics"))
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    text.lines()
+        .find_map(|l| {
+            l.strip_prefix(sample)?
+                .strip_prefix(' ')?
+                .trim()
+                .parse()
+                .ok()
+        })
+        .unwrap_or(0.0)
+}
+
+/// Sends SIGCONT to a stopped replica when the test ends, however it ends.
+struct Resume(i32);
+
+impl Drop for Resume {
+    fn drop(&mut self) {
+        // SAFETY: kill(2) with a pid this test started and a standard signal.
+        unsafe {
+            libc::kill(self.0, libc::SIGCONT);
+        }
+    }
+}
+
+/// Issue 21, defect 3: one SIGSTOPped replica of three made the healthy ones ~17 times slower,
+/// because every chunk it owned waited `fill.queue_timeout + origin.timeout` for it and a
+/// failing peer was never remembered. Now an owner acknowledges a fill at once, the asker
+/// waits `cluster.peer_timeout` for that, and a peer that does not acknowledge is ejected:
+/// its chunks are filled locally without asking it, until a probe after the backoff shows it
+/// is back.
+///
+/// Behaviour, not speed, is asserted: with 30 s origin deadlines, a read of an object a third
+/// of which the stopped replica owns completes with exact bytes before one origin deadline
+/// could pass (it used to take a minute per such chunk), the stopped replica is asked at most
+/// a few times (not once per chunk), `shoal_peer_ejected` is 1 while it is stopped, and after
+/// SIGCONT it is asked again and serves (ejected back to 0).
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_stopped_replica_is_ejected_and_probed_back() {
+    use shoal::cluster::rendezvous::{owner, Member};
+    let g = garage();
+    let c = client(&g.endpoint);
+    let b = bucket(&c, "sigstop").await;
+    let before = patterned(48 * MIB, 29);
+    // Its chunks of the stopped replica are read one at a time, a few seconds apart, until
+    // one of them is the probe that takes the resumed replica back.
+    let after = patterned(64 * MIB, 30);
+    put(&c, &b, "before", before.clone()).await;
+    put(&c, &b, "after", after.clone()).await;
+    let etag_after = etag_of(&c, &b, "after").await;
+    let etag_before = etag_of(&c, &b, "before").await;
+    let ports: Vec<u16> = (0..3).map(|_| free_port()).collect();
+    let members: Vec<Member> = ports
+        .iter()
+        .map(|&port| Member {
+            ip: Ipv4Addr::LOCALHOST.into(),
+            port,
+        })
+        .collect();
+    let key = |k: &str, etag: &str, index| ChunkKey {
+        origin_id: "sigstop".into(),
+        ..chunk(&b, k, etag, index)
+    };
+    // The chunks of a `chunks`-chunk object that replica 2, the one to be stopped, owns.
+    let owned_by_stopped = |k: &str, etag: &str, chunks: u64| -> Vec<u64> {
+        (0..chunks)
+            .filter(|&i| owner(&members, &key(k, etag, i).path()) == Some(&members[2]))
+            .collect()
+    };
+    let stopped_chunks = owned_by_stopped("before", &etag_before, 48);
+    assert!(
+        stopped_chunks.len() >= 6,
+        "the stopped replica owns a share of the object: {stopped_chunks:?}"
+    );
+    let peers: Vec<String> = ports.iter().map(|q| format!("\"127.0.0.1:{q}\"")).collect();
+    let procs: Vec<ShoalProcess> = ports
+        .iter()
+        .map(|&p| {
+            ShoalProcess::start(&format!(
+                r#"
+[server]
+listen = "127.0.0.1:0"
+[ops]
+listen = "127.0.0.1:0"
+[origin]
+id = "sigstop"
+endpoint = "{ep}"
+region = "{REGION}"
+force_path_style = true
+access_key_id = "{ACCESS_KEY}"
+secret_access_key = "{SECRET_KEY}"
+timeout = "30s"
+[fill]
+queue_timeout = "30s"
+[fill.retry]
+max_total = "40s"
+[chunk]
+size = "1 MiB"
+readahead = 0
+[cluster]
+listen = "127.0.0.1:{p}"
+advertise = "127.0.0.1:{p}"
+peers = [{peers}]
+secret = "{SECRET}"
+peer_timeout = "500ms"
+[auth]
+mode = "none"
+[telemetry]
+log_format = "json"
+"#,
+                ep = g.endpoint,
+                peers = peers.join(", ")
+            ))
+        })
+        .collect();
+    let stopped = procs[2].child.id() as i32;
+    // SAFETY: kill(2) with the pid of a child this test started.
+    assert_eq!(unsafe { libc::kill(stopped, libc::SIGSTOP) }, 0);
+    let _resume = Resume(stopped);
+    let fallback = r#"shoal_peer_fills_total{outcome="fallback"}"#;
+    let served = r#"shoal_peer_fills_total{outcome="served"}"#;
+
+    // Both healthy replicas read the whole object at once.
+    let reads: Vec<_> = (0..2)
+        .map(|i| {
+            let url = format!("{}/{b}/before", procs[i].s3);
+            let want = before.clone();
+            tokio::spawn(async move {
+                let started = Instant::now();
+                let (st, body, complete) = read_all(reqwest::get(url).await.unwrap()).await;
+                assert!(st == 200 && complete, "replica {i}: {st}");
+                assert!(body == want, "replica {i}: exact bytes");
+                started.elapsed()
+            })
+        })
+        .collect();
+    let mut took = Vec::new();
+    for (i, r) in reads.into_iter().enumerate() {
+        // Structural, not a benchmark: each chunk of the stopped replica used to wait
+        // `fill.queue_timeout + origin.timeout` (60 s here); now the first waits
+        // `cluster.peer_timeout` and the others do not wait at all.
+        let t = tokio::time::timeout(Duration::from_secs(25), r)
+            .await
+            .unwrap_or_else(|_| {
+                panic!("replica {i}: the read waited out origin deadlines for a stopped peer")
+            })
+            .unwrap();
+        eprintln!("replica {i} read 48 MiB with a stopped peer in {t:?}");
+        took.push(t);
+    }
+    for (p, took) in procs[..2].iter().zip(took) {
+        assert_eq!(
+            metric(&p.ops, "shoal_peer_ejected").await,
+            1.0,
+            "the stopped replica is ejected"
+        );
+        // Asked once, then only by the probes the backoff (1 s, doubling, each probe waiting
+        // `cluster.peer_timeout`) allows within the read's time: not once per chunk.
+        let (mut at, mut backoff, mut most) = (0.5, 1.0, 1.0);
+        while at + backoff <= took.as_secs_f64() {
+            at += backoff + 0.5;
+            backoff = f64::min(backoff * 2.0, 30.0);
+            most += 1.0;
+        }
+        let asked = metric(&p.ops, fallback).await;
+        eprintln!(
+            "asked the stopped replica {asked} times (at most {most}) for its {} chunks",
+            stopped_chunks.len()
+        );
+        assert!(
+            (1.0..=most).contains(&asked),
+            "the stopped replica was asked {asked} times for its {} chunks in {took:?}: once, \
+             and then only by probes",
+            stopped_chunks.len()
+        );
+    }
+
+    // Resumed: after the backoff a request probes it, it answers, and it is asked again.
+    // SAFETY: as above.
+    assert_eq!(unsafe { libc::kill(stopped, libc::SIGCONT) }, 0);
+    let served_before = metric(&procs[0].ops, served).await;
+    let deadline = Instant::now() + Duration::from_secs(60);
+    let mut probes = owned_by_stopped("after", &etag_after, 64).into_iter();
+    loop {
+        let i = probes
+            .next()
+            .expect("the resumed replica was asked again within its chunks of `after`")
+            as usize;
+        let (lo, hi) = (i * MIB, (i + 1) * MIB - 1);
+        let r = reqwest::Client::new()
+            .get(format!("{}/{b}/after", procs[0].s3))
+            .header("range", format!("bytes={lo}-{hi}"))
+            .send()
+            .await
+            .unwrap();
+        let (st, body, complete) = read_all(r).await;
+        assert!(st == 206 && complete && body[..] == after[lo..=hi]);
+        if metric(&procs[0].ops, "shoal_peer_ejected").await == 0.0 {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the resumed replica was never taken back"
+        );
+        tokio::time::sleep(Duration::from_secs(2)).await;
+    }
+    // Taken back means asked, and served by it.
+    let (lo, hi) = {
+        let i = probes.next().expect("another chunk of the resumed replica") as usize;
+        (i * MIB, (i + 1) * MIB - 1)
+    };
+    let r = reqwest::Client::new()
+        .get(format!("{}/{b}/after", procs[0].s3))
+        .header("range", format!("bytes={lo}-{hi}"))
+        .send()
+        .await
+        .unwrap();
+    let (st, body, complete) = read_all(r).await;
+    assert!(st == 206 && complete && body[..] == after[lo..=hi]);
+    assert!(
+        metric(&procs[0].ops, served).await > served_before,
+        "the resumed replica serves its chunks again"
+    );
+    assert_eq!(metric(&procs[0].ops, "shoal_peer_ejected").await, 0.0);
+}

@@ -165,6 +165,7 @@ async fn metrics_count_a_known_workload_exactly() {
         (r#"shoal_budget_used_bytes{}"#, 0.0),
         (r#"shoal_budget_bytes{}"#, cfg.fill.buffer_budget.0 as f64),
         (r#"shoal_cluster_members{}"#, 1.0),
+        (r#"shoal_peer_ejected{}"#, 0.0),
         (r#"shoal_connections_refused_total{}"#, 0.0),
     ];
     for (k, v) in want {

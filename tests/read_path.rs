@@ -415,6 +415,167 @@ async fn list_v2_matches_the_origin_page_by_page() {
     shoal.stop().await;
 }
 
+/// A bucket of seven objects of different sizes behind a fault proxy, and Shoal reading it
+/// through the proxy: for the LIST fault tests.
+async fn list_behind_a_proxy(hint: &str) -> (String, common::proxy::Proxy, Shoal) {
+    let g = garage();
+    let c = client(&g.endpoint);
+    let b = bucket(&c, hint).await;
+    for i in 0..7u64 {
+        put(&c, &b, &format!("obj/{i}"), data(1000 + 37 * i as usize, i)).await;
+    }
+    let proxy = common::proxy::Proxy::start(&g.endpoint).await;
+    let mut cfg = config(g);
+    cfg.origin.endpoint = Some(proxy.endpoint.clone());
+    let shoal = Shoal::start(&cfg, s3_origin(&cfg).await).await;
+    (b, proxy, shoal)
+}
+
+/// LIST requests (Shoal always sends `max-keys`) the proxy forwarded so far.
+fn lists_seen(proxy: &common::proxy::Proxy) -> usize {
+    proxy
+        .seen()
+        .iter()
+        .filter(|s| s.method == "GET" && s.path.contains("max-keys="))
+        .count()
+}
+
+/// Asserts a retryable origin failure: a 5xx S3 error the SDKs retry, never a 400 that blames
+/// the client, never a 200 with a page that is not the origin's.
+async fn assert_origin_failure(r: reqwest::Response, what: &str) {
+    let status = r.status().as_u16();
+    let xml = r.text().await.unwrap();
+    assert_eq!(status, 502, "{what}: {xml}");
+    assert!(
+        xml.contains("<Code>OriginUnreachable</Code>"),
+        "{what}: {xml}"
+    );
+}
+
+/// The page Shoal serves equals the origin's own (keys, sizes, ETags, count, next token).
+async fn assert_same_page(b: &str, shoal: &Shoal) {
+    let direct = client(&garage().endpoint);
+    let via = client(&shoal.base);
+    let page = |cl: aws_sdk_s3::Client| {
+        let b = b.to_owned();
+        async move {
+            let o = cl
+                .list_objects_v2()
+                .bucket(&b)
+                .max_keys(5)
+                .send()
+                .await
+                .expect("list");
+            let entries: Vec<_> = o
+                .contents()
+                .iter()
+                .map(|x| {
+                    (
+                        x.key().map(str::to_owned),
+                        x.size(),
+                        x.e_tag().map(str::to_owned),
+                    )
+                })
+                .collect();
+            (
+                entries,
+                o.key_count(),
+                o.is_truncated(),
+                o.next_continuation_token().map(str::to_owned),
+            )
+        }
+    };
+    let (want, got) = (page(direct).await, page(via).await);
+    assert_eq!(want.0.len(), 5);
+    assert_eq!(got, want, "the full, correct page");
+}
+
+/// Issue 21, defect 1: a LIST whose body the origin cuts short (the connection reset after a
+/// few hundred bytes of a 200) was answered 400 `InvalidRequest` ("The origin rejected the
+/// request: HTTP 200"). It is a transient origin failure: retried within `fill.retry`, then
+/// 502 `OriginUnreachable`; one cut followed by a clean answer is invisible.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_list_cut_short_is_retried_then_a_5xx_never_a_400() {
+    let (b, proxy, shoal) = list_behind_a_proxy("listcut").await;
+    let attempts = config(garage()).fill.retry.attempts as usize;
+    for (path, what) in [
+        (format!("{b}?list-type=2&max-keys=5"), "V2"),
+        (format!("{b}?max-keys=5"), "V1"),
+    ] {
+        let before = lists_seen(&proxy);
+        proxy.cut_times("max-keys=", 200, 100);
+        assert_origin_failure(shoal.get(&path).await, what).await;
+        assert_eq!(
+            lists_seen(&proxy) - before,
+            attempts,
+            "{what}: retried within the budget"
+        );
+    }
+    // One cut, then a clean answer: the client sees the origin's page, whole.
+    proxy.cut_times("max-keys=", 200, 1);
+    let before = lists_seen(&proxy);
+    assert_same_page(&b, &shoal).await;
+    assert_eq!(
+        lists_seen(&proxy) - before,
+        2,
+        "the cut answer was retried once"
+    );
+    shoal.stop().await;
+}
+
+/// The body up to the end of the `n`th occurrence of `tag` (1-based).
+fn through_nth(body: &[u8], tag: &str, n: usize) -> bytes::Bytes {
+    let s = std::str::from_utf8(body).expect("XML");
+    let mut end = 0;
+    for i in 0..n {
+        let at = s[end..]
+            .find(tag)
+            .unwrap_or_else(|| panic!("no {tag} #{} in {s}", i + 1));
+        end += at + tag.len();
+    }
+    bytes::Bytes::copy_from_slice(&body[..end])
+}
+
+/// Issue 21, defect 2: a LIST body cut short but framed with a matching `Content-Length` was
+/// answered 200 and complete-looking (KeyCount 4 of 5, an entry with Size 0, a continuation
+/// token past the missing key). LIST answers are verified: an entry without `Key`, `Size` or
+/// `ETag`, a `KeyCount` that does not match, or a document that ends before its root element
+/// closes is an origin failure — retried, then a 5xx — never a 200.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_list_truncated_with_a_matching_length_is_never_a_200() {
+    let (b, proxy, shoal) = list_behind_a_proxy("listtrunc").await;
+    type Cut = fn(bytes::Bytes) -> bytes::Bytes;
+    let cuts: [(&str, Cut); 4] = [
+        // Four whole entries of five: KeyCount says 5.
+        ("after the 4th entry", |x| through_nth(&x, "</Contents>", 4)),
+        // The 5th entry has its Key but no Size or ETag: not an object of size 0.
+        ("inside the 5th entry", |x| through_nth(&x, "</Key>", 5)),
+        // Every entry whole; only the document's end is missing (the V1 shape: no KeyCount
+        // to disagree).
+        ("after the last entry", |x| {
+            through_nth(&x, "</Contents>", 5)
+        }),
+        ("without the root's end", |x| {
+            let s = std::str::from_utf8(&x).unwrap().trim_end();
+            let end = s.rfind("</ListBucketResult>").expect("root end");
+            x.slice(..end)
+        }),
+    ];
+    for (path, version) in [
+        (format!("{b}?list-type=2&max-keys=5"), "V2"),
+        (format!("{b}?max-keys=5"), "V1"),
+    ] {
+        for (what, cut) in cuts {
+            proxy.rewrite_times("max-keys=", 100, cut);
+            assert_origin_failure(shoal.get(&path).await, &format!("{version}, {what}")).await;
+        }
+    }
+    // One truncated answer, then a clean one: the full, correct page.
+    proxy.rewrite_times("max-keys=", 1, |x| through_nth(&x, "</Contents>", 4));
+    assert_same_page(&b, &shoal).await;
+    shoal.stop().await;
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn headers_go_out_before_the_first_chunk_is_complete() {
     let g = garage();

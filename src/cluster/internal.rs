@@ -12,11 +12,31 @@
 //! guard): a replica that does not think it owns the chunk answers 409 and never forwards. The
 //! answer streams with `Content-Length`; the caller checks it, and falls back to a fill of its
 //! own on 409, a connection error, a timeout, an error status or a short body.
+//!
+//! **Acknowledge at once, stream when there are bytes.** Whatever the owner can decide without
+//! waiting (the proof, the request, whether it owns the chunk: 401, 400, 409) is answered as a
+//! status. Everything else is acknowledged at once — `200` with the chunk's `Content-Length` —
+//! and the bytes follow when the owner has them: from its store at once, or after it waited
+//! for an origin slot and the origin's first byte. The caller therefore bounds the
+//! *acknowledgement* by a short `cluster.peer_timeout` and the body by the origin's own
+//! deadlines: a busy owner (queued behind its origin slots, or reading a slow origin) has
+//! acknowledged and is waited for, so a chunk is still fetched from the origin once; a stopped
+//! or wedged owner has not, and is [ejected](super::ejection) within `cluster.peer_timeout`.
+//! Before this, both looked the same for `fill.queue_timeout + origin.timeout` per chunk.
+//!
+//! The price of the early acknowledgement: an error after it can only cut the body short
+//! (hyper ends the response before its `Content-Length`). The caller treats a cut body as it
+//! always did — the owner did not serve, fill here (continuing at the byte reached if bytes
+//! came) — so nothing is lost: an origin 404 or 412 the owner met is met again by the local
+//! fill, which answers the client with it, and a 503 `SlowDown` of the owner becomes a local
+//! attempt with this replica's own origin slots. A cut body after an acknowledgement never
+//! ejects the owner: it answered; its origin is what failed.
 
+use super::ejection::Ejections;
 use super::membership::Membership;
 use super::rendezvous::Member;
 use crate::chunk::{ChunkKey, ChunkRequest, MIN_CHUNK_SIZE};
-use crate::error::{Error, OriginError};
+use crate::error::Error;
 use crate::layer::gate::Wait;
 use crate::object::ChunkService;
 use crate::origin::ByteStream;
@@ -37,6 +57,7 @@ use hyper_util::rt::TokioExecutor;
 use sha2::Sha256;
 use std::sync::Arc;
 use std::task::{Context, Poll};
+use std::time::Instant;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use tower::ServiceExt;
 
@@ -44,8 +65,9 @@ use tower::ServiceExt;
 pub const AUTH_HEADER: &str = "x-shoal-peer";
 /// How far a proof's timestamp may be from this replica's clock.
 const MAX_SKEW_SECS: u64 = 300;
-/// How long connecting to a peer may take (peers are on the same network).
-const CONNECT_TIMEOUT: Duration = Duration::from_secs(2);
+/// How long connecting to a peer may take (peers are on the same network). Within
+/// `cluster.peer_timeout`, which bounds connecting and the acknowledgement together.
+pub const CONNECT_TIMEOUT: Duration = Duration::from_secs(2);
 
 type HmacSha256 = Hmac<Sha256>;
 
@@ -285,88 +307,101 @@ async fn fill(State(st): State<Arc<InternalState>>, req: Request) -> Response {
         range = ?creq.range
     );
     crate::telemetry::trace::accept_parent(&span, req.headers());
-    let held = span.clone();
+    // The acknowledgement goes out now; the chunk stack is asked when hyper first polls the
+    // body, that is right after the headers are written (see the module docs). A failure from
+    // here on cuts the body short, which the caller reads as "fill it yourself".
+    let chunks = st.chunks.clone();
     let opened = tracing::Instrument::instrument(
-        async {
-            let mut body = st.chunks.clone().oneshot(creq).await?;
-            let first = match body.next().await {
-                Some(Ok(b)) => b,
-                Some(Err(e)) => return Err(e),
-                None => Bytes::new(),
-            };
-            Ok::<_, Error>(futures_util::stream::iter([Ok(first)]).chain(body))
-        },
-        span,
-    )
-    .await;
-    match opened {
-        Ok(body) => {
-            let body = body.map(move |b| {
-                let _ = &held;
-                b
-            });
-            let mut r = Response::new(Body::from_stream(body));
-            r.headers_mut()
-                .insert(http::header::CONTENT_LENGTH, HeaderValue::from(len));
-            r.headers_mut().insert(
-                http::header::CONTENT_TYPE,
-                HeaderValue::from_static("application/octet-stream"),
-            );
-            r
-        }
-        Err(e) => {
-            let status = match &e {
-                Error::Origin(OriginError::NotFound | OriginError::NoSuchBucket) => {
-                    StatusCode::NOT_FOUND
+        async move {
+            match chunks.oneshot(creq).await {
+                Ok(body) => body,
+                Err(e) => {
+                    // An origin 404/412 is found again by the caller's own fill; an origin
+                    // outage or a 503 SlowDown here is worth a line on this side.
+                    tracing::debug!(error = %e, "internal fill failed after its acknowledgement; the body is cut");
+                    futures_util::stream::iter([Err(e)]).boxed()
                 }
-                Error::Origin(OriginError::EtagChanged) => StatusCode::PRECONDITION_FAILED,
-                Error::SlowDown(_) => StatusCode::SERVICE_UNAVAILABLE,
-                _ => StatusCode::BAD_GATEWAY,
-            };
-            plain(status, &format!("fill failed: {e}"))
-        }
-    }
+            }
+        },
+        span.clone(),
+    );
+    let body = futures_util::stream::once(opened).flatten().map(move |b| {
+        let _ = &span;
+        b
+    });
+    let mut r = Response::new(Body::from_stream(body));
+    r.headers_mut()
+        .insert(http::header::CONTENT_LENGTH, HeaderValue::from(len));
+    r.headers_mut().insert(
+        http::header::CONTENT_TYPE,
+        HeaderValue::from_static("application/octet-stream"),
+    );
+    r
 }
 
-/// Asks owners for chunks over `/internal/fill`: pooled keep-alive connections, bounded
-/// connect and first-byte waits, and no limit on a body that keeps moving (only on one that
-/// stalls), so a slow large transfer is never cut for being long.
+/// How long a peer is waited for, at each step of an internal fill.
+#[derive(Debug, Clone, Copy)]
+pub struct PeerTimeouts {
+    /// Connecting and the owner's acknowledgement (its response headers):
+    /// `cluster.peer_timeout`. An owner that does not acknowledge in this time is ejected.
+    pub ack: Duration,
+    /// The first byte of the body after the acknowledgement: the owner may first wait for an
+    /// origin slot and then for the origin (`fill.queue_timeout + origin.timeout`).
+    pub first_byte: Duration,
+    /// A body that stops moving (`origin.timeout`).
+    pub idle: Duration,
+}
+
+/// Asks owners for chunks over `/internal/fill`: pooled keep-alive connections, a short bound
+/// on the owner's acknowledgement, the origin's deadlines on its bytes, and no limit on a body
+/// that keeps moving (only on one that stalls), so a slow large transfer is never cut for
+/// being long. A peer that does not acknowledge, cannot be reached or answers 5xx is ejected
+/// (see [`super::ejection`]): [`PeerClient::admits`] then sends its chunks to a local fill
+/// until a probe succeeds.
 #[derive(Clone)]
 pub struct PeerClient {
     http: Client<HttpConnector, Empty<Bytes>>,
     membership: Membership,
     secret: Secret,
-    first_byte: Duration,
-    idle: Duration,
+    timeouts: PeerTimeouts,
+    ejections: Ejections,
 }
 
 impl PeerClient {
-    /// A client that signs with `secret`. `first_byte` bounds the wait for a peer's answer
-    /// (it may be filling from the origin itself), `idle` a body that stops moving.
+    /// A client that signs with `secret` and waits as `timeouts` say; ejections are counted
+    /// in `metrics`.
     pub fn new(
         membership: Membership,
         secret: Secret,
-        first_byte: Duration,
-        idle: Duration,
+        timeouts: PeerTimeouts,
+        metrics: crate::telemetry::metrics::Metrics,
     ) -> Self {
         let mut conn = HttpConnector::new();
-        conn.set_connect_timeout(Some(CONNECT_TIMEOUT));
+        conn.set_connect_timeout(Some(CONNECT_TIMEOUT.min(timeouts.ack)));
         conn.set_nodelay(true);
         conn.set_keepalive(Some(Duration::from_secs(30)));
         let http = Client::builder(TokioExecutor::new())
             .pool_idle_timeout(Duration::from_secs(30))
             .pool_max_idle_per_host(32)
             .build(conn);
+        let ejections = Ejections::new(membership.clone(), timeouts.ack + CONNECT_TIMEOUT, metrics);
         PeerClient {
             http,
             membership,
             secret,
-            first_byte,
-            idle,
+            timeouts,
+            ejections,
         }
     }
 
+    /// Whether `peer` may be asked for a chunk now (it is not ejected, or this request is its
+    /// probe). The route asks this, so an ejected owner's chunks are filled locally at once.
+    pub fn admits(&self, peer: &Member) -> bool {
+        self.ejections.admits(peer)
+    }
+
     async fn fetch(self, peer: Member, req: ChunkRequest) -> Result<ByteStream, Error> {
+        let asked = Instant::now();
         let addr = self.membership.address(&peer);
         let pq = format!("/internal/fill?{}", encode(&req));
         let want = req.range.end - req.range.start;
@@ -376,19 +411,31 @@ impl PeerClient {
             .map_err(|e| Error::Peer(format!("request: {e}").into()))?;
         // The owner's spans join this request's trace.
         crate::telemetry::trace::inject(request.headers_mut());
-        let resp = match tokio::time::timeout(self.first_byte, self.http.request(request)).await {
+        let ack = self.timeouts.ack;
+        let resp = match tokio::time::timeout(ack, self.http.request(request)).await {
             Ok(Ok(r)) => r,
-            Ok(Err(e)) => return Err(Error::Peer(format!("{addr}: {e}").into())),
+            Ok(Err(e)) => {
+                let why = format!("{addr}: {e}");
+                self.ejections.failed(&peer, asked, &why);
+                return Err(Error::Peer(why.into()));
+            }
             Err(_) => {
-                return Err(Error::Peer(
-                    format!("{addr}: no answer within {:?}", self.first_byte).into(),
-                ))
+                let why =
+                    format!("{addr}: no acknowledgement within {ack:?} (cluster.peer_timeout)");
+                self.ejections.failed(&peer, asked, &why);
+                return Err(Error::Peer(why.into()));
             }
         };
-        if resp.status() != StatusCode::OK {
-            return Err(Error::Peer(
-                format!("{addr} answered {}", resp.status()).into(),
-            ));
+        let status = resp.status();
+        if status.is_server_error() {
+            let why = format!("{addr} answered {status}");
+            self.ejections.failed(&peer, asked, &why);
+            return Err(Error::Peer(why.into()));
+        }
+        // Any other answer, a 409 `not_owner` included, shows a live peer.
+        self.ejections.succeeded(&peer);
+        if status != StatusCode::OK {
+            return Err(Error::Peer(format!("{addr} answered {status}").into()));
         }
         let len = resp
             .headers()
@@ -399,19 +446,27 @@ impl PeerClient {
                 format!("{addr} answered Content-Length {len:?} for {want} bytes").into(),
             ));
         }
-        let idle = self.idle;
+        // After the acknowledgement, the origin's deadlines: the owner may be queued for an
+        // origin slot and then wait for the origin before its first byte; after that, a body
+        // that stops moving for `origin.timeout` has failed. Neither ejects the owner.
+        let PeerTimeouts {
+            first_byte, idle, ..
+        } = self.timeouts;
         let body = resp.into_body().into_data_stream();
-        let stream = futures_util::stream::unfold(body, move |mut body| async move {
-            match tokio::time::timeout(idle, body.next()).await {
-                Ok(Some(Ok(b))) => Some((Ok(b), body)),
-                Ok(Some(Err(e))) => Some((Err(Error::Peer(format!("body: {e}").into())), body)),
-                Ok(None) => None,
-                Err(_) => Some((
-                    Err(Error::Peer(format!("body stalled for {idle:?}").into())),
-                    body,
-                )),
-            }
-        });
+        let stream =
+            futures_util::stream::unfold((body, first_byte), move |(mut body, wait)| async move {
+                match tokio::time::timeout(wait, body.next()).await {
+                    Ok(Some(Ok(b))) => Some((Ok(b), (body, idle))),
+                    Ok(Some(Err(e))) => {
+                        Some((Err(Error::Peer(format!("body: {e}").into())), (body, idle)))
+                    }
+                    Ok(None) => None,
+                    Err(_) => Some((
+                        Err(Error::Peer(format!("body stalled for {wait:?}").into())),
+                        (body, idle),
+                    )),
+                }
+            });
         Ok(stream.boxed())
     }
 }

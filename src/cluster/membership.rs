@@ -108,6 +108,24 @@ impl Membership {
         }
     }
 
+    /// A fixed set of members that is never refreshed (unit tests of what reads it).
+    #[cfg(test)]
+    pub(crate) fn fixed(me: Member, mut members: Vec<Member>) -> Self {
+        members.push(me);
+        members.sort();
+        members.dedup();
+        Membership {
+            inner: Arc::new(Inner {
+                me,
+                port: 0,
+                members: RwLock::new(Arc::new(members)),
+                ready: AtomicBool::new(true),
+                clustered: true,
+                refreshes: AtomicU64::new(0),
+            }),
+        }
+    }
+
     /// Reads membership from the configured source now (readiness follows the outcome), then
     /// every `cluster.refresh` on a task owned by `tasks`, until `stop`.
     pub async fn start(

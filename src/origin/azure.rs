@@ -537,10 +537,21 @@ impl Origin for AzureOrigin {
             return Err(Self::error(&r, false));
         }
         let xml = self.text(r).await?;
+        // Verified like an object answer (as the S3 origin's LIST is): a document cut short,
+        // or an entry without its name, size or ETag, is a malformed answer, retried as an
+        // origin failure, never listed as a zero. A body that breaks on the way in is already
+        // transient (`text`).
+        let malformed =
+            |why: String| OriginError::Protocol(format!("malformed Azure LIST answer: {why}"));
+        if !xml.trim_end().ends_with("</EnumerationResults>") {
+            return Err(malformed(
+                "the XML document ends before </EnumerationResults> (body cut short)".into(),
+            ));
+        }
         let blobs_xml = blocks(&xml, "Blobs").first().copied().unwrap_or("");
         let mut contents = Vec::new();
         for b in blocks(blobs_xml, "Blob") {
-            let Some(name) = tag(b, "Name") else { continue };
+            let name = tag(b, "Name").ok_or_else(|| malformed("a blob without Name".into()))?;
             // V2's start-after: Azure has no such parameter, so earlier keys are skipped here.
             if req
                 .start_after
@@ -550,24 +561,32 @@ impl Origin for AzureOrigin {
                 continue;
             }
             let props = blocks(b, "Properties").first().copied().unwrap_or("");
+            let size = tag(props, "Content-Length")
+                .and_then(|v| v.parse().ok())
+                .ok_or_else(|| {
+                    malformed(format!("blob {name:?} without a valid Content-Length"))
+                })?;
+            let etag = tag(props, "Etag")
+                .ok_or_else(|| malformed(format!("blob {name:?} without Etag")))?;
             contents.push(ListEntry {
                 key: e(name),
                 last_modified: tag(props, "Last-Modified")
                     .as_deref()
                     .and_then(crate::wire::parse_date),
-                etag: tag(props, "Etag").map(|t| format!("\"{}\"", t.trim_matches('"'))),
-                size: tag(props, "Content-Length")
-                    .and_then(|v| v.parse().ok())
-                    .unwrap_or(0),
+                etag: Some(format!("\"{}\"", etag.trim_matches('"'))),
+                size,
                 storage_class: Some("STANDARD".into()),
                 owner: None,
             });
         }
         let common_prefixes = blocks(blobs_xml, "BlobPrefix")
             .into_iter()
-            .filter_map(|p| tag(p, "Name"))
-            .map(e)
-            .collect();
+            .map(|p| {
+                tag(p, "Name")
+                    .map(e)
+                    .ok_or_else(|| malformed("a BlobPrefix without Name".into()))
+            })
+            .collect::<Result<Vec<_>, _>>()?;
         let next = tag(&xml, "NextMarker").filter(|m| !m.is_empty());
         Ok(ListPage {
             contents,

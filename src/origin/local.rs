@@ -122,11 +122,23 @@ impl LocalOrigin {
         Ok((meta, etag))
     }
 
-    fn walk(dir: &Path, rel: &str, out: &mut Vec<(String, std::fs::Metadata)>) {
-        let Ok(rd) = std::fs::read_dir(dir) else {
-            return;
+    /// Every file under `dir`, keyed by its path below the bucket. A directory or file that
+    /// vanishes while it is walked is skipped (it was deleted: not listing it is right); any
+    /// other error fails the walk, because a listing that silently leaves out a directory it
+    /// could not read looks complete and is not.
+    fn walk(
+        dir: &Path,
+        rel: &str,
+        out: &mut Vec<(String, std::fs::Metadata)>,
+    ) -> std::io::Result<()> {
+        let gone = |e: &std::io::Error| e.kind() == std::io::ErrorKind::NotFound;
+        let rd = match std::fs::read_dir(dir) {
+            Ok(rd) => rd,
+            Err(e) if gone(&e) => return Ok(()),
+            Err(e) => return Err(e),
         };
-        for ent in rd.flatten() {
+        for ent in rd {
+            let ent = ent?;
             let Ok(name) = ent.file_name().into_string() else {
                 continue;
             };
@@ -136,11 +148,14 @@ impl LocalOrigin {
                 format!("{rel}/{name}")
             };
             match ent.metadata() {
-                Ok(m) if m.is_dir() => Self::walk(&ent.path(), &key, out),
+                Ok(m) if m.is_dir() => Self::walk(&ent.path(), &key, out)?,
                 Ok(m) if m.is_file() => out.push((key, m)),
-                _ => {}
+                Ok(_) => {}
+                Err(e) if gone(&e) => {}
+                Err(e) => return Err(e),
             }
         }
+        Ok(())
     }
 }
 
@@ -194,7 +209,10 @@ impl Origin for LocalOrigin {
         let req = req.clone();
         tokio::task::spawn_blocking(move || {
             let mut all = Vec::new();
-            LocalOrigin::walk(&dir, "", &mut all);
+            // Not `io_err`: a walk's NotFound cannot be a missing key (vanished entries are
+            // skipped); any error left is transient.
+            LocalOrigin::walk(&dir, "", &mut all)
+                .map_err(|e| OriginError::Transient(format!("local origin LIST: {e}")))?;
             all.sort_by(|a, b| a.0.cmp(&b.0));
             let after = match req.version {
                 ListVersion::V2 => req
@@ -282,10 +300,10 @@ impl Origin for LocalOrigin {
                 page.marker = Some(enc(req.marker.clone().unwrap_or_default()));
             }
             page.url_encoded = req.encoding_url;
-            page
+            Ok(page)
         })
         .await
-        .map_err(|e| OriginError::Transient(format!("local origin: {e}")))
+        .map_err(|e| OriginError::Transient(format!("local origin: {e}")))?
     }
 
     async fn head_bucket(&self, bucket: &str) -> Result<(), OriginError> {

@@ -11,7 +11,9 @@ use super::{
 use crate::config::OriginConfig;
 use crate::error::{Error, OriginError};
 use async_trait::async_trait;
-use aws_sdk_s3::config::interceptors::BeforeDeserializationInterceptorContextMut;
+use aws_sdk_s3::config::interceptors::{
+    AfterDeserializationInterceptorContextRef, BeforeDeserializationInterceptorContextMut,
+};
 use aws_sdk_s3::config::retry::RetryConfig;
 use aws_sdk_s3::config::{ConfigBag, Intercept, RuntimeComponents};
 use aws_sdk_s3::error::{ProvideErrorMetadata, SdkError};
@@ -180,7 +182,7 @@ async fn answer<T, E>(
     fut: impl std::future::Future<Output = Result<T, SdkError<E>>>,
 ) -> Result<T, OriginError>
 where
-    E: ProvideErrorMetadata + std::fmt::Debug,
+    E: ProvideErrorMetadata + std::error::Error + 'static,
 {
     match tokio::time::timeout(timeout, fut).await {
         Ok(r) => r.map_err(map_err),
@@ -384,8 +386,35 @@ fn user_metadata(m: Option<&std::collections::HashMap<String, String>>) -> Vec<(
     v
 }
 
-fn map_err<E: ProvideErrorMetadata + std::fmt::Debug>(e: SdkError<E>) -> OriginError {
+/// Files an SDK error as an [`OriginError`].
+///
+/// An answer that failed *on the way in* is transient, whatever its status line said: the body
+/// was cut short (`ResponseError`), the request timed out or never got through
+/// (`TimeoutError`, `DispatchFailure`), or a 2xx/3xx answer's body could not be read as the
+/// operation's output (the SDK reports a success body it cannot parse as an "unhandled" service
+/// error carrying the 200). Such a failure says nothing about the request, so it is retried,
+/// and in the end answered as the retryable 502 of SPEC §1.4 — never as a 400 that tells the
+/// client its request was wrong (issue 21: a LIST cut short was answered 400 "HTTP 200").
+fn map_err<E>(e: SdkError<E>) -> OriginError
+where
+    E: ProvideErrorMetadata + std::error::Error + 'static,
+{
     let status = e.raw_response().map(|r| r.status().as_u16());
+    let transport = matches!(
+        e,
+        SdkError::ResponseError(_) | SdkError::TimeoutError(_) | SdkError::DispatchFailure(_)
+    );
+    if transport && status.is_none_or(|s| s < 400) {
+        return OriginError::Transient(
+            format!(
+                "origin answer not received whole: {}",
+                aws_smithy_types::error::display::DisplayErrorContext(&e)
+            )
+            .chars()
+            .take(300)
+            .collect(),
+        );
+    }
     let code = e
         .as_service_error()
         .and_then(|s| s.code())
@@ -407,6 +436,16 @@ fn map_err<E: ProvideErrorMetadata + std::fmt::Debug>(e: SdkError<E>) -> OriginE
             OriginError::Throttled(msg)
         }
         (Some(s), _) if s >= 500 => OriginError::Transient(format!("HTTP {s} {msg}")),
+        // A success (or redirect) status with an error: its body did not parse.
+        (Some(s), _) if s < 400 => OriginError::Transient(
+            format!(
+                "HTTP {s} answer could not be read: {}",
+                aws_smithy_types::error::display::DisplayErrorContext(&e)
+            )
+            .chars()
+            .take(300)
+            .collect(),
+        ),
         (Some(s), _) => OriginError::Rejected(format!("HTTP {s} {msg}")),
         // No response at all: timeouts, connection errors, dispatch failures.
         (None, _) => OriginError::Transient(format!("{e:?}").chars().take(300).collect()),
@@ -417,24 +456,103 @@ fn to_system_time(t: &aws_sdk_s3::primitives::DateTime) -> Option<SystemTime> {
     SystemTime::try_from(*t).ok()
 }
 
-fn list_entry(o: &aws_sdk_s3::types::Object) -> ListEntry {
-    ListEntry {
-        key: o.key().unwrap_or_default().to_owned(),
+/// A LIST answer that arrived but cannot be trusted: an origin failure, retried like a reset
+/// (`Protocol` is transient), never passed on as a 200.
+fn malformed(why: impl std::fmt::Display) -> OriginError {
+    OriginError::Protocol(format!("malformed LIST answer: {why}"))
+}
+
+/// One listed object, verified: an entry without `Key`, `Size` or `ETag` is a malformed answer
+/// (a body cut short, a proxy that mangled it), not an object of size 0 or without a version.
+fn list_entry(o: &aws_sdk_s3::types::Object) -> Result<ListEntry, OriginError> {
+    let key = o.key().ok_or_else(|| malformed("an entry without Key"))?;
+    let size = o
+        .size()
+        .and_then(|n| u64::try_from(n).ok())
+        .ok_or_else(|| malformed(format_args!("entry {key:?} without a valid Size")))?;
+    let etag = o
+        .e_tag()
+        .ok_or_else(|| malformed(format_args!("entry {key:?} without ETag")))?;
+    Ok(ListEntry {
+        key: key.to_owned(),
         last_modified: o.last_modified().and_then(to_system_time),
-        etag: o.e_tag().map(str::to_owned),
-        size: o.size().unwrap_or(0).max(0) as u64,
+        etag: Some(etag.to_owned()),
+        size,
         storage_class: o.storage_class().map(|s| s.as_str().to_owned()),
         owner: o.owner().and_then(|ow| {
             ow.id()
                 .map(|id| (id.to_owned(), ow.display_name().map(str::to_owned)))
         }),
+    })
+}
+
+/// The listed objects, each verified.
+fn list_entries(objects: &[aws_sdk_s3::types::Object]) -> Result<Vec<ListEntry>, OriginError> {
+    objects.iter().map(list_entry).collect()
+}
+
+/// The common prefixes; one without `Prefix` is malformed.
+fn prefixes(p: &[aws_sdk_s3::types::CommonPrefix]) -> Result<Vec<String>, OriginError> {
+    p.iter()
+        .map(|p| {
+            p.prefix()
+                .map(str::to_owned)
+                .ok_or_else(|| malformed("a CommonPrefixes entry without Prefix"))
+        })
+        .collect()
+}
+
+/// Whether a LIST answer's XML document arrived whole: it must end with the root element's
+/// closing tag. The SDK's XML reader accepts a document cut short (it reads the elements it
+/// got), and a cut that lands between two entries leaves nothing else to notice — every entry
+/// it has is complete, and a V1 listing has no `KeyCount`. A cut with a `Content-Length` that
+/// matches (a proxy that truncated and re-framed the body) is only visible here.
+fn xml_is_whole(body: &[u8], root: &str) -> bool {
+    let close = format!("</{root}>");
+    body.trim_ascii_end().ends_with(close.as_bytes())
+}
+
+/// The verdict of [`xml_is_whole`] on a LIST answer's raw body, taken by an interceptor after
+/// the SDK read it (the parsed output keeps no trace of where the document ended). `None`:
+/// no successful answer was seen.
+#[derive(Debug, Clone, Default)]
+struct WholeXml(Arc<Mutex<Option<bool>>>);
+
+impl Intercept for WholeXml {
+    fn name(&self) -> &'static str {
+        "ShoalWholeXml"
+    }
+    fn read_after_deserialization(
+        &self,
+        ctx: &AfterDeserializationInterceptorContextRef<'_>,
+        _rc: &RuntimeComponents,
+        _cfg: &mut ConfigBag,
+    ) -> Result<(), aws_sdk_s3::error::BoxError> {
+        let r = ctx.response();
+        if r.status().is_success() {
+            // A non-streaming operation's body is in memory by now; if it were not, the
+            // document could not be checked, and is not trusted.
+            let whole = r
+                .body()
+                .bytes()
+                .is_some_and(|b| xml_is_whole(b, "ListBucketResult"));
+            *crate::layer::lock(&self.0) = Some(whole);
+        }
+        Ok(())
     }
 }
 
-fn prefixes(p: &[aws_sdk_s3::types::CommonPrefix]) -> Vec<String> {
-    p.iter()
-        .filter_map(|p| p.prefix().map(str::to_owned))
-        .collect()
+impl WholeXml {
+    /// Fails unless the answer just received was seen whole.
+    fn check(&self) -> Result<(), OriginError> {
+        match crate::layer::lock(&self.0).take() {
+            Some(true) => Ok(()),
+            Some(false) => Err(malformed(
+                "the XML document ends before </ListBucketResult> (body cut short)",
+            )),
+            None => Err(malformed("the answer's body was not seen")),
+        }
+    }
 }
 
 #[async_trait]
@@ -600,6 +718,7 @@ impl Origin for S3Origin {
             .then_some(aws_sdk_s3::types::EncodingType::Url);
         match req.version {
             ListVersion::V2 => {
+                let whole = WholeXml::default();
                 let out = answer(
                     self.timeout,
                     self.client
@@ -612,12 +731,30 @@ impl Origin for S3Origin {
                         .set_start_after(req.start_after.clone())
                         .fetch_owner(req.fetch_owner)
                         .set_encoding_type(enc)
+                        .customize()
+                        .interceptor(whole.clone())
+                        // Shoal's LIST path retries (with the checks below, which the SDK's
+                        // retries would not repeat); SDK retries under it would multiply them.
+                        .config_override(no_sdk_retries())
                         .send(),
                 )
                 .await?;
+                whole.check()?;
+                let contents = list_entries(out.contents())?;
+                let common_prefixes = prefixes(out.common_prefixes())?;
+                // KeyCount counts the keys and the common prefixes the page returns.
+                if let Some(n) = out.key_count() {
+                    if usize::try_from(n).ok() != Some(contents.len() + common_prefixes.len()) {
+                        return Err(malformed(format_args!(
+                            "KeyCount {n} but {} entries and {} common prefixes",
+                            contents.len(),
+                            common_prefixes.len()
+                        )));
+                    }
+                }
                 Ok(ListPage {
-                    contents: out.contents().iter().map(list_entry).collect(),
-                    common_prefixes: prefixes(out.common_prefixes()),
+                    contents,
+                    common_prefixes,
                     is_truncated: out.is_truncated().unwrap_or(false),
                     next_continuation_token: out.next_continuation_token().map(str::to_owned),
                     next_marker: None,
@@ -630,6 +767,7 @@ impl Origin for S3Origin {
                 })
             }
             ListVersion::V1 => {
+                let whole = WholeXml::default();
                 let out = answer(
                     self.timeout,
                     self.client
@@ -640,12 +778,17 @@ impl Origin for S3Origin {
                         .max_keys(req.max_keys)
                         .set_marker(req.marker.clone())
                         .set_encoding_type(enc)
+                        .customize()
+                        .interceptor(whole.clone())
+                        .config_override(no_sdk_retries())
                         .send(),
                 )
                 .await?;
+                // V1 has no KeyCount: the document's end is what proves it complete.
+                whole.check()?;
                 Ok(ListPage {
-                    contents: out.contents().iter().map(list_entry).collect(),
-                    common_prefixes: prefixes(out.common_prefixes()),
+                    contents: list_entries(out.contents())?,
+                    common_prefixes: prefixes(out.common_prefixes())?,
                     is_truncated: out.is_truncated().unwrap_or(false),
                     next_continuation_token: None,
                     next_marker: out.next_marker().map(str::to_owned),
@@ -732,6 +875,65 @@ mod tests {
         );
         assert_eq!(sdk_key(" \n"), PLACEHOLDER);
         assert_eq!(sdk_key(" a "), " a ");
+    }
+
+    fn raw(status: u16) -> aws_sdk_s3::config::http::HttpResponse {
+        aws_sdk_s3::config::http::HttpResponse::try_from(
+            http::Response::builder()
+                .status(status)
+                .body(aws_smithy_types::body::SdkBody::empty())
+                .unwrap(),
+        )
+        .unwrap()
+    }
+
+    #[test]
+    fn an_answer_that_failed_on_the_way_in_is_transient_not_rejected() {
+        use aws_sdk_s3::operation::list_objects_v2::ListObjectsV2Error as E;
+        // A 200 whose body was cut short (issue 21: answered 400 "HTTP 200").
+        let cut = SdkError::<E, _>::response_error("connection reset", raw(200));
+        assert!(matches!(map_err(cut), OriginError::Transient(_)));
+        // A 200 whose body did not parse as a listing.
+        let unparsed = SdkError::service_error(E::unhandled("bad XML"), raw(200));
+        assert!(matches!(map_err(unparsed), OriginError::Transient(_)));
+        // A 4xx stays what its status says, even when its body broke too.
+        let e = SdkError::<E, _>::response_error("reset", raw(404));
+        assert_eq!(map_err(e), OriginError::NotFound);
+        let e = SdkError::service_error(E::unhandled("?"), raw(400));
+        assert!(matches!(map_err(e), OriginError::Rejected(_)));
+    }
+
+    #[test]
+    fn list_answers_are_verified_not_defaulted() {
+        use aws_sdk_s3::types::Object;
+        assert!(xml_is_whole(
+            b"<ListBucketResult><Contents/></ListBucketResult>\n",
+            "ListBucketResult"
+        ));
+        assert!(!xml_is_whole(
+            b"<ListBucketResult><Contents/>",
+            "ListBucketResult"
+        ));
+        assert!(!xml_is_whole(b"", "ListBucketResult"));
+        let whole = Object::builder().key("k").size(7).e_tag("\"e\"").build();
+        let e = list_entry(&whole).unwrap();
+        assert_eq!(
+            (e.key.as_str(), e.size, e.etag.as_deref()),
+            ("k", 7, Some("\"e\""))
+        );
+        for bad in [
+            Object::builder().size(7).e_tag("\"e\"").build(),
+            Object::builder().key("k").e_tag("\"e\"").build(),
+            Object::builder().key("k").size(7).build(),
+            Object::builder().key("k").size(-1).e_tag("\"e\"").build(),
+        ] {
+            assert!(
+                matches!(list_entry(&bad), Err(OriginError::Protocol(_))),
+                "{bad:?}"
+            );
+        }
+        let p = aws_sdk_s3::types::CommonPrefix::builder().build();
+        assert!(prefixes(&[p]).is_err());
     }
 
     #[tokio::test]

@@ -183,6 +183,7 @@ struct Inner {
     origin_retries: Counter,
     budget_wait_seconds: Histogram,
     peer_fills: Family<PeerLabel, Counter>,
+    peer_ejected: Gauge,
     metadata: Family<MetaLabel, Counter>,
     store_bytes: Gauge,
     store_capacity: Gauge,
@@ -290,6 +291,13 @@ impl Metrics {
             "Chunks asked of their owner, by outcome: served, fallback, resumed",
             peer_fills.clone(),
         );
+        let peer_ejected = Gauge::default();
+        r.register(
+            "peer_ejected",
+            "Peers ejected now: they failed to acknowledge a fill, so their chunks are filled \
+             here until a probe succeeds",
+            peer_ejected.clone(),
+        );
         let metadata = Family::<MetaLabel, Counter>::default();
         r.register(
             "metadata_lookups",
@@ -362,6 +370,7 @@ impl Metrics {
             origin_retries,
             budget_wait_seconds,
             peer_fills,
+            peer_ejected,
             metadata,
             store_bytes,
             store_capacity,
@@ -441,6 +450,13 @@ impl Metrics {
             .peer_fills
             .get_or_create(&PeerLabel { outcome })
             .inc();
+    }
+
+    /// How many peers are ejected now (see `cluster::ejection`).
+    pub fn peers_ejected(&self, n: usize) {
+        self.0
+            .peer_ejected
+            .set(i64::try_from(n).unwrap_or(i64::MAX));
     }
 
     /// A client connection opened (+1) or closed (−1).

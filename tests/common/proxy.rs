@@ -1,7 +1,9 @@
 //! A misbehaving HTTP proxy between Shoal and the real S3 server, for faults that only exist on
 //! the wire: a proxy that drops `If-Match` (and re-signs the request, since `If-Match` is a
-//! signed header — exactly what a careless caching proxy in front of an origin does), and a body
-//! that stops flowing half-way without the connection closing.
+//! signed header — exactly what a careless caching proxy in front of an origin does), a body
+//! that stops flowing half-way without the connection closing, a body cut (the connection
+//! dropped) after some bytes, and a body rewritten — truncated, say — and re-framed with a
+//! `Content-Length` that matches, so that nothing on the wire shows it is short.
 
 use super::{ACCESS_KEY, REGION, SECRET_KEY};
 use bytes::Bytes;
@@ -26,15 +28,21 @@ pub struct Seen {
     pub if_match: Option<String>,
 }
 
+/// A change made to a whole response body.
+pub type Rewrite = Arc<dyn Fn(Bytes) -> Bytes + Send + Sync>;
+
 #[derive(Default)]
 struct Rules {
     strip_if_match: AtomicBool,
     /// (path substring, bytes): the next matching response body stops after that many bytes
     /// and never sends more; the connection stays open.
     stall: Mutex<Option<(String, usize)>>,
-    /// (path substring, bytes): the next matching GET's response body fails after that many
-    /// bytes (the connection is cut).
-    cut: Mutex<Option<(String, usize)>>,
+    /// (path substring, bytes, times): the next `times` matching GETs' response bodies fail
+    /// after that many bytes (the connection is cut).
+    cut: Mutex<Option<(String, usize, u32)>>,
+    /// (path substring, times, rewrite): the next `times` matching GETs' response bodies are
+    /// read whole, passed through `rewrite` and sent with a `Content-Length` that matches.
+    rewrite: Mutex<Option<(String, u32, Rewrite)>>,
     /// Response bodies are paced to this many bytes per second.
     throttle: Mutex<Option<u64>>,
 }
@@ -93,7 +101,26 @@ impl Proxy {
     /// The next GET whose path contains `path_part` is cut (connection dropped) after `after`
     /// bytes of body.
     pub fn cut_next(&self, path_part: &str, after: usize) {
-        *self.rules.cut.lock().unwrap() = Some((path_part.to_owned(), after));
+        self.cut_times(path_part, after, 1);
+    }
+
+    /// The next `times` GETs whose path contains `path_part` are cut (connection dropped)
+    /// after `after` bytes of body.
+    pub fn cut_times(&self, path_part: &str, after: usize, times: u32) {
+        *self.rules.cut.lock().unwrap() = (times > 0).then(|| (path_part.to_owned(), after, times));
+    }
+
+    /// The next `times` GETs whose path contains `path_part` get their whole body passed
+    /// through `rewrite`, with `Content-Length` set to match what is left (a proxy that
+    /// truncated a body and framed it as complete).
+    pub fn rewrite_times(
+        &self,
+        path_part: &str,
+        times: u32,
+        rewrite: impl Fn(Bytes) -> Bytes + Send + Sync + 'static,
+    ) {
+        *self.rules.rewrite.lock().unwrap() =
+            (times > 0).then(|| (path_part.to_owned(), times, Arc::new(rewrite) as Rewrite));
     }
 
     /// Paces every response body to `rate` bytes per second (`None`: full speed).
@@ -151,11 +178,32 @@ async fn forward(
     };
     let cut = {
         let mut c = rules.cut.lock().unwrap();
-        match c.as_ref() {
-            Some((p, n)) if parts.method == hyper::Method::GET && pq.contains(p.as_str()) => {
+        match c.as_mut() {
+            Some((p, n, times))
+                if parts.method == hyper::Method::GET && pq.contains(p.as_str()) =>
+            {
                 let n = *n;
-                *c = None;
+                *times -= 1;
+                if *times == 0 {
+                    *c = None;
+                }
                 Some(n)
+            }
+            _ => None,
+        }
+    };
+    let rewrite = {
+        let mut r = rules.rewrite.lock().unwrap();
+        match r.as_mut() {
+            Some((p, times, f))
+                if parts.method == hyper::Method::GET && pq.contains(p.as_str()) =>
+            {
+                let f = f.clone();
+                *times -= 1;
+                if *times == 0 {
+                    *r = None;
+                }
+                Some(f)
             }
             _ => None,
         }
@@ -174,14 +222,32 @@ async fn forward(
             return Ok(r);
         }
     };
-    let (parts, body) = resp.into_parts();
+    let (mut parts, body) = resp.into_parts();
+    if let Some(f) = rewrite {
+        let whole = body
+            .collect()
+            .await
+            .map(|b| b.to_bytes())
+            .unwrap_or_default();
+        let out = f(whole);
+        parts.headers.remove(hyper::header::TRANSFER_ENCODING);
+        parts
+            .headers
+            .insert(hyper::header::CONTENT_LENGTH, out.len().into());
+        let b = Full::new(out).map_err(|never| match never {}).boxed();
+        return Ok(hyper::Response::from_parts(parts, b));
+    }
     let data = body.into_data_stream();
     let rate = *rules.throttle.lock().unwrap();
     let frames = futures_util::stream::unfold(
         (data, stall.or(cut).unwrap_or(usize::MAX)),
         move |(mut data, left)| async move {
             if left == 0 && cut.is_some() {
-                // The cut: the body fails, and with it the connection.
+                // The cut: the body fails, and with it the connection. First a pause, so that
+                // the status line, the headers and the bytes before the cut are on the wire
+                // (hyper drops what it has not flushed when a body fails): the client sees a
+                // 200 whose body breaks, not a connection that never answered.
+                tokio::time::sleep(std::time::Duration::from_millis(50)).await;
                 return Some((
                     Err(std::io::Error::other("cut by the test proxy")),
                     (data, 0),
