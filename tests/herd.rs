@@ -788,3 +788,89 @@ async fn a_404_on_a_later_chunk_forgets_the_object() {
     shoal.assert_budget_returns().await;
     shoal.stop().await;
 }
+
+/// Issue 21, "no wait without a bound": the shape of the herd test that once hung CI — 16 slow
+/// readers of one large object, a memory store so small that readahead chunks are evicted
+/// before their readers reach them, and a byte budget that is spent. Every response must end
+/// within a bound: complete and exact, or honestly short (never complete-looking and wrong),
+/// and the budget must come back. Before the fix a reader that caught up with a readahead
+/// request parked in a queue waited with no deadline at all
+/// (`object::tests::a_chunk_that_never_opens_ends_the_response` pins that cause). It also
+/// found a budget leak: a chunk the memory store refused (admission) kept its pieces, still
+/// charged to the budget, alive in moka's deferred garbage until later cache traffic happened
+/// to free them (`store::memory::tests::a_refused_chunk_lets_go_of_its_pieces_at_once`).
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn sixteen_slow_readers_with_evicted_readahead_and_a_spent_budget_all_end() {
+    let g = garage();
+    let c = client(&g.endpoint);
+    let b = bucket(&c, "hang").await;
+    let want = Arc::new(data(24 * MIB, 21));
+    put(&c, &b, "big", (*want).clone()).await;
+    let mut cfg = config(g);
+    cfg.chunk.tiers.clear();
+    cfg.store.capacity = shoal::config::ByteSize(3 * MIB as u64);
+    cfg.fill.buffer_budget = shoal::config::ByteSize(4 * MIB as u64);
+    cfg.fill.queue_timeout = shoal::config::Dur(Duration::from_millis(500));
+    cfg.fill.retry.max_total = shoal::config::Dur(Duration::from_secs(3));
+    let origin = Faulty::new(s3_origin(&cfg).await);
+    let shoal = Arc::new(Shoal::start(&cfg, origin.clone()).await);
+    let mut readers = tokio::task::JoinSet::new();
+    for i in 0..16u64 {
+        let (shoal, b, want) = (shoal.clone(), b.clone(), want.clone());
+        readers.spawn(async move {
+            let r = shoal.get(&format!("{b}/big")).await;
+            let status = r.status().as_u16();
+            let mut s = r.bytes_stream();
+            let mut got = 0usize;
+            let mut broken = false;
+            while let Some(piece) = s.next().await {
+                match piece {
+                    Ok(p) => {
+                        assert!(
+                            p[..] == want[got..got + p.len()],
+                            "reader {i}: wrong bytes at {got}"
+                        );
+                        got += p.len();
+                        // ~2 MB/s, each reader on its own schedule.
+                        tokio::time::sleep(Duration::from_millis(5 + i)).await;
+                    }
+                    Err(_) => {
+                        broken = true;
+                        break;
+                    }
+                }
+            }
+            (status, got, broken)
+        });
+    }
+    let mut outcomes = Vec::new();
+    let all = async {
+        while let Some(r) = readers.join_next().await {
+            outcomes.push(r.unwrap());
+        }
+    };
+    if tokio::time::timeout(Duration::from_secs(240), all)
+        .await
+        .is_err()
+    {
+        panic!("a reader made no end within 240 s: {outcomes:?}");
+    }
+    for (status, got, broken) in &outcomes {
+        match status {
+            200 => assert!(
+                *got == want.len() || *broken,
+                "a body ended short without an error: {got} bytes"
+            ),
+            503 => {}
+            s => panic!("unexpected status {s}"),
+        }
+    }
+    assert!(
+        outcomes
+            .iter()
+            .any(|(s, got, _)| *s == 200 && *got == want.len()),
+        "some readers got the whole object: {outcomes:?}"
+    );
+    shoal.assert_budget_returns().await;
+    Arc::try_unwrap(shoal).ok().unwrap().stop().await;
+}

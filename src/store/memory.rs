@@ -11,6 +11,13 @@
 //! on which the read path continues from the origin at the exact byte reached. So a slow client
 //! pins at most the one piece it is being sent, never a whole evicted chunk: the memory the
 //! store uses stays within its capacity plus one piece per connection.
+//!
+//! A chunk moka removes — evicted, refused at commit, replaced — lets go of its pieces at once,
+//! in the eviction listener. moka itself frees a removed value only when the epoch-based
+//! garbage collection of its hash table runs, which takes later cache traffic: until then an
+//! evicted chunk would still be readable and, worse, a refused chunk (whose pieces are still
+//! charged to the fill budget: only a kept chunk's charge is handed over) would hold its share
+//! of the budget for as long as the cache stays quiet.
 
 use super::{range_ok, ChunkStore, ChunkWriter, Committed, StoreError, StoreStats};
 use crate::budget::PIECE;
@@ -22,25 +29,44 @@ use bytes::Bytes;
 use futures_util::StreamExt;
 use std::ops::Range;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Weak};
+use std::sync::{Arc, Mutex, Weak};
 
 /// One committed chunk: its pieces and where each starts.
 struct Stored {
-    pieces: Vec<Bytes>,
+    /// Emptied when the cache removes the chunk ([`Stored::release`]).
+    pieces: Mutex<Vec<Bytes>>,
     starts: Vec<u64>,
     len: u64,
 }
 
+/// The chunk was removed from the store.
+struct Gone;
+
 impl Stored {
-    /// The bytes from `pos` to at most `end` that one piece holds (at most [`PIECE`]).
-    fn piece_at(&self, pos: u64, end: u64) -> Option<Bytes> {
-        let i = self.starts.partition_point(|&s| s <= pos).checked_sub(1)?;
-        let p = self.pieces.get(i)?;
+    /// The bytes from `pos` to at most `end` that one piece holds (at most [`PIECE`]); `None`
+    /// if the index has no such piece.
+    fn piece_at(&self, pos: u64, end: u64) -> Result<Option<Bytes>, Gone> {
+        let pieces = crate::layer::lock(&self.pieces);
+        if pieces.is_empty() && self.len > 0 {
+            return Err(Gone);
+        }
+        let Some(i) = self.starts.partition_point(|&s| s <= pos).checked_sub(1) else {
+            return Ok(None);
+        };
+        let Some(p) = pieces.get(i) else {
+            return Ok(None);
+        };
         let lo = (pos - self.starts[i]) as usize;
         let hi = (p.len())
             .min(lo + PIECE)
             .min((end - self.starts[i]) as usize);
-        (lo < hi).then(|| p.slice(lo..hi))
+        Ok((lo < hi).then(|| p.slice(lo..hi)))
+    }
+
+    /// The cache removed this chunk: its pieces go now, not when moka frees the value.
+    fn release(&self) {
+        let pieces = std::mem::take(&mut *crate::layer::lock(&self.pieces));
+        drop(pieces);
     }
 }
 
@@ -63,10 +89,12 @@ impl MemoryStore {
             cache: moka::sync::Cache::builder()
                 .max_capacity(capacity)
                 .weigher(|_k: &ChunkKey, v: &Arc<Stored>| u32::try_from(v.len).unwrap_or(u32::MAX))
-                .eviction_listener(move |_k, _v, cause| {
+                .eviction_listener(move |_k, v: Arc<Stored>, cause| {
                     if cause == moka::notification::RemovalCause::Size {
                         s2.fetch_add(1, Ordering::Relaxed);
                     }
+                    // Whatever the cause (see the module docs).
+                    v.release();
                 })
                 .build(),
             failed_commits: Arc::default(),
@@ -87,16 +115,21 @@ impl Reader {
         if self.pos >= self.end {
             return None;
         }
+        let evicted = || Some(Err(Error::Store("chunk evicted while being read".into())));
         let Some(chunk) = self.chunk.upgrade() else {
             self.pos = self.end;
-            return Some(Err(Error::Store("chunk evicted while being read".into())));
+            return evicted();
         };
         match chunk.piece_at(self.pos, self.end) {
-            Some(b) => {
+            Ok(Some(b)) => {
                 self.pos += b.len() as u64;
                 Some(Ok(b))
             }
-            None => {
+            Err(Gone) => {
+                self.pos = self.end;
+                evicted()
+            }
+            Ok(None) => {
                 self.pos = self.end;
                 Some(Err(Error::internal(
                     "memory chunk shorter than its index says",
@@ -207,7 +240,7 @@ impl ChunkWriter for MemoryWriter {
         }
         let cache = self.store.cache.clone();
         let chunk = Arc::new(Stored {
-            pieces: self.pieces,
+            pieces: Mutex::new(self.pieces),
             starts: self.starts,
             len: self.written,
         });
@@ -220,5 +253,104 @@ impl ChunkWriter for MemoryWriter {
             self.store.refused.fetch_add(1, Ordering::Relaxed);
             Ok(Committed::Refused)
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::budget::{Budget, ChunkCharge};
+
+    const CHUNK: u64 = 1 << 20;
+
+    fn key(index: u64) -> ChunkKey {
+        ChunkKey {
+            origin_id: "o".into(),
+            bucket: "b".into(),
+            key: "k".into(),
+            etag: "e".into(),
+            chunk_size: CHUNK,
+            index,
+        }
+    }
+
+    /// Commits chunk `index` made of `pieces`.
+    async fn commit(store: &MemoryStore, index: u64, pieces: Vec<Bytes>) -> Committed {
+        let mut w = store.begin(&key(index), CHUNK).await.unwrap();
+        for p in pieces {
+            w.write(p).await.unwrap();
+        }
+        w.commit().await.unwrap()
+    }
+
+    /// A whole chunk of pieces charged to `budget`, as a fill cuts them. The charge is never
+    /// transferred here: the budget shows whether any of the pieces is still alive.
+    async fn charged(budget: &Budget) -> Vec<Bytes> {
+        let charge = ChunkCharge::new(budget.reserve(CHUNK, None, None).await.unwrap());
+        let pieces = (0..CHUNK as usize / PIECE)
+            .map(|_| charge.piece(&[Bytes::from(vec![7u8; PIECE])]))
+            .collect();
+        charge.finish();
+        pieces
+    }
+
+    fn plain() -> Vec<Bytes> {
+        vec![Bytes::from(vec![1u8; CHUNK as usize])]
+    }
+
+    /// Regression: moka frees a removed value only when its epoch-based garbage collection
+    /// runs, which needs later cache traffic. A chunk the admission policy refused kept its
+    /// pieces — still charged to the budget, since only a kept chunk's charge is transferred —
+    /// alive until then: after a quiet end, the budget never came back (found by the herd
+    /// test `sixteen_slow_readers_with_evicted_readahead_and_a_spent_budget_all_end`).
+    #[tokio::test]
+    async fn a_refused_chunk_lets_go_of_its_pieces_at_once() {
+        let store = MemoryStore::new(2 * CHUNK);
+        for i in 0..2 {
+            assert_eq!(commit(&store, i, plain()).await, Committed::Kept);
+            for _ in 0..8 {
+                assert!(store.get(&key(i), 0..1).await.unwrap().is_some());
+            }
+        }
+        let budget = Budget::new(CHUNK);
+        let pieces = charged(&budget).await;
+        assert_eq!(commit(&store, 9, pieces).await, Committed::Refused);
+        assert!(!store.contains(&key(9)));
+        assert_eq!(
+            budget.available(),
+            CHUNK,
+            "the store still holds pieces of a chunk it refused"
+        );
+    }
+
+    /// An evicted chunk's pieces go at once too (the store's memory stays within its
+    /// capacity), and a reader that was reading it learns that it is gone.
+    #[tokio::test]
+    async fn an_evicted_chunk_lets_go_of_its_pieces_at_once() {
+        let store = MemoryStore::new(2 * CHUNK);
+        let budget = Budget::new(CHUNK);
+        assert_eq!(
+            commit(&store, 0, charged(&budget).await).await,
+            Committed::Kept
+        );
+        let mut reader = store.get(&key(0), 0..CHUNK).await.unwrap().unwrap();
+        assert_eq!(reader.next().await.unwrap().unwrap().len(), PIECE);
+        assert_eq!(commit(&store, 1, plain()).await, Committed::Kept);
+        // A chunk wanted more often than chunk 0 takes its place.
+        for _ in 0..8 {
+            store.wanted(&key(2));
+        }
+        assert_eq!(commit(&store, 2, plain()).await, Committed::Kept);
+        assert!(!store.contains(&key(0)), "chunk 0 was evicted");
+        assert!(
+            matches!(reader.next().await, Some(Err(Error::Store(_)))),
+            "the reader of an evicted chunk continues elsewhere"
+        );
+        drop(reader);
+        assert_eq!(
+            budget.available(),
+            CHUNK,
+            "the store still holds pieces of an evicted chunk"
+        );
     }
 }
