@@ -6,7 +6,7 @@
 use bytes::Bytes;
 use criterion::{criterion_group, criterion_main, BenchmarkId, Criterion, Throughput};
 use futures_util::StreamExt;
-use shoal::chunk::{chunk_size_for, slices, ChunkKey, Tier};
+use shoal::model::{chunk_size_for, slices, ChunkKey, Tier};
 use shoal::s3::range;
 use shoal::store::{ChunkStore, DiskStore, MemoryStore};
 use std::hint::black_box;

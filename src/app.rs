@@ -1,26 +1,26 @@
 //! Wiring: origin, store, the two stacks, the listeners, and shutdown.
 
-use crate::budget::Budget;
-use crate::chunk::ChunkRequest;
 use crate::cluster::internal::{InternalState, PeerClient, PeerTimeouts, Secret};
 use crate::cluster::{self, HotCache, Member, Membership, Tiered};
 use crate::config::{Config, OriginKind, StoreKind};
 use crate::error::{Error, OriginError, ShoalClassify};
-use crate::fill::{Fill, FillBody, FillConfig};
 use crate::layer::negative_cache::Lookup;
 use crate::layer::peer::PeerEvent;
 use crate::layer::{
     ConcurrencyLimitLayer, NegativeCacheLayer, PeerRoutingLayer, RetryPolicy,
     RetryUntilCommitLayer, SingleflightLayer,
 };
-use crate::lookup::{OriginService, StoreLookupLayer};
-use crate::object::{
-    require_etag, ChunkService, FirstRead, InvalidateFn, MetaRequest, MetaService, ObjectRef,
-    ObjectService, ReadPolicy,
-};
 use crate::origin::{
     ByteStream, LatencyWindow, LocalOrigin, Origin, OriginRanges, Prefetched, RangeRequest,
     S3Origin,
+};
+use crate::read::budget::Budget;
+use crate::read::chunk::ChunkRequest;
+use crate::read::fill::{Fill, FillBody, FillConfig};
+use crate::read::lookup::{OriginService, StoreLookupLayer};
+use crate::read::object::{
+    require_etag, ChunkService, FirstRead, InvalidateFn, MetaRequest, MetaService, ObjectRef,
+    ObjectService, ReadPolicy,
 };
 use crate::s3::{self, S3State};
 use crate::server::Limits;
@@ -245,7 +245,7 @@ pub fn object_service(
     let o = origin.clone();
     let (prefetched, membership) = (shared.prefetched.clone(), shared.membership.clone());
     let base_chunk = cfg.chunk.size.0;
-    let (origin_id, tiers): (Arc<str>, Arc<[crate::chunk::Tier]>) =
+    let (origin_id, tiers): (Arc<str>, Arc<[crate::model::Tier]>) =
         (cfg.origin.id.as_str().into(), cfg.chunk.tiers().into());
     let stored = store.clone();
     let head = tower::service_fn(move |r: MetaRequest| {
@@ -273,14 +273,15 @@ pub fn object_service(
                         let first_byte = asked.elapsed();
                         let meta = require_etag(meta)?;
                         let chunk_size =
-                            crate::chunk::chunk_size_for(meta.size, base_chunk, &tiers);
+                            crate::model::chunk_size_for(meta.size, base_chunk, &tiers);
                         // The bytes the answer carries, and whether a read will ask the origin
                         // for exactly those: the first chunk's fill; for a suffix, the direct
                         // read of a range deep in its chunk, or the fill of a one-chunk object.
                         let (bytes, taken) = match first_read {
                             FirstRead::Suffix(n) => {
                                 let start = meta.size - n.min(meta.size);
-                                let deep = start % chunk_size >= crate::lookup::DIRECT_RANGE_AFTER;
+                                let deep =
+                                    start % chunk_size >= crate::read::lookup::DIRECT_RANGE_AFTER;
                                 (
                                     start..meta.size,
                                     deep || (start == 0 && meta.size <= chunk_size),
@@ -294,7 +295,7 @@ pub fn object_service(
                             || (bytes.start == 0 && bytes.end == meta.size);
                         // Metadata can expire while the chunk stays stored: then no read would
                         // take the answer, and dropping it now closes it at once.
-                        let at = crate::chunk::ChunkKey {
+                        let at = crate::model::ChunkKey {
                             origin_id,
                             bucket: r.object.bucket.clone(),
                             key: r.object.key.clone(),

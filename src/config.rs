@@ -5,7 +5,7 @@
 //! worse than one that refuses to start: the operator finds out from an outage instead of from
 //! the deploy.
 
-use crate::chunk::{Tier, MIN_CHUNK_SIZE};
+use crate::model::{Tier, MIN_CHUNK_SIZE};
 use figment::providers::{Env, Format, Serialized, Toml};
 use figment::Figment;
 use serde::{Deserialize, Deserializer, Serialize, Serializer};

@@ -44,25 +44,19 @@ pub mod layer;
 #[cfg(feature = "server")]
 pub mod app;
 #[cfg(feature = "server")]
-pub mod budget;
-#[cfg(feature = "server")]
-pub mod chunk;
-#[cfg(feature = "server")]
 pub mod cluster;
 #[cfg(feature = "server")]
 pub mod config;
 #[cfg(feature = "server")]
 pub mod error;
-#[cfg(feature = "server")]
-pub mod fill;
 #[cfg(all(test, feature = "server"))]
 mod fuzz;
 #[cfg(feature = "server")]
-pub mod lookup;
-#[cfg(feature = "server")]
-pub mod object;
+pub mod model;
 #[cfg(feature = "server")]
 pub mod origin;
+#[cfg(feature = "server")]
+pub mod read;
 #[cfg(feature = "server")]
 pub mod s3;
 #[cfg(feature = "server")]

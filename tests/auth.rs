@@ -1281,7 +1281,7 @@ async fn the_internal_fill_keeps_to_the_bucket_allowlist() {
     cfg.cluster.secret = Some(secret.into());
     let origin = Faulty::new(s3_origin(&cfg).await);
     let shoal = Shoal::start(&cfg, origin.clone()).await;
-    let key = shoal::chunk::ChunkKey {
+    let key = shoal::model::ChunkKey {
         origin_id: cfg.origin.id.as_str().into(),
         bucket: outside.as_str().into(),
         key: "k".into(),
@@ -1289,7 +1289,7 @@ async fn the_internal_fill_keeps_to_the_bucket_allowlist() {
         chunk_size: MIB as u64,
         index: 0,
     };
-    let req = shoal::chunk::ChunkRequest::whole(key, 1000);
+    let req = shoal::read::chunk::ChunkRequest::whole(key, 1000);
     let pq = format!("/internal/fill?{}", encode(&req));
     let now = SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)

@@ -97,8 +97,8 @@ fn zz_crash_writer_process() {
     });
 }
 
-fn crash_key() -> shoal::chunk::ChunkKey {
-    shoal::chunk::ChunkKey {
+fn crash_key() -> shoal::model::ChunkKey {
+    shoal::model::ChunkKey {
         origin_id: "crash".into(),
         bucket: "b".into(),
         key: "k".into(),
@@ -207,7 +207,7 @@ async fn flipped_bytes_are_detected_and_refilled() {
 async fn an_evicted_chunk_file_is_not_held_open() {
     let dir = tempfile::tempdir().unwrap();
     let store = DiskStore::open(dir.path(), 4 * MIB as u64).unwrap();
-    let key = |i: u64| shoal::chunk::ChunkKey {
+    let key = |i: u64| shoal::model::ChunkKey {
         origin_id: "o".into(),
         bucket: "b".into(),
         key: format!("k{i}").into(),

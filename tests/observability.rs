@@ -501,8 +501,8 @@ otlp_endpoint = "{otlp}"
 /// A's call to B, B's internal fill, B's origin GET — with every parent link right.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_get_through_a_peer_is_one_trace_across_both_replicas() {
-    use shoal::chunk::ChunkKey;
     use shoal::cluster::rendezvous::{owner, Member};
+    use shoal::model::ChunkKey;
     let g = garage();
     let c = client(&g.endpoint);
     let b = bucket(&c, "traces").await;

@@ -215,22 +215,22 @@ struct Inconsistent {
 impl shoal::store::ChunkStore for Inconsistent {
     async fn get(
         &self,
-        key: &shoal::chunk::ChunkKey,
+        key: &shoal::model::ChunkKey,
         range: std::ops::Range<u64>,
     ) -> Result<Option<shoal::origin::ByteStream>, shoal::store::StoreError> {
         self.inner.get(key, range).await
     }
     async fn begin(
         &self,
-        key: &shoal::chunk::ChunkKey,
+        key: &shoal::model::ChunkKey,
         len: u64,
     ) -> Result<Box<dyn shoal::store::ChunkWriter>, shoal::store::StoreError> {
         self.inner.begin(key, len).await
     }
-    fn contains(&self, key: &shoal::chunk::ChunkKey) -> bool {
+    fn contains(&self, key: &shoal::model::ChunkKey) -> bool {
         self.inner.contains(key)
     }
-    async fn present(&self, _key: &shoal::chunk::ChunkKey) -> bool {
+    async fn present(&self, _key: &shoal::model::ChunkKey) -> bool {
         true
     }
     fn is_shared(&self) -> bool {
@@ -334,7 +334,7 @@ async fn a_read_cut_mid_chunk_from_the_store_still_gives_exact_bytes() {
         .unwrap()
         .trim_matches('"')
         .to_owned();
-    let first = shoal::chunk::ChunkKey {
+    let first = shoal::model::ChunkKey {
         origin_id: "itest".into(),
         bucket: ob.as_str().into(),
         key: "obj".into(),

@@ -2,7 +2,7 @@
 
 use bytes::Bytes;
 use futures_util::StreamExt;
-use shoal::chunk::ChunkKey;
+use shoal::model::ChunkKey;
 use shoal::store::{ChunkStore, Committed, DiskStore, MemoryStore, StoreError};
 use std::sync::Arc;
 

@@ -35,11 +35,12 @@
 use super::ejection::Ejections;
 use super::membership::Membership;
 use super::rendezvous::Member;
-use crate::chunk::{ChunkKey, ChunkRequest, MIN_CHUNK_SIZE};
 use crate::error::Error;
 use crate::layer::gate::Wait;
-use crate::object::ChunkService;
+use crate::model::{ChunkKey, MIN_CHUNK_SIZE};
 use crate::origin::ByteStream;
+use crate::read::chunk::ChunkRequest;
+use crate::read::object::ChunkService;
 use axum::body::Body;
 use axum::extract::{Request, State};
 use axum::response::Response;

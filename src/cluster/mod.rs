@@ -31,7 +31,7 @@ pub mod rendezvous;
 pub use membership::Membership;
 pub use rendezvous::Member;
 
-use crate::chunk::ChunkKey;
+use crate::model::ChunkKey;
 use crate::origin::ByteStream;
 use crate::store::{ChunkStore, ChunkWriter, StoreError, StoreStats};
 

@@ -451,7 +451,7 @@ impl RangeRequest {
 impl RangeRequest {
     /// The origin read behind a chunk request: its range, pinned to its version, with its
     /// priority and wait.
-    pub fn for_chunk(r: crate::chunk::ChunkRequest) -> Self {
+    pub fn for_chunk(r: crate::read::chunk::ChunkRequest) -> Self {
         let k = &r.key;
         RangeRequest {
             bucket: k.bucket.clone(),

@@ -14,10 +14,10 @@ pub mod range;
 pub mod xml;
 
 use crate::error::{Error, OriginError};
-use crate::object::ObjectService;
 use crate::origin::{
     BucketInfo, BucketList, ListRequest, ListVersion, ObjectMeta, Origin, RawRequest, Selector,
 };
+use crate::read::object::ObjectService;
 use crate::telemetry::metrics::{MetaResult, Metrics, Op, Report};
 use axum::body::Body;
 use axum::extract::{Request, State};
@@ -848,18 +848,18 @@ async fn object_op(
     // a suffix range (`bytes=-N`) from the GET of those bytes (not a version or a part, and
     // not when the client wants the checksums a HEAD gives).
     let first_read = if head || !sel.is_current() || checksums_wanted {
-        crate::object::FirstRead::Unknown
+        crate::read::object::FirstRead::Unknown
     } else {
         match headers
             .get(http::header::RANGE)
             .and_then(|v| v.to_str().ok())
             .map(str::trim)
         {
-            None => crate::object::FirstRead::FirstChunk,
-            Some(r) if r.starts_with("bytes=0-") => crate::object::FirstRead::FirstChunk,
+            None => crate::read::object::FirstRead::FirstChunk,
+            Some(r) if r.starts_with("bytes=0-") => crate::read::object::FirstRead::FirstChunk,
             Some(r) => match r.strip_prefix("bytes=-").map(|n| n.trim().parse::<u64>()) {
-                Some(Ok(n)) if n > 0 => crate::object::FirstRead::Suffix(n),
-                _ => crate::object::FirstRead::Unknown,
+                Some(Ok(n)) if n > 0 => crate::read::object::FirstRead::Suffix(n),
+                _ => crate::read::object::FirstRead::Unknown,
             },
         }
     };
@@ -879,7 +879,7 @@ async fn object_op(
                     key,
                     &sel,
                     Some(report),
-                    crate::object::FirstRead::Unknown,
+                    crate::read::object::FirstRead::Unknown,
                 )
                 .await
                 .map_err(|e| map(&e))?;

@@ -20,10 +20,10 @@
 //! of the budget for as long as the cache stays quiet.
 
 use super::{range_ok, ChunkStore, ChunkWriter, Committed, StoreError, StoreStats};
-use crate::budget::PIECE;
-use crate::chunk::ChunkKey;
 use crate::error::Error;
+use crate::model::ChunkKey;
 use crate::origin::ByteStream;
+use crate::read::budget::PIECE;
 use async_trait::async_trait;
 use bytes::Bytes;
 use futures_util::StreamExt;
@@ -259,7 +259,7 @@ impl ChunkWriter for MemoryWriter {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::budget::{Budget, ChunkCharge};
+    use crate::read::budget::{Budget, ChunkCharge};
 
     const CHUNK: u64 = 1 << 20;
 

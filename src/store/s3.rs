@@ -19,9 +19,9 @@
 //! - **Capacity** is the bucket's business (lifecycle rules), not Shoal's.
 
 use super::{ChunkStore, ChunkWriter, Committed, StoreError, StoreStats};
-use crate::chunk::ChunkKey;
 use crate::config::StoreConfig;
 use crate::error::Error;
+use crate::model::ChunkKey;
 use crate::origin::ByteStream;
 use async_trait::async_trait;
 use aws_sdk_s3::error::{ProvideErrorMetadata, SdkError};

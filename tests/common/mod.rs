@@ -708,19 +708,19 @@ impl shoal::store::ChunkWriter for HangingWriter {
 impl shoal::store::ChunkStore for HangingStore {
     async fn get(
         &self,
-        key: &shoal::chunk::ChunkKey,
+        key: &shoal::model::ChunkKey,
         range: std::ops::Range<u64>,
     ) -> Result<Option<shoal::origin::ByteStream>, shoal::store::StoreError> {
         self.inner.get(key, range).await
     }
     async fn begin(
         &self,
-        _key: &shoal::chunk::ChunkKey,
+        _key: &shoal::model::ChunkKey,
         _len: u64,
     ) -> Result<Box<dyn shoal::store::ChunkWriter>, shoal::store::StoreError> {
         Ok(Box::new(HangingWriter))
     }
-    fn contains(&self, key: &shoal::chunk::ChunkKey) -> bool {
+    fn contains(&self, key: &shoal::model::ChunkKey) -> bool {
         self.inner.contains(key)
     }
     fn stats(&self) -> shoal::store::StoreStats {

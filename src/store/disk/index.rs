@@ -1,7 +1,7 @@
 //! What the store knows it holds: chunk identities, and letting files go.
 
 use super::DiskStore;
-use crate::chunk::ChunkKey;
+use crate::model::ChunkKey;
 use std::path::PathBuf;
 use std::sync::atomic::Ordering;
 use std::sync::Arc;

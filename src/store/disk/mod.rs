@@ -53,7 +53,7 @@ mod scan;
 mod write;
 
 use super::{ChunkStore, ChunkWriter, StoreError, StoreStats};
-use crate::chunk::ChunkKey;
+use crate::model::ChunkKey;
 use crate::origin::ByteStream;
 use async_trait::async_trait;
 use bytes::Bytes;

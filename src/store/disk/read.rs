@@ -3,8 +3,8 @@
 use super::format::Footer;
 use super::index::ChunkId;
 use super::{io, DiskStore, Handle, BLOCK, READ_AHEAD, SMALL_CHUNK};
-use crate::chunk::ChunkKey;
 use crate::error::Error;
+use crate::model::ChunkKey;
 use crate::origin::ByteStream;
 use crate::store::{range_ok, StoreError};
 use bytes::{Bytes, BytesMut};

@@ -3,7 +3,7 @@
 use super::format::Footer;
 use super::index::{ChunkId, Unlink};
 use super::{io, DiskStore, BLOCK, READ_AHEAD};
-use crate::chunk::ChunkKey;
+use crate::model::ChunkKey;
 use crate::store::{ChunkWriter, Committed, StoreError};
 use async_trait::async_trait;
 use bytes::{Bytes, BytesMut};

@@ -22,10 +22,11 @@
 //! any chunk is read makes Shoal forget its cached metadata for that version at once, so the
 //! next request sees the new version instead of failing until `metadata.ttl` runs out.
 
-use crate::chunk::{chunk_size_for, slices, ChunkKey, ChunkRequest, Tier};
 use crate::error::{Error, OriginError};
 use crate::layer::gate::{Priority, Wait};
+use crate::model::{chunk_size_for, slices, ChunkKey, Tier};
 use crate::origin::{ByteStream, ObjectMeta, Selector};
+use crate::read::chunk::ChunkRequest;
 use crate::store::ChunkStore;
 use crate::telemetry::metrics::{CacheStatus, Report, Source};
 use bytes::Bytes;

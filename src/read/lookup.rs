@@ -23,10 +23,11 @@
 //! for presence and a fill is joined or started at low priority. The returned stream does its
 //! work when it is first polled, by which time the reader has raised the request's priority.
 
-use crate::chunk::{ChunkKey, ChunkRequest};
 use crate::error::Error;
 use crate::layer::singleflight::Progress;
+use crate::model::ChunkKey;
 use crate::origin::{ByteStream, RangeRequest};
+use crate::read::chunk::ChunkRequest;
 use crate::store::ChunkStore;
 use crate::telemetry::metrics::{Metrics, Source};
 use bytes::Bytes;
@@ -53,7 +54,7 @@ const MAX_SWITCHES: u32 = 4;
 /// Applies [`StoreLookup`] with a shared store.
 ///
 /// ```
-/// use shoal::lookup::StoreLookupLayer;
+/// use shoal::read::lookup::StoreLookupLayer;
 /// use shoal::store::MemoryStore;
 /// use std::sync::Arc;
 /// // Hits come from a 64 MiB memory store; misses go to the service below.

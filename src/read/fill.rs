@@ -4,7 +4,7 @@
 //! waiting too long is `SlowDown`), then asks its source: the chunk's owner in a cluster, or
 //! the origin stack ([`crate::layer::PeerRouting`] decides). Incoming frames are coalesced
 //! into pieces of at most [`PIECE`] bytes, each charged to the budget until it is freed (see
-//! [`crate::budget`]): whatever frames are ready are copied together, so a fast origin gives
+//! [`crate::read::budget`]): whatever frames are ready are copied together, so a fast origin gives
 //! few large pieces (fewer wake-ups for joiners) and a slow one gives its bytes on at once.
 //!
 //! Each piece goes to the reader (in practice the singleflight buffer every waiting client
@@ -19,14 +19,14 @@
 //! singleflight learns whether the chunk is now durable in the store ([`FillBody::is_durable`])
 //! and can release its buffer.
 
-use crate::budget::{Budget, ChunkCharge, PIECE};
-use crate::chunk::ChunkRequest;
 use crate::cluster::HotCache;
 use crate::error::{Error, OriginError};
 use crate::layer::gate::Wait;
 use crate::layer::peer::Routed;
 use crate::layer::retry::Truncated;
 use crate::origin::ByteStream;
+use crate::read::budget::{Budget, ChunkCharge, PIECE};
+use crate::read::chunk::ChunkRequest;
 use crate::store::{ChunkStore, ChunkWriter, Committed};
 use crate::telemetry::metrics::{Metrics, Source};
 use bytes::Bytes;
@@ -480,8 +480,8 @@ where
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::chunk::ChunkKey;
     use crate::layer::{PeerRouting, PeerRoutingLayer};
+    use crate::model::ChunkKey;
     use crate::origin::RangeRequest;
     use crate::store::MemoryStore;
     use futures_util::stream;
