@@ -37,8 +37,8 @@ use super::membership::Membership;
 use super::rendezvous::Member;
 use crate::error::Error;
 use crate::layer::gate::Wait;
+use crate::model::ByteStream;
 use crate::model::{ChunkKey, MIN_CHUNK_SIZE};
-use crate::origin::ByteStream;
 use crate::read::chunk::ChunkRequest;
 use crate::read::object::ChunkService;
 use axum::body::Body;
@@ -152,7 +152,7 @@ fn now_secs() -> u64 {
         .map_or(0, |d| d.as_secs())
 }
 
-use crate::origin::encode_component as enc;
+use crate::model::encode_component as enc;
 
 /// The query string of an internal fill for `req` (fields in a fixed order).
 pub fn encode(req: &ChunkRequest) -> String {

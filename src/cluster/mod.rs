@@ -31,8 +31,8 @@ pub mod rendezvous;
 pub use membership::Membership;
 pub use rendezvous::Member;
 
+use crate::model::ByteStream;
 use crate::model::ChunkKey;
-use crate::origin::ByteStream;
 use crate::store::{ChunkStore, ChunkWriter, StoreError, StoreStats};
 
 use async_trait::async_trait;

@@ -24,7 +24,7 @@ use crate::error::{Error, OriginError};
 use crate::layer::gate::Wait;
 use crate::layer::peer::Routed;
 use crate::layer::retry::Truncated;
-use crate::origin::ByteStream;
+use crate::model::ByteStream;
 use crate::read::budget::{Budget, ChunkCharge, PIECE};
 use crate::read::chunk::ChunkRequest;
 use crate::store::{ChunkStore, ChunkWriter, Committed};

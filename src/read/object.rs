@@ -25,7 +25,7 @@
 use crate::error::{Error, OriginError};
 use crate::layer::gate::{Priority, Wait};
 use crate::model::{chunk_size_for, slices, ChunkKey, Tier};
-use crate::origin::{ByteStream, ObjectMeta, Selector};
+use crate::model::{ByteStream, ObjectMeta, Selector};
 use crate::read::chunk::ChunkRequest;
 use crate::store::ChunkStore;
 use crate::telemetry::metrics::{CacheStatus, Report, Source};

@@ -3,7 +3,7 @@
 //! Written by hand rather than through a serializer: the documents are small and fixed, and
 //! S3 clients are picky about element order, which a hand-written writer keeps obvious.
 
-use crate::origin::{ListPage, ListRequest, ListVersion};
+use crate::model::{ListPage, ListRequest, ListVersion};
 use crate::wire::format_date;
 use std::fmt::Write;
 use std::time::SystemTime;
@@ -151,7 +151,7 @@ pub fn list_result(bucket: &str, req: &ListRequest, page: &ListPage) -> String {
 }
 
 /// `ListAllMyBucketsResult` naming `buckets`.
-pub fn bucket_list(list: &crate::origin::BucketList) -> String {
+pub fn bucket_list(list: &crate::model::BucketList) -> String {
     let mut out = String::from(DECL);
     let _ = write!(out, "<ListAllMyBucketsResult xmlns=\"{NS}\">");
     // The origin's owner when it named one; else Shoal (an origin without owners).

@@ -21,8 +21,8 @@
 
 use super::{range_ok, ChunkStore, ChunkWriter, Committed, StoreError, StoreStats};
 use crate::error::Error;
+use crate::model::ByteStream;
 use crate::model::ChunkKey;
-use crate::origin::ByteStream;
 use crate::read::budget::PIECE;
 use async_trait::async_trait;
 use bytes::Bytes;

@@ -13,8 +13,8 @@ pub use disk::DiskStore;
 pub use memory::MemoryStore;
 pub use s3::{S3Store, MULTIPART_FROM, PART_SIZE};
 
+use crate::model::ByteStream;
 use crate::model::ChunkKey;
-use crate::origin::ByteStream;
 use async_trait::async_trait;
 use bytes::Bytes;
 use std::ops::Range;

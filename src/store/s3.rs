@@ -21,8 +21,8 @@
 use super::{ChunkStore, ChunkWriter, Committed, StoreError, StoreStats};
 use crate::config::StoreConfig;
 use crate::error::Error;
+use crate::model::ByteStream;
 use crate::model::ChunkKey;
-use crate::origin::ByteStream;
 use async_trait::async_trait;
 use aws_sdk_s3::error::{ProvideErrorMetadata, SdkError};
 use aws_sdk_s3::Client;

@@ -53,8 +53,8 @@ mod scan;
 mod write;
 
 use super::{ChunkStore, ChunkWriter, StoreError, StoreStats};
+use crate::model::ByteStream;
 use crate::model::ChunkKey;
-use crate::origin::ByteStream;
 use async_trait::async_trait;
 use bytes::Bytes;
 use format::Footer;
