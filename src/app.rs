@@ -3,7 +3,7 @@
 use crate::cluster::internal::{InternalState, PeerClient, PeerTimeouts, Secret};
 use crate::cluster::{self, HotCache, Member, Membership, Tiered};
 use crate::config::{Config, OriginKind, StoreKind};
-use crate::error::{Error, OriginError, ShoalClassify};
+use crate::error::{Error, ShoalClassify};
 use crate::layer::negative_cache::Lookup;
 use crate::layer::peer::PeerEvent;
 use crate::layer::{
@@ -18,10 +18,8 @@ use crate::read::budget::Budget;
 use crate::read::chunk::ChunkRequest;
 use crate::read::fill::{Fill, FillBody, FillConfig};
 use crate::read::lookup::{OriginService, StoreLookupLayer};
-use crate::read::object::{
-    require_etag, ChunkService, FirstRead, InvalidateFn, MetaRequest, MetaService, ObjectRef,
-    ObjectService, ReadPolicy,
-};
+use crate::read::meta::{InvalidateFn, MetaRequest, MetaService, ObjectRef, OriginMeta};
+use crate::read::object::{ChunkService, ObjectService, ReadPolicy};
 use crate::s3::{self, S3State};
 use crate::server::Limits;
 use crate::store::{ChunkStore, DiskStore, MemoryStore};
@@ -242,89 +240,15 @@ pub fn object_service(
     shared: &Shared,
 ) -> ObjectService {
     let (tasks, metrics) = (shared.tasks.clone(), shared.metrics.clone());
-    let o = origin.clone();
-    let (prefetched, membership) = (shared.prefetched.clone(), shared.membership.clone());
-    let base_chunk = cfg.chunk.size.0;
-    let (origin_id, tiers): (Arc<str>, Arc<[crate::model::Tier]>) =
-        (cfg.origin.id.as_str().into(), cfg.chunk.tiers().into());
-    let stored = store.clone();
-    let head = tower::service_fn(move |r: MetaRequest| {
-        let (o, prefetched) = (o.clone(), prefetched.clone());
-        let (origin_id, tiers, stored) = (origin_id.clone(), tiers.clone(), stored.clone());
-        // In a cluster the chunk may belong to another replica, which fills it itself. Nor
-        // when the store is shared: the chunk is probably there already.
-        let first_read = r.first_read;
-        let one_trip = first_read != FirstRead::Unknown
-            && r.object.sel.is_current()
-            && !membership.is_clustered()
-            && !stored.is_shared();
-        async move {
-            let (bucket, key) = (&*r.object.bucket, &*r.object.key);
-            if one_trip {
-                // One round trip: the GET of the bytes the client reads first also says what a
-                // HEAD would; its bytes are parked for the read that follows at once.
-                let asked = std::time::Instant::now();
-                let got = match first_read {
-                    FirstRead::Suffix(n) => o.get_suffix(bucket, key, n).await,
-                    _ => o.get_first(bucket, key, base_chunk).await,
-                };
-                match got {
-                    Ok((meta, answer)) => {
-                        let first_byte = asked.elapsed();
-                        let meta = require_etag(meta)?;
-                        let chunk_size =
-                            crate::model::chunk_size_for(meta.size, base_chunk, &tiers);
-                        // The bytes the answer carries, and whether a read will ask the origin
-                        // for exactly those: the first chunk's fill; for a suffix, the direct
-                        // read of a range deep in its chunk, or the fill of a one-chunk object.
-                        let (bytes, taken) = match first_read {
-                            FirstRead::Suffix(n) => {
-                                let start = meta.size - n.min(meta.size);
-                                let deep =
-                                    start % chunk_size >= crate::read::lookup::DIRECT_RANGE_AFTER;
-                                (
-                                    start..meta.size,
-                                    deep || (start == 0 && meta.size <= chunk_size),
-                                )
-                            }
-                            _ => (0..base_chunk.min(meta.size), true),
-                        };
-                        // An origin that ignored the Range sends the whole object: not those
-                        // bytes, unless they are the whole object.
-                        let ranged = answer.content_range.is_some()
-                            || (bytes.start == 0 && bytes.end == meta.size);
-                        // Metadata can expire while the chunk stays stored: then no read would
-                        // take the answer, and dropping it now closes it at once.
-                        let at = crate::model::ChunkKey {
-                            origin_id,
-                            bucket: r.object.bucket.clone(),
-                            key: r.object.key.clone(),
-                            etag: meta.etag.as_str().into(),
-                            chunk_size,
-                            index: bytes.start / chunk_size.max(1),
-                        };
-                        if !bytes.is_empty() && ranged && taken && !stored.contains(&at) {
-                            prefetched.park(bucket, key, &meta.etag, bytes, answer, first_byte);
-                        }
-                        return Ok(meta);
-                    }
-                    Err(
-                        e @ (OriginError::NotFound
-                        | OriginError::NoSuchBucket
-                        | OriginError::Unauthorized(_)),
-                    ) => return Err(Error::Origin(e)),
-                    // Anything else (an empty object's range, a transient failure): ask HEAD,
-                    // and let the fill retry the bytes as it always does.
-                    Err(e) => tracing::debug!(error = %e, "one-trip GET failed; asking HEAD"),
-                }
-            }
-            let m = o
-                .head_selected(bucket, key, &r.object.sel)
-                .await
-                .map_err(Error::Origin)?;
-            require_etag(m)
-        }
-    });
+    let head = OriginMeta {
+        origin: origin.clone(),
+        prefetched: shared.prefetched.clone(),
+        membership: shared.membership.clone(),
+        store: store.clone(),
+        origin_id: cfg.origin.id.as_str().into(),
+        base_chunk: cfg.chunk.size.0,
+        tiers: cfg.chunk.tiers().into(),
+    };
     let cached = NegativeCacheLayer::new(|r: &MetaRequest| r.object.clone(), ShoalClassify)
         .on_lookup(move |r: &MetaRequest, l| {
             let result = match l {

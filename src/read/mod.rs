@@ -2,6 +2,7 @@
 //!
 //! - [`object`]: a GET planned as chunks — the first before the headers, then readahead,
 //!   streamed in order, every wait bounded by the reader's progress deadline.
+//! - [`meta`]: what an object is (metadata lookups, one-trip with the first read's GET).
 //! - [`lookup`]: the top of the chunk stack — a store hit streams from the store; a miss goes
 //!   on down (and a reader that falls behind a committed chunk continues from the store).
 //! - [`fill`]: the core service — one origin (or peer) stream per chunk, teed into the store
@@ -17,4 +18,5 @@ pub mod budget;
 pub mod chunk;
 pub mod fill;
 pub mod lookup;
+pub mod meta;
 pub mod object;

@@ -27,6 +27,7 @@ use crate::layer::gate::{Priority, Wait};
 use crate::model::{chunk_size_for, slices, ChunkKey, Tier};
 use crate::model::{ByteStream, ObjectMeta, Selector};
 use crate::read::chunk::ChunkRequest;
+use crate::read::meta::{FirstRead, InvalidateFn, MetaRequest, MetaService, ObjectRef};
 use crate::store::ChunkStore;
 use crate::telemetry::metrics::{CacheStatus, Report, Source};
 use bytes::Bytes;
@@ -45,49 +46,6 @@ use tower::ServiceExt;
 
 /// The chunk stack, type-erased: `ChunkRequest` → the requested bytes.
 pub type ChunkService = BoxCloneSyncService<ChunkRequest, ByteStream, Error>;
-
-/// Identifies an object at the origin; the key of the metadata cache.
-#[derive(Debug, Clone, PartialEq, Eq, Hash)]
-pub struct ObjectRef {
-    /// Bucket.
-    pub bucket: Arc<str>,
-    /// Key.
-    pub key: Arc<str>,
-    /// Which version or part (the current object, whole, by default).
-    pub sel: Selector,
-}
-
-/// A metadata lookup: the object, and the client request's report (told whether the
-/// metadata was cached).
-#[derive(Debug, Clone)]
-pub struct MetaRequest {
-    /// The object.
-    pub object: ObjectRef,
-    /// The client request's report, if any.
-    pub report: Option<Arc<Report>>,
-    /// What the request reads first: on a miss the metadata may be learned from that read's
-    /// own origin GET (one round trip instead of HEAD + GET).
-    pub first_read: FirstRead,
-}
-
-/// What a GET reads first, when its origin GET can also stand for the HEAD a metadata miss
-/// would otherwise cost.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
-pub enum FirstRead {
-    /// Not a GET, or a read that needs the object's size first: a miss asks HEAD.
-    #[default]
-    Unknown,
-    /// The GET starts at byte 0: the first chunk's GET.
-    FirstChunk,
-    /// The GET is a suffix range (`bytes=-N`, a Parquet footer): a GET of the last N bytes.
-    Suffix(u64),
-}
-
-/// The metadata stack, type-erased: `MetaRequest` → metadata with a non-empty ETag.
-pub type MetaService = BoxCloneSyncService<MetaRequest, Arc<ObjectMeta>, Error>;
-
-/// Forgets an object's cached metadata if it still describes the version with this ETag.
-pub type InvalidateFn = Arc<dyn Fn(ObjectRef, Arc<str>) -> BoxFuture<'static, ()> + Send + Sync>;
 
 /// How GETs read ahead and how long their chunks may wait.
 #[derive(Clone, Debug)]
@@ -598,16 +556,6 @@ impl Stream for Readahead {
                 None => return Poll::Ready(None),
             }
         }
-    }
-}
-
-/// Turns an origin HEAD answer into cacheable metadata: no ETag means no version to pin, which
-/// is an error of its own (negatively cached, SPEC §1.4).
-pub fn require_etag(meta: ObjectMeta) -> Result<Arc<ObjectMeta>, Error> {
-    if meta.etag.is_empty() {
-        Err(Error::Origin(OriginError::MissingEtag))
-    } else {
-        Ok(Arc::new(meta))
     }
 }
 

@@ -848,18 +848,18 @@ async fn object_op(
     // a suffix range (`bytes=-N`) from the GET of those bytes (not a version or a part, and
     // not when the client wants the checksums a HEAD gives).
     let first_read = if head || !sel.is_current() || checksums_wanted {
-        crate::read::object::FirstRead::Unknown
+        crate::read::meta::FirstRead::Unknown
     } else {
         match headers
             .get(http::header::RANGE)
             .and_then(|v| v.to_str().ok())
             .map(str::trim)
         {
-            None => crate::read::object::FirstRead::FirstChunk,
-            Some(r) if r.starts_with("bytes=0-") => crate::read::object::FirstRead::FirstChunk,
+            None => crate::read::meta::FirstRead::FirstChunk,
+            Some(r) if r.starts_with("bytes=0-") => crate::read::meta::FirstRead::FirstChunk,
             Some(r) => match r.strip_prefix("bytes=-").map(|n| n.trim().parse::<u64>()) {
-                Some(Ok(n)) if n > 0 => crate::read::object::FirstRead::Suffix(n),
-                _ => crate::read::object::FirstRead::Unknown,
+                Some(Ok(n)) if n > 0 => crate::read::meta::FirstRead::Suffix(n),
+                _ => crate::read::meta::FirstRead::Unknown,
             },
         }
     };
@@ -879,7 +879,7 @@ async fn object_op(
                     key,
                     &sel,
                     Some(report),
-                    crate::read::object::FirstRead::Unknown,
+                    crate::read::meta::FirstRead::Unknown,
                 )
                 .await
                 .map_err(|e| map(&e))?;
