@@ -41,7 +41,7 @@ pub struct QueueTimeout(pub Duration);
 /// Applies [`ConcurrencyLimit`]; clones share the same permits.
 ///
 /// ```
-/// use shoal::layer::ConcurrencyLimitLayer;
+/// use shoal_layers::ConcurrencyLimitLayer;
 /// use std::time::Duration;
 /// // At most 64 bodies streaming at once; wait at most 5 s for a slot.
 /// let layer = ConcurrencyLimitLayer::new(64, Duration::from_secs(5));
@@ -232,7 +232,7 @@ where
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::layer::gate::Priority;
+    use crate::gate::Priority;
     use futures_util::{stream, StreamExt};
     use tower::service_fn;
 

@@ -7,7 +7,7 @@ use super::*;
 /// ```
 /// use bytes::Bytes;
 /// use futures_util::{stream, StreamExt};
-/// use shoal::layer::{Queued, Released, SingleflightLayer};
+/// use shoal_layers::{Queued, Released, SingleflightLayer};
 /// use tower::{service_fn, Layer, ServiceExt};
 ///
 /// #[derive(Clone)]

@@ -14,13 +14,13 @@
 //! ```
 //! use axum::{body::Body, extract::State, http::Request, routing::get, Router};
 //! use hyper_util::{client::legacy::{connect::HttpConnector, Client}, rt::TokioExecutor};
-//! use shoal::layer::http::ResponseBody;
-//! use shoal::layer::{RetryPolicy, RetryUntilCommitLayer};
+//! use shoal_layers::http::ResponseBody;
+//! use shoal_layers::{RetryPolicy, RetryUntilCommitLayer};
 //! use std::time::Duration;
 //! use tower::{util::BoxCloneSyncService, ServiceBuilder, ServiceExt};
 //! use tower_http::timeout::TimeoutLayer;
 //!
-//! type Upstream = BoxCloneSyncService<Request<Body>, http::Response<ResponseBody>, shoal::layer::retry::http::RetryError>;
+//! type Upstream = BoxCloneSyncService<Request<Body>, http::Response<ResponseBody>, shoal_layers::retry::http::RetryError>;
 //!
 //! // A proxy route that survives upstream resets.
 //! async fn proxy(State(up): State<Upstream>, req: Request<Body>) -> axum::response::Response {
@@ -48,10 +48,10 @@
 //! ```
 
 use super::{RetryPolicy, RetryUntilCommit};
-use crate::layer::http::{boxed, BoxError, RequestHead, ResponseBody, SharedError, StreamBody};
-pub use crate::layer::resume::ResumeError as RetryError;
-use crate::layer::resume::{Attempts, Pin, Resume};
-use crate::layer::Class;
+use crate::http::{boxed, BoxError, RequestHead, ResponseBody, SharedError, StreamBody};
+pub use crate::resume::ResumeError as RetryError;
+use crate::resume::{Attempts, Pin, Resume};
+use crate::Class;
 use bytes::Bytes;
 use futures_util::future::BoxFuture;
 use http::Method;

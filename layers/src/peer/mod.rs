@@ -50,7 +50,7 @@ where
 /// ```
 /// use bytes::Bytes;
 /// use futures_util::{stream, StreamExt};
-/// use shoal::layer::{PeerRoutingLayer, Resumable, Truncated};
+/// use shoal_layers::{PeerRoutingLayer, Resumable, Truncated};
 /// use tower::{service_fn, Layer, ServiceExt};
 ///
 /// #[derive(Clone, Debug)]

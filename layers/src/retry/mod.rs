@@ -62,7 +62,7 @@ impl Default for RetryPolicy {
 /// Applies [`RetryUntilCommit`].
 ///
 /// ```
-/// use shoal::layer::{Class, RetryPolicy, RetryUntilCommitLayer};
+/// use shoal_layers::{Class, RetryPolicy, RetryUntilCommitLayer};
 ///
 /// #[derive(Debug)]
 /// enum FetchError { Reset, NotFound }

@@ -13,7 +13,7 @@ use http::{header, HeaderMap, Request, StatusCode};
 use http_body_util::{BodyExt, Empty};
 use hyper_util::client::legacy::{connect::HttpConnector, Client};
 use hyper_util::rt::TokioExecutor;
-use shoal::layer::ConcurrencyLimitLayer;
+use shoal_layers::ConcurrencyLimitLayer;
 use std::net::SocketAddr;
 use std::time::Duration;
 use tokio::sync::watch;

@@ -25,8 +25,8 @@ use tower::{Layer, Service, ServiceExt};
 /// Applies [`NegativeCache`].
 ///
 /// ```
-/// use shoal::layer::{Class, Classify};
-/// use shoal::layer::NegativeCacheLayer;
+/// use shoal_layers::{Class, Classify};
+/// use shoal_layers::NegativeCacheLayer;
 /// use std::time::Duration;
 /// use tower::{service_fn, Layer, ServiceExt};
 ///

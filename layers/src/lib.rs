@@ -18,11 +18,12 @@
 //! | [`PeerRoutingLayer`] | sends a request to the peer that owns it, falls back (or resumes) locally | GET/HEAD forwarded to a peer by a route function |
 //!
 //! They depend only on the small traits below ([`KeyOf`], [`Resumable`], [`Classify`],
-//! [`Queued`]), never on S3; with `default-features = false` the crate is these layers alone.
+//! [`Queued`]), never on S3. This crate has no feature flags and depends on no AWS, config or
+//! server crates: the `shoal` server depends on it, not the other way round.
 //! [`Gate`] is the fair, prioritised queue they share.
 //!
 //! Shoal's chunk stack, top to bottom (`StoreLookup` and `Fill` are Shoal's own services, in
-//! `shoal::lookup` and `shoal::fill`, not reusable layers):
+//! `shoal::read::lookup` and `shoal::read::fill`, not reusable layers):
 //!
 //! ```text
 //! StoreLookup      hit → stream from the store; follow the fill; continue from either at the byte
@@ -56,7 +57,9 @@ use std::sync::{Mutex, MutexGuard};
 /// Locks `m`, taking a poisoned value as it is: nothing in the layers panics while holding
 /// these locks, so the value is still consistent, and a layer must not fail every later call
 /// because one caller's task panicked elsewhere.
-pub(crate) fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+///
+/// Public for the `shoal` server, whose own locks follow the same rule.
+pub fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
     m.lock().unwrap_or_else(|p| p.into_inner())
 }
 

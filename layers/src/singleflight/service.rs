@@ -4,7 +4,7 @@ use super::*;
 
 pub(super) type Flights<Q, H, E> = Arc<Mutex<HashMap<Q, Arc<Flight<H, E>>>>>;
 
-pub(super) use crate::layer::lock;
+pub(super) use crate::lock;
 
 /// Deduplicates concurrent calls by key and shares one streamed answer. See the module docs.
 pub struct Singleflight<S, K, Req, D = NotDurable, Sh = Streams>

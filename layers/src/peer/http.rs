@@ -16,8 +16,8 @@
 //! use axum::{routing::get, Router};
 //! use http_body_util::Empty;
 //! use hyper_util::{client::legacy::{connect::HttpConnector, Client}, rt::TokioExecutor};
-//! use shoal::layer::http::RequestHead;
-//! use shoal::layer::PeerRoutingLayer;
+//! use shoal_layers::http::RequestHead;
+//! use shoal_layers::PeerRoutingLayer;
 //! use std::time::Duration;
 //! use tower::ServiceBuilder;
 //! use tower_http::{timeout::TimeoutLayer, trace::TraceLayer};
@@ -42,8 +42,8 @@
 //! ```
 
 use super::PeerRouting;
-use crate::layer::http::{boxed, plain, BoxError, RequestHead, ResponseBody, StreamBody};
-use crate::layer::resume::{Attempts, Pin, Resume, ResumeError};
+use crate::http::{boxed, plain, BoxError, RequestHead, ResponseBody, StreamBody};
+use crate::resume::{Attempts, Pin, Resume, ResumeError};
 use bytes::Bytes;
 use futures_util::future::BoxFuture;
 use http::{HeaderName, HeaderValue, Method, StatusCode};
@@ -125,7 +125,7 @@ where
     ResB: Body<Data = Bytes> + Send + 'static,
     ResB::Error: Into<BoxError>,
 {
-    type Response = crate::layer::resume::AttemptBody<ResB>;
+    type Response = crate::resume::AttemptBody<ResB>;
     type Error = ResumeError;
     type Future = BoxFuture<'static, Result<Self::Response, ResumeError>>;
 

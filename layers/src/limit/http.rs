@@ -6,7 +6,7 @@
 //!
 //! ```
 //! use axum::{routing::get, Router};
-//! use shoal::layer::ConcurrencyLimitLayer;
+//! use shoal_layers::ConcurrencyLimitLayer;
 //! use std::time::Duration;
 //! use tower::ServiceBuilder;
 //! use tower_http::{timeout::TimeoutLayer, trace::TraceLayer};
@@ -32,7 +32,7 @@
 //!
 //! ```
 //! use axum::{error_handling::HandleErrorLayer, http::StatusCode, routing::get, BoxError, Router};
-//! use shoal::layer::ConcurrencyLimitLayer;
+//! use shoal_layers::ConcurrencyLimitLayer;
 //! use tower::ServiceBuilder;
 //!
 //! let app: Router = Router::new().route("/", get(|| async { "hi" })).layer(
@@ -46,7 +46,7 @@
 
 use super::super::gate::{Acquire, Gate, GatePermit};
 use super::Permitted;
-use crate::layer::http::{boxed, plain, BoxError, ResponseBody};
+use crate::http::{boxed, plain, BoxError, ResponseBody};
 use bytes::Bytes;
 use http::{HeaderName, HeaderValue, StatusCode};
 use http_body::Body;

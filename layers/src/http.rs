@@ -222,8 +222,8 @@ pub fn is_safe(m: &Method) -> bool {
 /// `Vary`.
 ///
 /// ```
-/// use shoal::layer::http::HttpKey;
-/// use shoal::layer::KeyOf;
+/// use shoal_layers::http::HttpKey;
+/// use shoal_layers::KeyOf;
 /// let key = HttpKey::new().vary(http::header::RANGE);
 /// let a = http::Request::get("/x").header("range", "bytes=0-9").body(()).unwrap();
 /// let b = http::Request::get("/x").header("range", "bytes=10-19").body(()).unwrap();

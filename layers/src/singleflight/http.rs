@@ -4,7 +4,7 @@
 //!
 //! ```
 //! use axum::{routing::get, Router};
-//! use shoal::layer::SingleflightLayer;
+//! use shoal_layers::SingleflightLayer;
 //! use std::time::Duration;
 //! use tower::ServiceBuilder;
 //! use tower_http::{timeout::TimeoutLayer, trace::TraceLayer};
@@ -22,7 +22,7 @@
 //! ```
 
 use super::{Flights, Joined, NotDurable, Share, Singleflight};
-use crate::layer::http::{
+use crate::http::{
     boxed, is_safe, plain, BoxError, DataStream, Head, HttpKey, RequestKey, ResponseBody,
     SharedError, StreamBody,
 };

@@ -30,10 +30,10 @@ use futures_util::{stream, StreamExt};
 use http_body_util::Empty;
 use hyper_util::client::legacy::{connect::HttpConnector, Client};
 use hyper_util::rt::TokioExecutor;
-use shoal::layer::http::{RequestHead, ResponseBody};
-use shoal::layer::limit::http::HttpConcurrencyLimitLayer;
-use shoal::layer::retry::http::RetryError;
-use shoal::layer::{
+use shoal_layers::http::{RequestHead, ResponseBody};
+use shoal_layers::limit::http::HttpConcurrencyLimitLayer;
+use shoal_layers::retry::http::RetryError;
+use shoal_layers::{
     NegativeCacheLayer, PeerRoutingLayer, RetryPolicy, RetryUntilCommitLayer, SingleflightLayer,
 };
 use std::net::SocketAddr;
@@ -408,7 +408,7 @@ async fn main() -> std::io::Result<()> {
         }))
         .merge(objects(Counter::default(), Duration::from_secs(10)))
         .merge(downloads(
-            shoal::layer::ConcurrencyLimitLayer::http(2).max_waiting(8),
+            shoal_layers::ConcurrencyLimitLayer::http(2).max_waiting(8),
             open(),
         ))
         .merge(proxy(up_addr))

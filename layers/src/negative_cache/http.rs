@@ -9,7 +9,7 @@
 //!
 //! ```
 //! use axum::{http::StatusCode, routing::get, Router};
-//! use shoal::layer::NegativeCacheLayer;
+//! use shoal_layers::NegativeCacheLayer;
 //! use std::time::Duration;
 //! use tower::ServiceBuilder;
 //! use tower_http::trace::TraceLayer;
@@ -26,7 +26,7 @@
 //! ```
 
 use super::{NegativeCache, Remember};
-use crate::layer::http::{
+use crate::http::{
     boxed, full, is_safe, plain, BoxError, Head, HttpKey, RequestHead, RequestKey, ResponseBody,
     SharedError,
 };
@@ -253,7 +253,7 @@ where
                     Ok(k.0.response(full(body)))
                 }
                 Ok(Answer::Passed(slot)) => {
-                    let taken = crate::layer::lock(&slot).take();
+                    let taken = crate::lock(&slot).take();
                     match taken {
                         Some(r) => Ok(r),
                         // Coalesced with a call whose streamed answer its own caller took:
