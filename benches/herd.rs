@@ -57,31 +57,10 @@ async fn memory(g: &Garage, c: &aws_sdk_s3::Client) -> serde_json_lite::Obj {
     for i in 0..SLOW + 2 {
         put(c, &b, &format!("o{i}"), patterned(OBJ, i as u64)).await;
     }
-    let shoal = ShoalProcess::start(&format!(
-        r#"
-[server]
-listen = "127.0.0.1:0"
-[ops]
-listen = "127.0.0.1:0"
-[origin]
-id = "bench"
-endpoint = "{ep}"
-region = "{REGION}"
-force_path_style = true
-access_key_id = "{ACCESS_KEY}"
-secret_access_key = "{SECRET_KEY}"
-[store]
-kind = "memory"
-capacity = "256 MiB"
-[fill]
-buffer_budget = "256 MiB"
-[auth]
-mode = "none"
-[telemetry]
-log_format = "json"
-"#,
-        ep = g.endpoint
-    ));
+    let mut cfg = bench_config(g);
+    cfg.store.capacity = shoal::config::ByteSize(256 * MIB as u64);
+    cfg.fill.buffer_budget = shoal::config::ByteSize(256 * MIB as u64);
+    let shoal = ShoalProcess::start(&common::fixture::toml(&cfg));
     let http = reqwest::Client::new();
     let fast = |key: String| {
         let (http, url) = (http.clone(), format!("{}/{b}/{key}", shoal.s3));
@@ -261,36 +240,16 @@ async fn cluster(g: &Garage, c: &aws_sdk_s3::Client) -> serde_json_lite::Obj {
     put(c, &b, "model.bin", patterned(SIZE, 9)).await;
     let proxy = common::proxy::Proxy::start(&g.endpoint).await;
     let ports: Vec<u16> = (0..3).map(|_| free_port()).collect();
-    let peers: Vec<String> = ports.iter().map(|q| format!("\"127.0.0.1:{q}\"")).collect();
     let replicas: Vec<ShoalProcess> = ports
         .iter()
         .map(|&p| {
-            ShoalProcess::start(&format!(
-                r#"
-[server]
-listen = "127.0.0.1:0"
-[ops]
-listen = "127.0.0.1:0"
-[origin]
-id = "bench"
-endpoint = "{ep}"
-region = "{REGION}"
-force_path_style = true
-access_key_id = "{ACCESS_KEY}"
-secret_access_key = "{SECRET_KEY}"
-[cluster]
-listen = "127.0.0.1:{p}"
-advertise = "127.0.0.1:{p}"
-peers = [{peers}]
-secret = "bench-cluster-secret-0123456789"
-[auth]
-mode = "none"
-[telemetry]
-log_format = "json"
-"#,
-                ep = proxy.endpoint,
-                peers = peers.join(", ")
-            ))
+            let mut cfg = bench_config(g);
+            cfg.origin.endpoint = Some(proxy.endpoint.clone());
+            cfg.cluster.listen = format!("127.0.0.1:{p}").parse().unwrap();
+            cfg.cluster.advertise = Some(format!("127.0.0.1:{p}"));
+            cfg.cluster.peers = ports.iter().map(|q| format!("127.0.0.1:{q}")).collect();
+            cfg.cluster.secret = Some("bench-cluster-secret-0123456789".into());
+            ShoalProcess::start(&common::fixture::toml(&cfg))
         })
         .collect();
     let http = reqwest::Client::new();
@@ -460,30 +419,10 @@ async fn otlp(g: &Garage, c: &aws_sdk_s3::Client) -> serde_json_lite::Obj {
     let servers: Vec<ShoalProcess> = modes
         .iter()
         .map(|(_, ep)| {
-            let otlp = ep
-                .as_ref()
-                .map(|e| format!("otlp_endpoint = \"{e}\""))
-                .unwrap_or_default();
-            ShoalProcess::start(&format!(
-                r#"
-[server]
-listen = "127.0.0.1:0"
-[ops]
-listen = "127.0.0.1:0"
-[origin]
-endpoint = "{ep}"
-region = "{REGION}"
-force_path_style = true
-access_key_id = "{ACCESS_KEY}"
-secret_access_key = "{SECRET_KEY}"
-[auth]
-mode = "none"
-[telemetry]
-log_format = "json"
-{otlp}
-"#,
-                ep = g.endpoint
-            ))
+            let mut cfg = bench_config(g);
+            cfg.origin.id = shoal::config::OriginConfig::default().id;
+            cfg.telemetry.otlp_endpoint = ep.clone();
+            ShoalProcess::start(&common::fixture::toml(&cfg))
         })
         .collect();
     let http = reqwest::Client::new();

@@ -259,37 +259,17 @@ fn fmt_range(v: &[f64], scale: f64, digits: usize) -> String {
 }
 
 fn shoal_toml(g: &Garage, store: &str, dir: &std::path::Path, list_ttl: &str) -> String {
-    let store = match store {
-        "disk" => format!(
-            "kind = \"disk\"\npath = \"{}\"\ncapacity = \"2 GiB\"",
-            dir.display()
-        ),
-        _ => "kind = \"memory\"\ncapacity = \"1 GiB\"".to_string(),
-    };
-    format!(
-        r#"
-[server]
-listen = "127.0.0.1:0"
-[ops]
-listen = "127.0.0.1:0"
-[origin]
-id = "bench"
-endpoint = "{ep}"
-region = "{REGION}"
-force_path_style = true
-access_key_id = "{ACCESS_KEY}"
-secret_access_key = "{SECRET_KEY}"
-[store]
-{store}
-[list]
-ttl = "{list_ttl}"
-[auth]
-mode = "none"
-[telemetry]
-log_format = "json"
-"#,
-        ep = g.endpoint,
-    )
+    let mut cfg = bench_config(g);
+    match store {
+        "disk" => {
+            cfg.store.kind = shoal::config::StoreKind::Disk;
+            cfg.store.path = Some(dir.to_owned());
+            cfg.store.capacity = shoal::config::ByteSize(2 << 30);
+        }
+        _ => cfg.store.capacity = shoal::config::ByteSize(1 << 30),
+    }
+    cfg.list.ttl = shoal::config::Dur(humantime::parse_duration(list_ttl).unwrap());
+    common::fixture::toml(&cfg)
 }
 
 fn start_nginx(g: &Garage, bucket: &str, dir: &std::path::Path) -> (Proc, String) {

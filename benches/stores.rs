@@ -15,6 +15,7 @@
 mod common;
 
 use common::*;
+use shoal::config::ByteSize;
 use std::fmt::Write as _;
 use std::process::Command;
 
@@ -51,29 +52,11 @@ fn median(v: &[f64]) -> (f64, f64, f64) {
     (s[s.len() / 2], s[0], s[s.len() - 1])
 }
 
-fn shoal_toml(g: &Garage, store: &str) -> String {
-    format!(
-        r#"
-[server]
-listen = "127.0.0.1:0"
-[ops]
-listen = "127.0.0.1:0"
-[origin]
-id = "bench"
-endpoint = "{ep}"
-region = "{REGION}"
-force_path_style = true
-access_key_id = "{ACCESS_KEY}"
-secret_access_key = "{SECRET_KEY}"
-[store]
-{store}
-[auth]
-mode = "none"
-[telemetry]
-log_format = "json"
-"#,
-        ep = g.endpoint,
-    )
+/// Shoal in front of Garage with the store `set_store` makes.
+fn shoal_toml(g: &Garage, set_store: impl FnOnce(&mut shoal::config::StoreConfig)) -> String {
+    let mut cfg = bench_config(g);
+    set_store(&mut cfg.store);
+    common::fixture::toml(&cfg)
 }
 
 fn main() {
@@ -93,16 +76,16 @@ fn main() {
         put(&c, &b, "warm", patterned(LARGE, 40)).await;
         (b, sb)
     });
-    let mem = ShoalProcess::start(&shoal_toml(g, "kind = \"memory\"\ncapacity = \"2 GiB\""));
-    let s3 = ShoalProcess::start(&shoal_toml(
-        g,
-        &format!(
-            "kind = \"s3\"\nendpoint = \"{}\"\nbucket = \"{sb}\"\nregion = \"{REGION}\"\n\
-             force_path_style = true\naccess_key_id = \"{ACCESS_KEY}\"\n\
-             secret_access_key = \"{SECRET_KEY}\"",
-            g.endpoint
-        ),
-    ));
+    let mem = ShoalProcess::start(&shoal_toml(g, |s| s.capacity = ByteSize(2 << 30)));
+    let s3 = ShoalProcess::start(&shoal_toml(g, |s| {
+        s.kind = shoal::config::StoreKind::S3;
+        s.endpoint = Some(g.endpoint.clone());
+        s.bucket = Some(sb.clone());
+        s.region = REGION.into();
+        s.force_path_style = true;
+        s.access_key_id = Some(ACCESS_KEY.into());
+        s.secret_access_key = Some(SECRET_KEY.into());
+    }));
     let contenders = [("memory", &mem), ("s3", &s3)];
     // Each store gets the warm object once first (its chunks are then in the store).
     for (_, p) in &contenders {
@@ -185,30 +168,17 @@ fn main() {
     };
     azure_py(&["upload", &container], &format!("[{}]", specs.join(",")));
     let sas = azure_py(&["sas", &container], "");
-    let azure = ShoalProcess::start(&format!(
-        r#"
-[server]
-listen = "127.0.0.1:0"
-[ops]
-listen = "127.0.0.1:0"
-[origin]
-kind = "azure"
-id = "bench-azure"
-endpoint = "{}"
-account = "{}"
-access_key = "{}"
-[store]
-kind = "memory"
-capacity = "2 GiB"
-[auth]
-mode = "none"
-[telemetry]
-log_format = "json"
-"#,
-        az.endpoint,
-        common::azurite::ACCOUNT,
-        common::azurite::KEY
-    ));
+    let mut cfg = bench_config(g);
+    cfg.origin = shoal::config::OriginConfig {
+        kind: shoal::config::OriginKind::Azure,
+        id: "bench-azure".into(),
+        endpoint: Some(az.endpoint.clone()),
+        account: Some(common::azurite::ACCOUNT.into()),
+        access_key: Some(common::azurite::KEY.into()),
+        ..Default::default()
+    };
+    cfg.store.capacity = ByteSize(2 << 30);
+    let azure = ShoalProcess::start(&common::fixture::toml(&cfg));
     let mut direct = (vec![], vec![]);
     let mut via = (vec![], vec![]);
     for i in 0..ROUNDS {

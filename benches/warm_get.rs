@@ -4,8 +4,11 @@
 //! `make bench` runs it. The origin is a local directory; after the first (cold) GET every
 //! request is a store hit, so this measures Shoal's hit path, not the origin.
 
+#[path = "../tests/common/fixture.rs"]
+mod fixture;
+
 use criterion::{criterion_group, criterion_main, BenchmarkId, Criterion, Throughput};
-use shoal::config::{ByteSize, Config, OriginKind, StoreKind};
+use shoal::config::{ByteSize, OriginKind, StoreKind};
 use std::sync::Arc;
 
 const SIZE: usize = 64 << 20;
@@ -22,10 +25,10 @@ async fn fixture(kind: StoreKind) -> Fixture {
     let data: Vec<u8> = (0..SIZE).map(|i| (i * 31 % 251) as u8).collect();
     std::fs::write(origin_dir.path().join("bench/obj"), &data).unwrap();
     let store_dir = tempfile::tempdir().unwrap();
-    let mut cfg = Config::default();
-    cfg.auth.mode = shoal::config::AuthMode::None;
-    cfg.server.listen = "127.0.0.1:0".parse().unwrap();
-    cfg.ops.listen = "127.0.0.1:0".parse().unwrap();
+    // The tests' fixture, with Shoal's default chunks and retries.
+    let mut cfg = fixture::base_config();
+    cfg.chunk = Default::default();
+    cfg.fill.retry = Default::default();
     cfg.origin.kind = OriginKind::Local;
     cfg.origin.root = Some(origin_dir.path().to_owned());
     cfg.store.kind = kind;

@@ -605,33 +605,10 @@ fn sighup_reloads_the_certificate() {
     let (cp, kp) = (dir.path().join("cert.pem"), dir.path().join("key.pem"));
     std::fs::write(&cp, c1).unwrap();
     std::fs::write(&kp, k1).unwrap();
-    let shoal = ShoalProcess::start_with_env(
-        &format!(
-            r#"
-[server]
-listen = "127.0.0.1:0"
-[server.tls]
-cert = "{}"
-key = "{}"
-[ops]
-listen = "127.0.0.1:0"
-[origin]
-endpoint = "{ep}"
-region = "{REGION}"
-force_path_style = true
-access_key_id = "{ACCESS_KEY}"
-secret_access_key = "{SECRET_KEY}"
-[auth]
-mode = "none"
-[telemetry]
-log_format = "json"
-"#,
-            cp.display(),
-            kp.display(),
-            ep = g.endpoint
-        ),
-        &[("RUST_LOG", "info")],
-    );
+    let mut cfg = process_config(g);
+    cfg.server.tls.cert = Some(cp.clone());
+    cfg.server.tls.key = Some(kp.clone());
+    let shoal = ShoalProcess::start_with_env(&common::fixture::toml(&cfg), &[("RUST_LOG", "info")]);
     let port = shoal.s3.rsplit(':').next().unwrap().to_owned();
     let url = format!("https://127.0.0.1:{port}/");
     let rt = tokio::runtime::Runtime::new().unwrap();
@@ -675,33 +652,15 @@ fn secrets_never_reach_the_logs() {
     let user_secret = "user-secret-not-for-logs-77";
     let otlp_token = "otlp-token-not-for-logs-55";
     let collector = format!("http://127.0.0.1:{}", free_port());
-    let toml = format!(
-        r#"
-[server]
-listen = "127.0.0.1:0"
-[ops]
-listen = "127.0.0.1:0"
-[origin]
-endpoint = "{ep}"
-region = "{REGION}"
-force_path_style = true
-access_key_id = "{ACCESS_KEY}"
-secret_access_key = "{SECRET_KEY}"
-[cluster]
-listen = "127.0.0.1:{port}"
-advertise = "127.0.0.1:{port}"
-peers = ["127.0.0.1:{port}"]
-[auth]
-mode = "sigv4"
-[[auth.users]]
-access_key_id = "logger"
-secret_access_key = "{user_secret}"
-[telemetry]
-log_format = "json"
-otlp_endpoint = "{collector}"
-"#,
-        ep = g.endpoint
-    );
+    let mut cfg = process_config(g);
+    cfg.cluster.listen = format!("127.0.0.1:{port}").parse().unwrap();
+    cfg.cluster.advertise = Some(format!("127.0.0.1:{port}"));
+    cfg.cluster.peers = vec![format!("127.0.0.1:{port}")];
+    cfg.auth.mode = AuthMode::Sigv4;
+    cfg.auth.users = vec![user("logger", user_secret, &[])];
+    cfg.telemetry.otlp_endpoint = Some(collector.clone());
+    // The cluster secret comes from the environment only, as the test says.
+    let toml = common::fixture::toml(&cfg);
     let headers = format!("authorization=Bearer {otlp_token}");
     let mut shoal = ShoalProcess::start_with_env(
         &toml,
@@ -964,28 +923,10 @@ fn rss_kib(pid: u32) -> u64 {
 #[test]
 fn hostile_requests_without_a_secret_do_not_grow_memory() {
     let g = garage();
-    let toml = format!(
-        r#"
-[server]
-listen = "127.0.0.1:0"
-[ops]
-listen = "127.0.0.1:0"
-[origin]
-endpoint = "{ep}"
-region = "{REGION}"
-force_path_style = true
-access_key_id = "{ACCESS_KEY}"
-secret_access_key = "{SECRET_KEY}"
-[auth]
-mode = "sigv4"
-[[auth.users]]
-access_key_id = "{READER}"
-secret_access_key = "{READER_SECRET}"
-[telemetry]
-log_format = "json"
-"#,
-        ep = g.endpoint
-    );
+    let mut cfg = process_config(g);
+    cfg.auth.mode = AuthMode::Sigv4;
+    cfg.auth.users = vec![user(READER, READER_SECRET, &[])];
+    let toml = common::fixture::toml(&cfg);
     let shoal = ShoalProcess::start(&toml);
     let pid = shoal.child.id();
     let rt = tokio::runtime::Runtime::new().unwrap();

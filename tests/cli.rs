@@ -227,3 +227,21 @@ fn a_log_reader_that_stops_reading_costs_log_lines_not_requests() {
         "the last lines are flushed at exit"
     );
 }
+
+/// The fixture's TOML is a config file `shoal serve` reads back to the same config: every
+/// key it writes exists, with the same value.
+#[test]
+fn the_test_fixture_writes_a_config_that_reads_back_the_same() {
+    let mut cfg = common::config(common::garage());
+    cfg.cluster.peers = vec!["127.0.0.1:1".into(), "127.0.0.1:2".into()];
+    cfg.cluster.secret = Some("a-cluster-secret-of-some-length".into());
+    cfg.cluster.advertise = Some("127.0.0.1:1".into());
+    cfg.telemetry.otlp_endpoint = Some("http://127.0.0.1:4318".into());
+    use figment::providers::Format;
+    let text = common::fixture::toml(&cfg);
+    let back = shoal::config::Config::from_figment(
+        figment::Figment::new().merge(figment::providers::Toml::string(&text)),
+    )
+    .unwrap_or_else(|e| panic!("{e}\n{text}"));
+    assert_eq!(format!("{back:?}"), format!("{cfg:?}"), "{text}");
+}

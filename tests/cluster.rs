@@ -587,36 +587,14 @@ async fn killing_an_owner_mid_transfer_never_serves_wrong_bytes() {
     let procs: Vec<ShoalProcess> = ports
         .iter()
         .map(|&p| {
-            let peers: Vec<String> = ports.iter().map(|q| format!("\"127.0.0.1:{q}\"")).collect();
-            ShoalProcess::start(&format!(
-                r#"
-[server]
-listen = "127.0.0.1:0"
-[ops]
-listen = "127.0.0.1:0"
-[origin]
-id = "kill"
-endpoint = "{ep}"
-region = "{REGION}"
-force_path_style = true
-access_key_id = "{ACCESS_KEY}"
-secret_access_key = "{SECRET_KEY}"
-[chunk]
-size = "1 MiB"
-readahead = 0
-[cluster]
-listen = "127.0.0.1:{p}"
-advertise = "127.0.0.1:{p}"
-peers = [{peers}]
-secret = "{SECRET}"
-[auth]
-mode = "none"
-[telemetry]
-log_format = "json"
-"#,
-                ep = proxy.endpoint,
-                peers = peers.join(", ")
-            ))
+            let mut c = replica_config(g, p, &ports);
+            c.origin.id = "kill".into();
+            c.fill.retry = Default::default();
+            c.cluster.refresh = shoal::config::ClusterConfig::default().refresh;
+            c.origin.endpoint = Some(proxy.endpoint.clone());
+            c.chunk.readahead = 0;
+            c.telemetry.log_format = shoal::config::LogFormat::Json;
+            ShoalProcess::start(&common::fixture::toml(&c))
         })
         .collect();
     let mut procs: Vec<Option<ShoalProcess>> = procs.into_iter().map(Some).collect();
@@ -743,45 +721,20 @@ async fn a_stopped_replica_is_ejected_and_probed_back() {
         stopped_chunks.len() >= 6,
         "the stopped replica owns a share of the object: {stopped_chunks:?}"
     );
-    let peers: Vec<String> = ports.iter().map(|q| format!("\"127.0.0.1:{q}\"")).collect();
     let procs: Vec<ShoalProcess> = ports
         .iter()
         .map(|&p| {
-            ShoalProcess::start(&format!(
-                r#"
-[server]
-listen = "127.0.0.1:0"
-[ops]
-listen = "127.0.0.1:0"
-[origin]
-id = "sigstop"
-endpoint = "{ep}"
-region = "{REGION}"
-force_path_style = true
-access_key_id = "{ACCESS_KEY}"
-secret_access_key = "{SECRET_KEY}"
-timeout = "30s"
-[fill]
-queue_timeout = "30s"
-[fill.retry]
-max_total = "40s"
-[chunk]
-size = "1 MiB"
-readahead = 0
-[cluster]
-listen = "127.0.0.1:{p}"
-advertise = "127.0.0.1:{p}"
-peers = [{peers}]
-secret = "{SECRET}"
-peer_timeout = "500ms"
-[auth]
-mode = "none"
-[telemetry]
-log_format = "json"
-"#,
-                ep = g.endpoint,
-                peers = peers.join(", ")
-            ))
+            let mut c = replica_config(g, p, &ports);
+            c.origin.id = "sigstop".into();
+            c.fill.retry = Default::default();
+            c.cluster.refresh = shoal::config::ClusterConfig::default().refresh;
+            c.origin.timeout = Dur(Duration::from_secs(30));
+            c.fill.queue_timeout = Dur(Duration::from_secs(30));
+            c.fill.retry.max_total = Dur(Duration::from_secs(40));
+            c.chunk.readahead = 0;
+            c.cluster.peer_timeout = Dur(Duration::from_millis(500));
+            c.telemetry.log_format = shoal::config::LogFormat::Json;
+            ShoalProcess::start(&common::fixture::toml(&c))
         })
         .collect();
     let stopped = procs[2].child.id() as i32;

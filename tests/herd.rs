@@ -528,31 +528,14 @@ async fn slow_clients_cannot_grow_memory_or_slow_down_a_fast_one() {
         put(&c, &b, &format!("o{i}"), patterned(OBJ, i as u64)).await;
     }
     eprintln!("{:?}: {} objects put", t0.elapsed(), SLOW + 1);
-    let shoal = ShoalProcess::start(&format!(
-        r#"
-[server]
-listen = "127.0.0.1:0"
-[ops]
-listen = "127.0.0.1:0"
-[origin]
-id = "rss"
-endpoint = "{ep}"
-region = "{REGION}"
-force_path_style = true
-access_key_id = "{ACCESS_KEY}"
-secret_access_key = "{SECRET_KEY}"
-[store]
-kind = "memory"
-capacity = "256 MiB"
-[fill]
-buffer_budget = "256 MiB"
-[auth]
-mode = "none"
-[telemetry]
-log_format = "json"
-"#,
-        ep = g.endpoint
-    ));
+    // Shoal's defaults but for the store and the budget (8 MiB chunks, default retries).
+    let mut cfg = process_config(g);
+    cfg.origin.id = "rss".into();
+    cfg.chunk = Default::default();
+    cfg.fill.retry = Default::default();
+    cfg.store.capacity = shoal::config::ByteSize(256 * MIB as u64);
+    cfg.fill.buffer_budget = shoal::config::ByteSize(256 * MIB as u64);
+    let shoal = ShoalProcess::start(&common::fixture::toml(&cfg));
     use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
     let diag = Diagnose::of(&shoal);
     let http = reqwest::Client::new();

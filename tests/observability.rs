@@ -257,27 +257,7 @@ fn field<'a>(line: &'a Value, name: &str) -> Option<&'a Value> {
 #[test]
 fn every_request_logs_one_access_line_and_every_line_its_request_id() {
     let g = garage();
-    let toml = format!(
-        r#"
-[server]
-listen = "127.0.0.1:0"
-[ops]
-listen = "127.0.0.1:0"
-[origin]
-endpoint = "{ep}"
-region = "{REGION}"
-force_path_style = true
-access_key_id = "{ACCESS_KEY}"
-secret_access_key = "{SECRET_KEY}"
-[chunk]
-size = "1 MiB"
-[auth]
-mode = "none"
-[telemetry]
-log_format = "json"
-"#,
-        ep = g.endpoint
-    );
+    let toml = common::fixture::toml(&process_config(g));
     let shoal = ShoalProcess::start_with_env(&toml, &[("RUST_LOG", "debug")]);
     let rt = tokio::runtime::Runtime::new().unwrap();
     let mut ids = Vec::new();
@@ -465,36 +445,15 @@ async fn receiver() -> (String, Arc<Mutex<Vec<Span>>>) {
     (format!("http://{addr}"), spans)
 }
 
-fn replica_toml(ep: &str, me: u16, peers: &[u16], otlp: &str) -> String {
-    let peers: Vec<String> = peers.iter().map(|q| format!("\"127.0.0.1:{q}\"")).collect();
-    format!(
-        r#"
-[server]
-listen = "127.0.0.1:0"
-[ops]
-listen = "127.0.0.1:0"
-[origin]
-id = "traces"
-endpoint = "{ep}"
-region = "{REGION}"
-force_path_style = true
-access_key_id = "{ACCESS_KEY}"
-secret_access_key = "{SECRET_KEY}"
-[chunk]
-size = "1 MiB"
-[cluster]
-listen = "127.0.0.1:{me}"
-advertise = "127.0.0.1:{me}"
-peers = [{peers}]
-secret = "trace-test-secret-0123456789"
-[auth]
-mode = "none"
-[telemetry]
-log_format = "json"
-otlp_endpoint = "{otlp}"
-"#,
-        peers = peers.join(", ")
-    )
+fn replica_toml(g: &Garage, me: u16, peers: &[u16], otlp: &str) -> String {
+    let mut c = process_config(g);
+    c.origin.id = "traces".into();
+    c.cluster.listen = format!("127.0.0.1:{me}").parse().unwrap();
+    c.cluster.advertise = Some(format!("127.0.0.1:{me}"));
+    c.cluster.peers = peers.iter().map(|q| format!("127.0.0.1:{q}")).collect();
+    c.cluster.secret = Some("trace-test-secret-0123456789".into());
+    c.telemetry.otlp_endpoint = Some(otlp.to_owned());
+    common::fixture::toml(&c)
 }
 
 /// A GET on replica A for a chunk replica B owns is one trace: the client's span, A's request,
@@ -547,9 +506,8 @@ async fn a_get_through_a_peer_is_one_trace_across_both_replicas() {
     }
     let key = key.expect("some key's chunk is owned by B");
     let env = [("OTEL_EXPORTER_OTLP_PROTOCOL", "http/json")];
-    let a = ShoalProcess::start_with_env(&replica_toml(&g.endpoint, ports[0], &ports, &otlp), &env);
-    let b_proc =
-        ShoalProcess::start_with_env(&replica_toml(&g.endpoint, ports[1], &ports, &otlp), &env);
+    let a = ShoalProcess::start_with_env(&replica_toml(g, ports[0], &ports, &otlp), &env);
+    let b_proc = ShoalProcess::start_with_env(&replica_toml(g, ports[1], &ports, &otlp), &env);
     let trace = "4bf92f3577b34da6a3ce929d0e0e4736";
     let client_span = "00f067aa0ba902b7";
     let r = reqwest::Client::new()
@@ -676,26 +634,10 @@ fn an_unreachable_or_stalled_collector_never_blocks_requests() {
         b
     });
     for otlp in [closed, format!("http://{stalled_addr}")] {
-        let toml = format!(
-            r#"
-[server]
-listen = "127.0.0.1:0"
-[ops]
-listen = "127.0.0.1:0"
-[origin]
-endpoint = "{ep}"
-region = "{REGION}"
-force_path_style = true
-access_key_id = "{ACCESS_KEY}"
-secret_access_key = "{SECRET_KEY}"
-[auth]
-mode = "none"
-[telemetry]
-log_format = "json"
-otlp_endpoint = "{otlp}"
-"#,
-            ep = g.endpoint
-        );
+        let mut cfg = process_config(g);
+        cfg.chunk = Default::default();
+        cfg.telemetry.otlp_endpoint = Some(otlp.clone());
+        let toml = common::fixture::toml(&cfg);
         let shoal = ShoalProcess::start(&toml);
         rt.block_on(async {
             let http = reqwest::Client::builder()

@@ -5,6 +5,9 @@
 pub mod azurite;
 pub mod dns;
 pub mod faulty;
+pub mod fixture;
+
+pub use fixture::base_config;
 pub mod moto;
 pub mod proxy;
 
@@ -422,18 +425,22 @@ pub fn config(g: &Garage) -> Config {
     c
 }
 
-/// Shoal's test settings without an origin: loopback ports the OS picks, no client auth,
-/// 1 MiB chunks, short retry backoffs.
-pub fn base_config() -> Config {
-    let mut c = Config::default();
-    c.server.listen = "127.0.0.1:0".parse().unwrap();
-    c.ops.listen = "127.0.0.1:0".parse().unwrap();
-    c.server.shutdown_grace = shoal::config::Dur(Duration::from_secs(2));
-    c.origin.id = "itest".into();
-    c.auth.mode = shoal::config::AuthMode::None;
-    c.chunk.size = shoal::config::ByteSize(1 << 20);
-    c.fill.retry.backoff_initial = shoal::config::Dur(Duration::from_millis(10));
-    c.fill.retry.backoff_max = shoal::config::Dur(Duration::from_millis(50));
+/// [`config`] for a `shoal serve` process ([`ShoalProcess`]): JSON logs, whose start-up line
+/// names the addresses it bound. Write it with [`fixture::toml`].
+pub fn process_config(g: &Garage) -> Config {
+    let mut c = config(g);
+    c.telemetry.log_format = shoal::config::LogFormat::Json;
+    c
+}
+
+/// Shoal's own defaults in front of Garage, for the benchmarks (which measure Shoal as users
+/// run it): 8 MiB chunks and the default retries, JSON logs, origin id `bench`.
+pub fn bench_config(g: &Garage) -> Config {
+    let mut c = process_config(g);
+    c.origin.id = "bench".into();
+    c.chunk = Default::default();
+    c.fill.retry = Default::default();
+    c.server.shutdown_grace = shoal::config::ServerConfig::default().shutdown_grace;
     c
 }
 
