@@ -107,6 +107,45 @@ impl<'de> Deserialize<'de> for Dur {
     }
 }
 
+/// A secret from the config (a user's or the origin's secret key, the cluster secret, a SAS
+/// token): its `Debug` prints `***`, so a config can be logged or printed whole, and it reads
+/// and writes as the plain string. `as_deref()` on an `Option<Secret>` gives the `&str`.
+#[derive(Clone, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(transparent)]
+pub struct Secret(String);
+
+impl Secret {
+    /// The secret itself, for the one place that uses it.
+    pub fn expose(&self) -> &str {
+        &self.0
+    }
+}
+
+impl fmt::Debug for Secret {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("***")
+    }
+}
+
+impl std::ops::Deref for Secret {
+    type Target = str;
+    fn deref(&self) -> &str {
+        &self.0
+    }
+}
+
+impl From<&str> for Secret {
+    fn from(s: &str) -> Self {
+        Secret(s.to_owned())
+    }
+}
+
+impl From<String> for Secret {
+    fn from(s: String) -> Self {
+        Secret(s)
+    }
+}
+
 /// `fill.hedge_after`: when a slow origin GET gets a second, identical one.
 ///
 /// A fixed delay suits an origin whose latency is known; `"p95"` follows the origin as it is:
@@ -241,38 +280,24 @@ impl Default for AuthConfig {
 }
 
 /// One `[[auth.users]]` entry.
-#[derive(Clone, Serialize, Deserialize, Default)]
+#[derive(Clone, Debug, Serialize, Deserialize, Default)]
 #[serde(deny_unknown_fields, default)]
 pub struct UserConfig {
     /// The access key id clients sign with.
     pub access_key_id: String,
     /// The secret, inline…
-    pub secret_access_key: Option<String>,
+    pub secret_access_key: Option<Secret>,
     /// …or in a file (a mounted Kubernetes Secret).
     pub secret_access_key_file: Option<PathBuf>,
     /// Buckets this user may read; empty = every bucket Shoal serves.
     pub buckets: Vec<String>,
 }
 
-impl fmt::Debug for UserConfig {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("UserConfig")
-            .field("access_key_id", &self.access_key_id)
-            .field(
-                "secret_access_key",
-                &self.secret_access_key.as_ref().map(|_| "***"),
-            )
-            .field("secret_access_key_file", &self.secret_access_key_file)
-            .field("buckets", &self.buckets)
-            .finish()
-    }
-}
-
 impl UserConfig {
     /// The secret, from the config or its file.
     pub fn secret(&self) -> Result<String, String> {
         match (&self.secret_access_key, &self.secret_access_key_file) {
-            (Some(s), None) => Ok(s.clone()),
+            (Some(s), None) => Ok(s.expose().to_owned()),
             (None, Some(p)) => std::fs::read_to_string(p)
                 .map(|s| s.trim_end_matches(['\n', '\r']).to_owned())
                 .map_err(|e| format!("cannot read {}: {e}", p.display())),
@@ -307,7 +332,7 @@ pub enum OriginKind {
 }
 
 /// `origin.*`
-#[derive(Clone, Serialize, Deserialize)]
+#[derive(Clone, Debug, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct OriginConfig {
     /// Names this origin inside every chunk path; change it and the cache starts cold.
@@ -323,7 +348,7 @@ pub struct OriginConfig {
     /// Static credentials; unset = the standard AWS chain.
     pub access_key_id: Option<String>,
     /// Static credentials; unset = the standard AWS chain.
-    pub secret_access_key: Option<String>,
+    pub secret_access_key: Option<Secret>,
     /// Bucket allowlist; empty = any bucket the credentials can read.
     pub buckets: Vec<String>,
     /// Directory served by the `local` origin.
@@ -331,36 +356,12 @@ pub struct OriginConfig {
     /// `azure`: the storage account name.
     pub account: Option<String>,
     /// `azure`: the account key (base64), for Shared Key authentication.
-    pub access_key: Option<String>,
+    pub access_key: Option<Secret>,
     /// `azure`: a SAS token (the query string, with or without `?`) instead of the key.
-    pub sas_token: Option<String>,
+    pub sas_token: Option<Secret>,
     /// How long the origin may take to answer a request (and how long a body may stall);
     /// past it the request counts as a transient failure and is retried or resumed.
     pub timeout: Dur,
-}
-
-impl fmt::Debug for OriginConfig {
-    // Secrets never reach logs.
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("OriginConfig")
-            .field("id", &self.id)
-            .field("kind", &self.kind)
-            .field("endpoint", &self.endpoint)
-            .field("region", &self.region)
-            .field("force_path_style", &self.force_path_style)
-            .field("access_key_id", &self.access_key_id)
-            .field(
-                "secret_access_key",
-                &self.secret_access_key.as_ref().map(|_| "***"),
-            )
-            .field("buckets", &self.buckets)
-            .field("root", &self.root)
-            .field("account", &self.account)
-            .field("access_key", &self.access_key.as_ref().map(|_| "***"))
-            .field("sas_token", &self.sas_token.as_ref().map(|_| "***"))
-            .field("timeout", &self.timeout)
-            .finish()
-    }
 }
 
 impl Default for OriginConfig {
@@ -397,7 +398,7 @@ pub enum StoreKind {
 }
 
 /// `store.*`
-#[derive(Clone, Serialize, Deserialize)]
+#[derive(Clone, Debug, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct StoreConfig {
     /// `memory`, `disk` or `s3`.
@@ -425,36 +426,12 @@ pub struct StoreConfig {
     /// `s3` store: static credentials; unset = the standard AWS chain.
     pub access_key_id: Option<String>,
     /// `s3` store: static credentials; unset = the standard AWS chain.
-    pub secret_access_key: Option<String>,
+    pub secret_access_key: Option<Secret>,
     /// `s3` store: key prefix of every chunk object (`prefix/origin_id/hash/index`).
     pub prefix: String,
     /// `s3` store: how many chunks the in-memory presence catalog remembers, so that a hit
     /// costs no HEAD.
     pub catalog_entries: u64,
-}
-
-impl fmt::Debug for StoreConfig {
-    // Secrets never reach logs.
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("StoreConfig")
-            .field("kind", &self.kind)
-            .field("capacity", &self.capacity)
-            .field("path", &self.path)
-            .field("small_chunk_memory", &self.small_chunk_memory)
-            .field("write_timeout", &self.write_timeout)
-            .field("endpoint", &self.endpoint)
-            .field("bucket", &self.bucket)
-            .field("region", &self.region)
-            .field("force_path_style", &self.force_path_style)
-            .field("access_key_id", &self.access_key_id)
-            .field(
-                "secret_access_key",
-                &self.secret_access_key.as_ref().map(|_| "***"),
-            )
-            .field("prefix", &self.prefix)
-            .field("catalog_entries", &self.catalog_entries)
-            .finish()
-    }
 }
 
 impl Default for StoreConfig {
@@ -650,7 +627,7 @@ impl Default for OpsConfig {
 }
 
 /// `cluster.*`
-#[derive(Clone, Serialize, Deserialize)]
+#[derive(Clone, Debug, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct ClusterConfig {
     /// Internal listener (`/internal/fill`), reached by the other replicas only.
@@ -668,7 +645,7 @@ pub struct ClusterConfig {
     /// How often membership is refreshed.
     pub refresh: Dur,
     /// Shared secret that authenticates `/internal/fill` (HMAC); required in a cluster.
-    pub secret: Option<String>,
+    pub secret: Option<Secret>,
     /// Bytes of chunks owned by other replicas kept here because they were asked for
     /// repeatedly; unset: 10% of `store.capacity`.
     pub hot_cache: Option<ByteSize>,
@@ -693,22 +670,6 @@ impl Default for ClusterConfig {
             hot_cache: None,
             peer_timeout: Dur(Duration::from_secs(2)),
         }
-    }
-}
-
-impl fmt::Debug for ClusterConfig {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("ClusterConfig")
-            .field("listen", &self.listen)
-            .field("advertise", &self.advertise)
-            .field("peers", &self.peers)
-            .field("dns", &self.dns)
-            .field("dns_server", &self.dns_server)
-            .field("refresh", &self.refresh)
-            .field("secret", &self.secret.as_ref().map(|_| "***"))
-            .field("hot_cache", &self.hot_cache)
-            .field("peer_timeout", &self.peer_timeout)
-            .finish()
     }
 }
 
@@ -1582,5 +1543,33 @@ mod tests {
             assert_eq!(c.chunk.size.0, 4 << 20);
             Ok(())
         });
+    }
+
+    /// Every secret of the config is a `Secret`: printing a whole config shows none of them.
+    #[test]
+    fn no_secret_of_the_config_prints() {
+        let mut c = Config::default();
+        c.origin.secret_access_key = Some("origin-secret-1".into());
+        c.origin.access_key = Some("azure-key-2".into());
+        c.origin.sas_token = Some("sas-token-3".into());
+        c.store.secret_access_key = Some("store-secret-4".into());
+        c.cluster.secret = Some("cluster-secret-5".into());
+        c.auth.users = vec![UserConfig {
+            access_key_id: "u".into(),
+            secret_access_key: Some("user-secret-6".into()),
+            ..Default::default()
+        }];
+        let dbg = format!("{c:?}");
+        for s in [
+            "origin-secret-1",
+            "azure-key-2",
+            "sas-token-3",
+            "store-secret-4",
+            "cluster-secret-5",
+            "user-secret-6",
+        ] {
+            assert!(!dbg.contains(s), "{s} printed: {dbg}");
+        }
+        assert_eq!(c.cluster.secret.as_deref(), Some("cluster-secret-5"));
     }
 }

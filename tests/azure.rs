@@ -417,7 +417,7 @@ async fn a_sas_token_works_instead_of_the_key_and_a_wrong_key_is_the_origins_fau
     );
     let mut cfg = azure_config();
     cfg.origin.access_key = None;
-    cfg.origin.sas_token = Some(python(&["sas", &c], None));
+    cfg.origin.sas_token = Some(python(&["sas", &c], None).into());
     let shoal = Shoal::start(&cfg, shoal::app::build_origin(&cfg).await.unwrap()).await;
     let r = shoal.get(&format!("{c}/k")).await;
     assert_eq!(r.status(), 200);
