@@ -199,7 +199,7 @@ pub fn chunk_stack(
             })
         })
         .layer(
-            origin_stack.map_request(RangeRequest::for_chunk as fn(ChunkRequest) -> RangeRequest),
+            origin_stack.map_request(ChunkRequest::origin_read as fn(ChunkRequest) -> RangeRequest),
         );
     let fill = Fill::new(
         source,
@@ -243,7 +243,7 @@ pub fn object_service(
     let head = OriginMeta {
         origin: origin.clone(),
         prefetched: shared.prefetched.clone(),
-        membership: shared.membership.clone(),
+        clustered: shared.membership.is_clustered(),
         store: store.clone(),
         origin_id: cfg.origin.id.as_str().into(),
         base_chunk: cfg.chunk.size.0,

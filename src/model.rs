@@ -18,6 +18,10 @@ use std::fmt;
 use std::ops::Range;
 use std::sync::Arc;
 
+/// The largest piece. Small enough that a reader pins little when it holds one piece of a
+/// chunk that was evicted meanwhile; large enough that a 128 MiB chunk is 512 pieces.
+pub const PIECE: usize = 256 << 10;
+
 /// The smallest chunk size accepted anywhere (SPEC §2): smaller chunks would turn every large
 /// object into a storm of tiny origin requests.
 pub const MIN_CHUNK_SIZE: u64 = 1 << 20;

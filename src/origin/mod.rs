@@ -242,25 +242,6 @@ impl RangeRequest {
     }
 }
 
-impl RangeRequest {
-    /// The origin read behind a chunk request: its range, pinned to its version, with its
-    /// priority and wait.
-    pub fn for_chunk(r: crate::read::chunk::ChunkRequest) -> Self {
-        let k = &r.key;
-        RangeRequest {
-            bucket: k.bucket.clone(),
-            key: k.key.clone(),
-            etag: k.etag.clone(),
-            version_id: r.version_id.clone(),
-            object_size: r.object_size,
-            offset: k.offset() + r.range.start,
-            len: r.range.end - r.range.start,
-            priority: r.priority.clone(),
-            wait: r.wait,
-        }
-    }
-}
-
 impl Queued for RangeRequest {
     fn priority(&self) -> Option<&Priority> {
         self.priority.as_ref()

@@ -21,9 +21,7 @@ use bytes::Bytes;
 use std::sync::{Arc, Mutex};
 use tokio::time::Instant;
 
-/// The largest piece. Small enough that a reader pins little when it holds one piece of a
-/// chunk that was evicted meanwhile; large enough that a 128 MiB chunk is 512 pieces.
-pub const PIECE: usize = 256 << 10;
+pub use crate::model::PIECE;
 
 /// The process-wide byte budget. Clones share it.
 #[derive(Clone, Debug)]

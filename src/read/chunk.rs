@@ -3,6 +3,7 @@
 
 use crate::layer::gate::{Priority, Queued, Wait};
 use crate::model::ChunkKey;
+use crate::origin::RangeRequest;
 use crate::telemetry::metrics::{Metrics, Report, Source};
 use std::ops::Range;
 use std::sync::Arc;
@@ -99,5 +100,24 @@ impl Queued for ChunkRequest {
     }
     fn wait(&self) -> Wait {
         self.wait
+    }
+}
+
+impl ChunkRequest {
+    /// The origin read behind a chunk request: its range, pinned to its version, with its
+    /// priority and wait.
+    pub fn origin_read(self) -> RangeRequest {
+        let k = &self.key;
+        RangeRequest {
+            bucket: k.bucket.clone(),
+            key: k.key.clone(),
+            etag: k.etag.clone(),
+            version_id: self.version_id.clone(),
+            object_size: self.object_size,
+            offset: k.offset() + self.range.start,
+            len: self.range.end - self.range.start,
+            priority: self.priority.clone(),
+            wait: self.wait,
+        }
     }
 }

@@ -19,7 +19,6 @@
 //! singleflight learns whether the chunk is now durable in the store ([`FillBody::is_durable`])
 //! and can release its buffer.
 
-use crate::cluster::HotCache;
 use crate::error::{Error, OriginError};
 use crate::layer::gate::Wait;
 use crate::layer::peer::Routed;
@@ -27,6 +26,7 @@ use crate::layer::retry::Truncated;
 use crate::model::ByteStream;
 use crate::read::budget::{Budget, ChunkCharge, PIECE};
 use crate::read::chunk::ChunkRequest;
+use crate::store::hot::HotCache;
 use crate::store::{ChunkStore, ChunkWriter, Committed};
 use crate::telemetry::metrics::{Metrics, Source};
 use bytes::Bytes;
@@ -505,7 +505,7 @@ mod tests {
             std::future::ready(Err(Error::internal("no peers here")))
         }
         let route: fn(&ChunkRequest) -> Option<String> = no_route;
-        let to_range: fn(ChunkRequest) -> RangeRequest = RangeRequest::for_chunk;
+        let to_range: fn(ChunkRequest) -> RangeRequest = ChunkRequest::origin_read;
         PeerRoutingLayer::new(route, service_fn(no_peer as fn(_) -> _))
             .layer(ServiceExt::map_request(origin, to_range))
     }

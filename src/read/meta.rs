@@ -8,7 +8,6 @@
 //! fill; a shared store, where it is probably there already; a version or part; a HEAD — it
 //! asks HEAD.
 
-use crate::cluster::Membership;
 use crate::error::{Error, OriginError};
 use crate::model::{chunk_size_for, ChunkKey, ObjectMeta, Selector, Tier};
 use crate::origin::{Origin, Prefetched};
@@ -81,7 +80,7 @@ pub struct OriginMeta {
     /// Where a one-trip answer's bytes are parked for the fill that takes them.
     pub prefetched: Prefetched,
     /// In a cluster, the chunk may be another replica's to fill: no one-trip lookup.
-    pub membership: Membership,
+    pub clustered: bool,
     /// A shared store probably has the chunk already: no one-trip lookup; and a chunk
     /// already stored takes no parked answer.
     pub store: Arc<dyn ChunkStore>,
@@ -113,7 +112,7 @@ impl OriginMeta {
         let OriginMeta {
             origin: o,
             prefetched,
-            membership,
+            clustered,
             store: stored,
             origin_id,
             base_chunk,
@@ -124,7 +123,7 @@ impl OriginMeta {
         let first_read = r.first_read;
         let one_trip = first_read != FirstRead::Unknown
             && r.object.sel.is_current()
-            && !membership.is_clustered()
+            && !clustered
             && !stored.is_shared();
         let (bucket, key) = (&*r.object.bucket, &*r.object.key);
         if one_trip {

@@ -23,7 +23,7 @@ use super::{range_ok, ChunkStore, ChunkWriter, Committed, StoreError, StoreStats
 use crate::error::Error;
 use crate::model::ByteStream;
 use crate::model::ChunkKey;
-use crate::read::budget::PIECE;
+use crate::model::PIECE;
 use async_trait::async_trait;
 use bytes::Bytes;
 use futures_util::StreamExt;

@@ -6,6 +6,7 @@
 //! the written length is the promised one: a half-written chunk is never visible.
 
 mod disk;
+pub mod hot;
 mod memory;
 mod s3;
 
