@@ -802,29 +802,21 @@ fn sign(
     (target, headers)
 }
 
-/// One raw HTTP/1.1 request (`Connection: close`): the status and the body as text. Raw, so
-/// that a test can send what no client library would: two `Host` headers, an absolute-form
-/// target, a `Host` other than the one signed.
-async fn raw(base: &str, request_line_target: &str, headers: &[(String, String)]) -> (u16, String) {
-    use tokio::io::{AsyncReadExt, AsyncWriteExt};
-    let addr = base.trim_start_matches("http://");
-    let mut s = tokio::net::TcpStream::connect(addr).await.unwrap();
-    let mut req = format!("GET {request_line_target} HTTP/1.1\r\n");
-    for (k, v) in headers {
-        req.push_str(&format!("{k}: {v}\r\n"));
-    }
-    req.push_str("connection: close\r\n\r\n");
-    s.write_all(req.as_bytes()).await.unwrap();
-    let mut out = Vec::new();
-    s.read_to_end(&mut out).await.unwrap();
-    let text = String::from_utf8_lossy(&out).into_owned();
-    let status = text
-        .split(' ')
-        .nth(1)
-        .and_then(|s| s.parse().ok())
-        .unwrap_or(0);
+/// One raw GET (see [`common::raw_get`]): the status and the body as text.
+async fn raw(base: &str, target: &str, headers: &[(String, String)]) -> (u16, String) {
+    let (status, text) = common::raw_get(base, target, headers).await;
     let body = text.split("\r\n\r\n").nth(1).unwrap_or("").to_owned();
     (status, body)
+}
+
+/// `headers` with an SSE-C header added that the signature does not cover.
+fn with_sse_c(headers: &[(String, String)]) -> Vec<(String, String)> {
+    let mut h = headers.to_vec();
+    h.push((
+        "x-amz-server-side-encryption-customer-algorithm".into(),
+        "AES256".into(),
+    ));
+    h
 }
 
 fn with_host(headers: &[(String, String)], host: &str) -> Vec<(String, String)> {
@@ -1025,12 +1017,7 @@ async fn the_signature_pins_the_host_and_every_x_amz_header() {
         "{body}"
     );
     // An x-amz-* header added to a captured request (SSE-C would divert it to the origin).
-    let mut sse = h.clone();
-    sse.push((
-        "x-amz-server-side-encryption-customer-algorithm".into(),
-        "AES256".into(),
-    ));
-    let (status, body) = raw(&shoal.base, &target, &sse).await;
+    let (status, body) = raw(&shoal.base, &target, &with_sse_c(&h)).await;
     assert_eq!(status, 403, "{body}");
     assert!(
         body.contains("x-amz-server-side-encryption-customer-algorithm"),
@@ -1039,12 +1026,7 @@ async fn the_signature_pins_the_host_and_every_x_amz_header() {
     let (pt, ph) = sign(ADMIN, ADMIN_SECRET, "GET", &ha, "/k", &[], now, Some(60));
     let (status, _) = raw(&shoal.base, &pt, &ph).await;
     assert_eq!(status, 200);
-    let mut psse = ph.clone();
-    psse.push((
-        "x-amz-server-side-encryption-customer-algorithm".into(),
-        "AES256".into(),
-    ));
-    let (status, body) = raw(&shoal.base, &pt, &psse).await;
+    let (status, body) = raw(&shoal.base, &pt, &with_sse_c(&ph)).await;
     assert_eq!(status, 403, "{body}");
     shoal.stop().await;
 }

@@ -901,19 +901,12 @@ async fn hostile_requests_get_clear_4xx_and_never_break_the_server() {
 
 /// A GET written by hand on a raw connection, so the path reaches Shoal exactly as given.
 async fn raw_get(addr: std::net::SocketAddr, path: &str) -> (u16, String) {
-    use tokio::io::{AsyncReadExt, AsyncWriteExt};
-    let mut s = tokio::net::TcpStream::connect(addr).await.unwrap();
-    let req = format!("GET {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n");
-    s.write_all(req.as_bytes()).await.unwrap();
-    let mut out = Vec::new();
-    s.read_to_end(&mut out).await.unwrap();
-    let text = String::from_utf8_lossy(&out).into_owned();
-    let status = text
-        .split(' ')
-        .nth(1)
-        .and_then(|c| c.parse().ok())
-        .unwrap_or(0);
-    (status, text)
+    common::raw_get(
+        &addr.to_string(),
+        path,
+        &[("host".into(), addr.to_string())],
+    )
+    .await
 }
 
 /// Runs a command without the CA-bundle variables of this machine (they break plain-HTTP

@@ -411,6 +411,31 @@ pub fn wait_listening(port: u16, secs: u64) -> bool {
     false
 }
 
+/// One raw HTTP/1.1 GET (`Connection: close`) with exactly these headers: the status and the
+/// whole answer as text. Raw, so that a test can send what no client library would (a path
+/// as given, two `Host` headers, an absolute-form target, a `Host` other than the one signed).
+pub async fn raw_get(addr: &str, target: &str, headers: &[(String, String)]) -> (u16, String) {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut s = tokio::net::TcpStream::connect(addr.trim_start_matches("http://"))
+        .await
+        .unwrap();
+    let mut req = format!("GET {target} HTTP/1.1\r\n");
+    for (k, v) in headers {
+        req.push_str(&format!("{k}: {v}\r\n"));
+    }
+    req.push_str("connection: close\r\n\r\n");
+    s.write_all(req.as_bytes()).await.unwrap();
+    let mut out = Vec::new();
+    s.read_to_end(&mut out).await.unwrap();
+    let text = String::from_utf8_lossy(&out).into_owned();
+    let status = text
+        .split(' ')
+        .nth(1)
+        .and_then(|c| c.parse().ok())
+        .unwrap_or(0);
+    (status, text)
+}
+
 /// A config for Shoal in front of Garage, on loopback ports the OS picks.
 pub fn config(g: &Garage) -> Config {
     let mut c = base_config();
