@@ -380,18 +380,7 @@ where
         at = req.range.start,
         "cold range deep in a chunk: reading it directly"
     );
-    let k = &req.key;
-    let range = RangeRequest {
-        bucket: k.bucket.clone(),
-        key: k.key.clone(),
-        etag: k.etag.clone(),
-        version_id: req.version_id.clone(),
-        object_size: req.object_size,
-        offset: k.offset() + req.range.start,
-        len: req.range.end - req.range.start,
-        priority: req.priority.clone(),
-        wait: req.wait,
-    };
+    let range = req.clone().origin_read();
     let whole = ChunkRequest {
         range: 0..req.chunk_len(),
         ..req.clone()
