@@ -19,7 +19,7 @@
 //!
 //! Settings (environment): `CHAOS_SECS` (600), `SOAK_SECS` (600), `CHAOS_CLIENTS` (12),
 //! `CHAOS_IDLE_CONNS` (1000), `CHAOS_FAULT_SECS` (5), `CHAOS_DOWN_SECS` (30),
-//! `CHAOS_STOP_SECS` (10), `CHAOS_GAP_SECS` (1), `SOAK_FAULT_GAP_SECS` (45),
+//! `CHAOS_STOP_SECS` (10), `CHAOS_GAP_SECS` (1), `CHAOS_WARMUP_SECS` (5), `SOAK_FAULT_GAP_SECS` (45),
 //! `CHAOS_ORIGIN_TIMEOUT_MS` (3000), `CHAOS_REQUIRE_STOP_RATIO` (unset: reported only).
 //!
 //! `cargo bench --bench chaos` runs it against the release binary; `cargo test --bench chaos
@@ -70,6 +70,7 @@ struct Opts {
     down: Duration,
     stop: Duration,
     gap: Duration,
+    warmup: Duration,
     origin_timeout: Duration,
     queue_timeout: Duration,
     require_stop_ratio: Option<f64>,
@@ -95,6 +96,7 @@ impl Opts {
             } else {
                 env_u64("CHAOS_GAP_SECS", 1)
             }),
+            warmup: Duration::from_secs(env_u64("CHAOS_WARMUP_SECS", 5)),
             origin_timeout,
             queue_timeout: Duration::from_secs(2),
             require_stop_ratio: std::env::var("CHAOS_REQUIRE_STOP_RATIO")
@@ -104,7 +106,7 @@ impl Opts {
     }
 }
 
-/// The fault classes, in the order they rotate (the outage first, so a short run has it).
+/// The fault classes, in the order they rotate (the 30 s outage early, so a short run has it).
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
 enum Fault {
     OriginDown,
@@ -121,9 +123,9 @@ enum Fault {
 }
 
 const ROTATION: [Fault; 11] = [
-    Fault::OriginDown,
-    Fault::Sigkill,
     Fault::Origin503,
+    Fault::Sigkill,
+    Fault::OriginDown,
     Fault::Sigstop,
     Fault::OriginReset,
     Fault::FlipChunkBytes,
@@ -341,6 +343,7 @@ impl Harness {
                 for r in &self.ctx.replicas {
                     chunk_files(&r.store, &mut files, 0);
                 }
+                let caught_before = self.checksum_failures().await;
                 let mut flipped = 0;
                 for _ in 0..12.min(files.len()) {
                     let f = rng.pick(&files).clone();
@@ -349,8 +352,11 @@ impl Harness {
                     }
                 }
                 tokio::time::sleep(o.fault).await;
+                let caught = self.checksum_failures().await.saturating_sub(caught_before);
                 format!(
-                    "flipped one byte in each of {flipped} chunk files (of {} found)",
+                    "flipped one byte in each of {flipped} chunk files (of {} found); \
+                     shoal_store_checksum_failures_total rose by {caught} during the window \
+                     (a flipped chunk not read again is not counted)",
                     files.len()
                 )
             }
@@ -374,6 +380,27 @@ impl Harness {
         (start, detail)
     }
 
+    /// The replicas' `shoal_store_checksum_failures_total`, summed.
+    async fn checksum_failures(&self) -> u64 {
+        let mut n = 0;
+        for r in &self.ctx.replicas {
+            let url = format!("http://127.0.0.1:{}/metrics", r.ops_port);
+            let text = tokio::time::timeout(Duration::from_secs(5), async {
+                self.ctx.http.get(url).send().await.ok()?.text().await.ok()
+            })
+            .await
+            .ok()
+            .flatten()
+            .unwrap_or_default();
+            n += text
+                .lines()
+                .find_map(|l| l.strip_prefix("shoal_store_checksum_failures_total "))
+                .and_then(|v| v.trim().parse::<f64>().ok())
+                .unwrap_or(0.0) as u64;
+        }
+        n
+    }
+
     /// Time from now until each replica serves a probe correctly (at most 30 s).
     async fn recovery(&self) -> Vec<Option<f64>> {
         let t = Instant::now();
@@ -395,12 +422,12 @@ impl Harness {
         let mut last_end = Instant::now();
         let mut n = 0usize;
         let mut since_skip = 0;
-        // Soak: the first fault after a quiet start, so the replicas' steady state is seen.
-        if self.opts.soak {
-            tokio::select! {
-                _ = tokio::time::sleep(self.opts.gap) => {}
-                _ = stop.cancelled() => return recs,
-            }
+        // The first fault after a warm-up (soak: a whole gap, so the steady state is seen),
+        // so that there is something cached to lose.
+        let warmup = if self.opts.soak { self.opts.gap } else { self.opts.warmup };
+        tokio::select! {
+            _ = tokio::time::sleep(warmup) => {}
+            _ = stop.cancelled() => return recs,
         }
         while !stop.is_cancelled() && since_skip < ROTATION.len() {
             let class = ROTATION[n % ROTATION.len()];
@@ -1001,9 +1028,9 @@ fn main() {
     let soak = has("--soak") || std::env::var("SOAK").is_ok_and(|v| v == "1");
     let opts = Opts::from_env(soak);
     // The shared test helpers stop a binary after 20 minutes; a long run needs longer.
-    if std::env::var("SHOAL_TEST_WATCHDOG_SECS").is_err() {
+    if std::env::var("TEST_WATCHDOG_SECS").is_err() {
         std::env::set_var(
-            "SHOAL_TEST_WATCHDOG_SECS",
+            "TEST_WATCHDOG_SECS",
             (opts.secs + 30 * 60).to_string(),
         );
     }

@@ -250,12 +250,13 @@ async fn forward(
         }
     };
     let (parts, body) = resp.into_parts();
+    // Without a Content-Length (a chunked listing), break within its first 4 KiB.
     let len: u64 = parts
         .headers
         .get("content-length")
         .and_then(|v| v.to_str().ok()?.parse().ok())
-        .unwrap_or(0);
-    // Only bodies worth breaking: GET answers with bytes in them.
+        .unwrap_or(4096);
+    // Only bodies worth breaking: GET answers (objects and listings) with bytes in them.
     let breakable = is_get && parts.status.is_success() && len > 1;
     // (bytes after which the body breaks, and how long it stalls first)
     let brk: Option<(u64, Option<Duration>)> = match mode {

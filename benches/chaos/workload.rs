@@ -654,13 +654,19 @@ impl Ctx {
             if s.write_all(req.as_bytes()).await.is_err() {
                 continue;
             }
-            // Headers and the whole (small) body.
+            // Headers and the whole body (its Content-Length: an error's, or the object's).
             let mut got = Vec::new();
             let mut buf = vec![0u8; 16 * 1024];
-            let need = want.size as usize;
+            let mut need = 0usize;
             let ok = tokio::time::timeout(NO_PROGRESS, async {
                 loop {
                     if let Some(p) = got.windows(4).position(|w| w == b"\r\n\r\n") {
+                        let head = String::from_utf8_lossy(&got[..p]).to_ascii_lowercase();
+                        need = head
+                            .lines()
+                            .find_map(|l| l.strip_prefix("content-length:"))
+                            .and_then(|v| v.trim().parse().ok())
+                            .unwrap_or(0);
                         if got.len() >= p + 4 + need {
                             return Some(p + 4);
                         }
@@ -680,6 +686,13 @@ impl Ctx {
                 Ok(None) => {}
                 Ok(Some(body_at)) => {
                     if got.starts_with(b"HTTP/1.1 200") {
+                        if need as u64 != want.size {
+                            self.stats.fatal(
+                                "wrong_length",
+                                format!("idle connection {i}: Content-Length {need}, expected {}", want.size),
+                            );
+                            return;
+                        }
                         if let Some(at) = mismatch(want.seed, 0, &got[body_at..body_at + need]) {
                             self.stats.fatal(
                                 "wrong_byte",
@@ -765,7 +778,13 @@ impl Ctx {
                 }
                 _ => ("malformed", self.malformed(r, rng.next()).await),
             };
+            let failed = !matches!(v, Verdict::Ok | Verdict::Disconnected);
             self.record(kind, r, &v);
+            if failed {
+                // As an SDK backs off before retrying: a failing cluster is not hammered by
+                // a tight loop of instant errors (which would also drown the counts).
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
         }
     }
 

@@ -139,9 +139,10 @@ pub fn garage() -> &'static Garage {
 
 /// How long one test binary may run before it is taken for hung. The slowest binary takes
 /// well under a minute here; a hang must fail the run with a message, not eat CI's time.
-/// `SHOAL_TEST_WATCHDOG_SECS` overrides it for the long runs (`make chaos`, `make soak`).
+/// `TEST_WATCHDOG_SECS` overrides it for the long runs (`make chaos`, `make soak`); not
+/// `SHOAL_…`, which `shoal serve` children would read as configuration.
 fn watchdog_limit() -> Duration {
-    std::env::var("SHOAL_TEST_WATCHDOG_SECS")
+    std::env::var("TEST_WATCHDOG_SECS")
         .ok()
         .and_then(|s| s.parse().ok())
         .map_or(Duration::from_secs(20 * 60), Duration::from_secs)
