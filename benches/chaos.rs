@@ -237,7 +237,10 @@ impl Harness {
                 self.proxy.set(Mode::Errors(0.5));
                 tokio::time::sleep(o.fault).await;
                 self.proxy.set(Mode::Clean);
-                format!("half of origin requests answered 503 SlowDown for {:?}", o.fault)
+                format!(
+                    "half of origin requests answered 503 SlowDown for {:?}",
+                    o.fault
+                )
             }
             Fault::OriginReset => {
                 self.proxy.set(Mode::Reset(0.4));
@@ -286,7 +289,11 @@ impl Harness {
                 let w = o.stop.as_secs_f64();
                 let before = self.ok_between(&healthy, t_stop - w, t_stop) as f64 / w;
                 let during = self.ok_between(&healthy, t_stop, t_cont) as f64 / (t_cont - t_stop);
-                let ratio = if before > 0.0 { during / before } else { f64::NAN };
+                let ratio = if before > 0.0 {
+                    during / before
+                } else {
+                    f64::NAN
+                };
                 self.stop_ratios.lock().unwrap().push(StopRatio {
                     replica: r,
                     before_per_s: before,
@@ -336,7 +343,11 @@ impl Harness {
                     }
                     tokio::time::sleep(Duration::from_millis(800)).await;
                 }
-                format!("{} overwrites in place: {}", written.len(), written.join(", "))
+                format!(
+                    "{} overwrites in place: {}",
+                    written.len(),
+                    written.join(", ")
+                )
             }
             Fault::FlipChunkBytes => {
                 let mut files = Vec::new();
@@ -424,7 +435,11 @@ impl Harness {
         let mut since_skip = 0;
         // The first fault after a warm-up (soak: a whole gap, so the steady state is seen),
         // so that there is something cached to lose.
-        let warmup = if self.opts.soak { self.opts.gap } else { self.opts.warmup };
+        let warmup = if self.opts.soak {
+            self.opts.gap
+        } else {
+            self.opts.warmup
+        };
         tokio::select! {
             _ = tokio::time::sleep(warmup) => {}
             _ = stop.cancelled() => return recs,
@@ -557,7 +572,7 @@ fn raise_fd_limit() -> u64 {
         l.rlim_cur = l.rlim_max;
         libc::setrlimit(libc::RLIMIT_NOFILE, &l);
     }
-    l.rlim_cur as u64
+    l.rlim_cur
 }
 
 fn target_dir() -> PathBuf {
@@ -659,7 +674,11 @@ async fn run(opts: Opts) -> i32 {
             } else {
                 base.join(format!("store-{i}"))
             };
-            let ports = [common::free_port(), common::free_port(), common::free_port()];
+            let ports = [
+                common::free_port(),
+                common::free_port(),
+                common::free_port(),
+            ];
             Arc::new(Replica::new(i, &base, store, ports, common_cfg.clone()))
         })
         .collect();
@@ -671,7 +690,13 @@ async fn run(opts: Opts) -> i32 {
         }
     }
     let buckets = ((opts.secs + 600) * 1000 / BUCKET.as_millis() as u64) as usize;
-    let ctx = Arc::new(Ctx::new(cat.clone(), replicas.clone(), probe, idle_key, buckets));
+    let ctx = Arc::new(Ctx::new(
+        cat.clone(),
+        replicas.clone(),
+        probe,
+        idle_key,
+        buckets,
+    ));
     for r in 0..3 {
         if !ctx.probe(r).await {
             eprintln!("chaos: replica {r} does not serve the probe before any fault");
@@ -775,7 +800,15 @@ async fn run(opts: Opts) -> i32 {
     let _ = monitor.await;
     ctrl_c.abort();
 
-    report(&h, &faults, &samples, load_secs, idle_open_at_end, &final_probe, &base)
+    report(
+        &h,
+        &faults,
+        &samples,
+        load_secs,
+        idle_open_at_end,
+        &final_probe,
+        &base,
+    )
 }
 
 #[allow(clippy::too_many_arguments)]
@@ -826,7 +859,8 @@ fn report(
         }
     }
     if let (Some(want), true) = (o.require_stop_ratio, !ratios.is_empty()) {
-        if !(min_ratio >= want) {
+        // Not finite: no window had a rate to compare with, which proves nothing.
+        if min_ratio < want || !min_ratio.is_finite() {
             fail.push(format!(
                 "stopped-replica ratio {min_ratio:.2} below CHAOS_REQUIRE_STOP_RATIO={want}"
             ));
@@ -849,11 +883,22 @@ fn report(
     let _ = writeln!(
         md,
         "**Verdict: {}**\n",
-        if fail.is_empty() { "PASS".to_owned() } else { format!("FAIL — {}", fail.join("; ")) }
+        if fail.is_empty() {
+            "PASS".to_owned()
+        } else {
+            format!("FAIL — {}", fail.join("; "))
+        }
     );
-    let _ = writeln!(md, "## Requests\n\n| kind | requests | correct |\n|---|---:|---:|");
+    let _ = writeln!(
+        md,
+        "## Requests\n\n| kind | requests | correct |\n|---|---:|---:|"
+    );
     for (k, n) in &requests {
-        let _ = writeln!(md, "| {k} | {n} | {} |", correct.get(k).copied().unwrap_or(0));
+        let _ = writeln!(
+            md,
+            "| {k} | {n} | {} |",
+            correct.get(k).copied().unwrap_or(0)
+        );
     }
     let _ = writeln!(
         md,
@@ -864,7 +909,10 @@ fn report(
         s.idle_opened.load(Ordering::Relaxed),
         s.idle_closed_by_server.load(Ordering::Relaxed),
     );
-    let _ = writeln!(md, "Per replica (all kinds): requests, correct answers per second over the run:\n");
+    let _ = writeln!(
+        md,
+        "Per replica (all kinds): requests, correct answers per second over the run:\n"
+    );
     for (r, (n, rate)) in per_replica.iter().enumerate() {
         let _ = writeln!(md, "- replica {r}: {n} requests, {rate:.1} correct/s");
     }
@@ -872,7 +920,10 @@ fn report(
     for (k, n) in &honest {
         let _ = writeln!(md, "| {k} | {n} |");
     }
-    let _ = writeln!(md, "\n## Unexpected answers (reported, not fatal)\n\n| class | count |\n|---|---:|");
+    let _ = writeln!(
+        md,
+        "\n## Unexpected answers (reported, not fatal)\n\n| class | count |\n|---|---:|"
+    );
     for (k, n) in &unexpected {
         let _ = writeln!(md, "| {k} | {n} |");
     }
@@ -901,8 +952,15 @@ fn report(
         let _ = writeln!(md, "| {c} | {} | {max:.2} | {med:.2} |", fs.len());
     }
     let _ = writeln!(md, "\nOrigin proxy effects: {:?}\n", h.proxy.effects());
-    let _ = writeln!(md, "Replica restarts by the harness: {}\n", h.restarts.load(Ordering::Relaxed));
-    let _ = writeln!(md, "Each fault (start/end s; recovery per replica, from the fault's end):\n");
+    let _ = writeln!(
+        md,
+        "Replica restarts by the harness: {}\n",
+        h.restarts.load(Ordering::Relaxed)
+    );
+    let _ = writeln!(
+        md,
+        "Each fault (start/end s; recovery per replica, from the fault's end):\n"
+    );
     for f in faults {
         let _ = writeln!(
             md,
@@ -996,7 +1054,11 @@ fn report(
     println!(
         "chaos: report written to {}/{mode}-report.{{md,json}}{}",
         out.display(),
-        if samples.is_empty() { "" } else { " with soak.csv and soak.png" }
+        if samples.is_empty() {
+            ""
+        } else {
+            " with soak.csv and soak.png"
+        }
     );
     // The stores and logs of a passing run are not needed again.
     if fail.is_empty() {
@@ -1029,10 +1091,7 @@ fn main() {
     let opts = Opts::from_env(soak);
     // The shared test helpers stop a binary after 20 minutes; a long run needs longer.
     if std::env::var("TEST_WATCHDOG_SECS").is_err() {
-        std::env::set_var(
-            "TEST_WATCHDOG_SECS",
-            (opts.secs + 30 * 60).to_string(),
-        );
+        std::env::set_var("TEST_WATCHDOG_SECS", (opts.secs + 30 * 60).to_string());
     }
     let rt = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)

@@ -83,19 +83,13 @@ impl FaultProxy {
             mode: Mutex::new(Mode::Clean),
             down,
             effects: Mutex::default(),
-            rng: Mutex::new(Rng::new(0x5eed_0f_fa17)),
+            rng: Mutex::new(Rng::new(0x5EED_FA17)),
         });
         let client: Upstream = Client::builder(TokioExecutor::new())
             .pool_idle_timeout(Duration::from_secs(30))
             .build_http();
         let upstream: Arc<str> = upstream.trim_end_matches('/').into();
-        let task = tokio::spawn(accept_loop(
-            listener,
-            addr,
-            state.clone(),
-            client,
-            upstream,
-        ));
+        let task = tokio::spawn(accept_loop(listener, addr, state.clone(), client, upstream));
         FaultProxy {
             endpoint: format!("http://{addr}"),
             state,

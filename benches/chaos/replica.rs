@@ -61,16 +61,13 @@ pub struct Replica {
     tail: Arc<Mutex<Vec<String>>>,
 }
 
-fn spawner() -> &'static Mutex<std::sync::mpsc::Sender<(Command, std::sync::mpsc::Sender<std::io::Result<Child>>)>>
-{
-    static S: OnceLock<
-        Mutex<std::sync::mpsc::Sender<(Command, std::sync::mpsc::Sender<std::io::Result<Child>>)>>,
-    > = OnceLock::new();
+/// A command to start, and where to send the child (or why not).
+type SpawnRequest = (Command, std::sync::mpsc::Sender<std::io::Result<Child>>);
+
+fn spawner() -> &'static Mutex<std::sync::mpsc::Sender<SpawnRequest>> {
+    static S: OnceLock<Mutex<std::sync::mpsc::Sender<SpawnRequest>>> = OnceLock::new();
     S.get_or_init(|| {
-        let (tx, rx) = std::sync::mpsc::channel::<(
-            Command,
-            std::sync::mpsc::Sender<std::io::Result<Child>>,
-        )>();
+        let (tx, rx) = std::sync::mpsc::channel::<SpawnRequest>();
         // PR_SET_PDEATHSIG fires when the *thread* that forked exits: fork from one thread
         // that lives as long as the harness.
         std::thread::spawn(move || {

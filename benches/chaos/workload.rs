@@ -222,7 +222,10 @@ impl Ctx {
                 let class = f.split(':').next().unwrap_or(f).to_owned();
                 s.fatal(&class, format!("{kind} on replica {r}: {f}"));
             }
-            Verdict::Abandoned => bump(&s.honest, "abandoned (replica stopped or killed by the harness)"),
+            Verdict::Abandoned => bump(
+                &s.honest,
+                "abandoned (replica stopped or killed by the harness)",
+            ),
         }
     }
 
@@ -236,7 +239,13 @@ impl Ctx {
     }
 
     /// A GET of key `idx` from replica `r`, every byte checked.
-    pub async fn get(&self, r: usize, idx: usize, range: Option<RangeSpec>, reader: Reader) -> Verdict {
+    pub async fn get(
+        &self,
+        r: usize,
+        idx: usize,
+        range: Option<RangeSpec>,
+        reader: Reader,
+    ) -> Verdict {
         self.guarded(r, self.get_inner(r, idx, range, reader)).await
     }
 
@@ -265,8 +274,8 @@ impl Ctx {
         let h = resp.headers().clone();
         if status == 416 {
             // Correct only if some version of the key makes this range unsatisfiable.
-            let total: Option<u64> = header(&h, "content-range")
-                .and_then(|c| c.strip_prefix("bytes */")?.parse().ok());
+            let total: Option<u64> =
+                header(&h, "content-range").and_then(|c| c.strip_prefix("bytes */")?.parse().ok());
             let sizes = self.cat.sizes(idx);
             return match total {
                 Some(t)
@@ -320,7 +329,11 @@ impl Ctx {
                 let parsed = cr.strip_prefix("bytes ").and_then(|x| {
                     let (se, t) = x.split_once('/')?;
                     let (s, e) = se.split_once('-')?;
-                    Some((s.parse::<u64>().ok()?, e.parse::<u64>().ok()?, t.parse::<u64>().ok()?))
+                    Some((
+                        s.parse::<u64>().ok()?,
+                        e.parse::<u64>().ok()?,
+                        t.parse::<u64>().ok()?,
+                    ))
                 });
                 match parsed {
                     Some((s, e, t)) if t == v.size && s <= e && e < t => {
@@ -331,9 +344,9 @@ impl Ctx {
                     }
                     _ => {
                         return Verdict::Fatal(format!(
-                            "wrong_content_range: GET {key} {range:?} answered 206 {cr:?} for {} bytes",
-                            v.size
-                        ))
+                        "wrong_content_range: GET {key} {range:?} answered 206 {cr:?} for {} bytes",
+                        v.size
+                    ))
                     }
                 }
             }
@@ -419,11 +432,14 @@ impl Ctx {
     pub async fn head(&self, r: usize, idx: usize) -> Verdict {
         self.guarded(r, async {
             let key = self.cat.key(idx);
-            let resp = match tokio::time::timeout(NO_PROGRESS, self.http.head(self.url(r, &key)).send()).await {
-                Err(_) => return Verdict::Fatal(format!("no_progress_60s: HEAD {key}")),
-                Ok(Err(e)) => return Verdict::Honest(connect_error(&e)),
-                Ok(Ok(r)) => r,
-            };
+            let resp =
+                match tokio::time::timeout(NO_PROGRESS, self.http.head(self.url(r, &key)).send())
+                    .await
+                {
+                    Err(_) => return Verdict::Fatal(format!("no_progress_60s: HEAD {key}")),
+                    Ok(Err(e)) => return Verdict::Honest(connect_error(&e)),
+                    Ok(Ok(r)) => r,
+                };
             let status = resp.status().as_u16();
             if status != 200 {
                 return error_verdict("HEAD", status, &key, None).await;
@@ -448,7 +464,8 @@ impl Ctx {
     /// A ListObjectsV2 walk of `prefix` (every page), each entry checked against what was
     /// written, and the whole listing checked for completeness.
     pub async fn list(&self, r: usize, prefix: &str, delimiter: bool, max_keys: u32) -> Verdict {
-        self.guarded(r, self.list_inner(r, prefix, delimiter, max_keys)).await
+        self.guarded(r, self.list_inner(r, prefix, delimiter, max_keys))
+            .await
     }
 
     async fn list_inner(&self, r: usize, prefix: &str, delimiter: bool, max_keys: u32) -> Verdict {
@@ -494,14 +511,13 @@ impl Ctx {
             }
             for (k, size, etag) in &page.contents {
                 let Some(idx) = self.cat.index_of(k) else {
-                    return Verdict::Fatal(format!("list_wrong: LIST {prefix} names {k:?}, never written"));
+                    return Verdict::Fatal(format!(
+                        "list_wrong: LIST {prefix} names {k:?}, never written"
+                    ));
                 };
-                let ok = self
-                    .cat
-                    .object(idx)
-                    .versions
-                    .iter()
-                    .any(|v| Some(v.size) == *size && Some(v.etag.as_str()) == etag.as_deref().map(unquote));
+                let ok = self.cat.object(idx).versions.iter().any(|v| {
+                    Some(v.size) == *size && Some(v.etag.as_str()) == etag.as_deref().map(unquote)
+                });
                 if !ok {
                     return Verdict::Fatal(format!(
                         "list_wrong: LIST {prefix}: {k:?} with Size {size:?} ETag {etag:?} matches no version written"
@@ -689,7 +705,10 @@ impl Ctx {
                         if need as u64 != want.size {
                             self.stats.fatal(
                                 "wrong_length",
-                                format!("idle connection {i}: Content-Length {need}, expected {}", want.size),
+                                format!(
+                                    "idle connection {i}: Content-Length {need}, expected {}",
+                                    want.size
+                                ),
                             );
                             return;
                         }
@@ -760,7 +779,13 @@ impl Ctx {
                 }
                 54..=61 => ("head", self.head(r, idx).await),
                 62..=68 => {
-                    let (p, d) = *rng.pick(&[("hot/", false), ("cold/", false), ("", true), ("odd/", false), ("", false)]);
+                    let (p, d) = *rng.pick(&[
+                        ("hot/", false),
+                        ("cold/", false),
+                        ("", true),
+                        ("odd/", false),
+                        ("", false),
+                    ]);
                     let mk = *rng.pick(&[2u32, 7, 1000]);
                     ("list", self.list(r, p, d, mk).await)
                 }
@@ -770,11 +795,24 @@ impl Ctx {
                 ),
                 74..=81 => {
                     let at = rng.below(size.max(1));
-                    ("get_hangup", self.get(r, idx, None, Reader::HangUp(at)).await)
+                    (
+                        "get_hangup",
+                        self.get(r, idx, None, Reader::HangUp(at)).await,
+                    )
                 }
                 82..=89 => {
-                    let h = *rng.pick(&["foo=1-2", "bytes=5-1", "bytes=", "bytes=0-1,4-5", "bytes=abc"]);
-                    ("get_bad_range", self.get(r, idx, Some(RangeSpec::Ignored(h)), Reader::Fast).await)
+                    let h = *rng.pick(&[
+                        "foo=1-2",
+                        "bytes=5-1",
+                        "bytes=",
+                        "bytes=0-1,4-5",
+                        "bytes=abc",
+                    ]);
+                    (
+                        "get_bad_range",
+                        self.get(r, idx, Some(RangeSpec::Ignored(h)), Reader::Fast)
+                            .await,
+                    )
                 }
                 _ => ("malformed", self.malformed(r, rng.next()).await),
             };
@@ -792,9 +830,12 @@ impl Ctx {
     /// findings are counted; the rest only says "not yet".
     pub async fn probe(&self, r: usize) -> bool {
         let probe = self.probe;
-        let v = tokio::time::timeout(Duration::from_secs(10), self.get(r, probe, None, Reader::Fast))
-            .await
-            .unwrap_or(Verdict::Honest("probe timed out".into()));
+        let v = tokio::time::timeout(
+            Duration::from_secs(10),
+            self.get(r, probe, None, Reader::Fast),
+        )
+        .await
+        .unwrap_or(Verdict::Honest("probe timed out".into()));
         if let Verdict::Fatal(f) = &v {
             self.record("probe", r, &Verdict::Fatal(f.clone()));
         }
@@ -823,7 +864,12 @@ fn connect_error(e: &reqwest::Error) -> String {
 
 /// Judges an error status: an S3 error is honest; a status a well-formed request should not
 /// get is unexpected.
-async fn error_verdict(op: &str, status: u16, what: &str, resp: Option<reqwest::Response>) -> Verdict {
+async fn error_verdict(
+    op: &str,
+    status: u16,
+    what: &str,
+    resp: Option<reqwest::Response>,
+) -> Verdict {
     let code = match resp {
         Some(r) => match tokio::time::timeout(Duration::from_secs(10), r.text()).await {
             Ok(Ok(body)) => body

@@ -350,11 +350,7 @@ impl Metrics {
             "background_tasks",
             "Fills, store writers and readahead running",
         );
-        let runtime_tasks = gauge(
-            &mut r,
-            "runtime_tasks",
-            "Tasks alive on the tokio runtime",
-        );
+        let runtime_tasks = gauge(&mut r, "runtime_tasks", "Tasks alive on the tokio runtime");
         let connections = gauge(
             &mut r,
             "connections",
