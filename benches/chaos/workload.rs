@@ -587,6 +587,7 @@ impl Ctx {
                 .into_bytes(),
         };
         let port = self.replicas[r].s3_port;
+        let starts = self.replicas[r].starts.load(Ordering::SeqCst);
         self.guarded(r, async move {
             let mut s = match tokio::time::timeout(
                 Duration::from_secs(5),
@@ -630,6 +631,12 @@ impl Ctx {
                     "malformed_answered_{s}: request #{} answered {s}",
                     which % 7
                 )),
+                // Killed under the request (the harness's doing): nothing to judge.
+                None if self.replicas[r].starts.load(Ordering::SeqCst) != starts
+                    || self.replicas[r].avail() != Avail::Up =>
+                {
+                    Verdict::Honest("connection closed: replica killed by the harness".into())
+                }
                 None => Verdict::Unexpected(format!(
                     "malformed_closed_without_answer: request #{} ({} bytes back)",
                     which % 7,
