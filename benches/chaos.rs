@@ -20,7 +20,10 @@
 //! Settings (environment): `CHAOS_SECS` (600), `SOAK_SECS` (600), `CHAOS_CLIENTS` (12),
 //! `CHAOS_IDLE_CONNS` (1000), `CHAOS_FAULT_SECS` (5), `CHAOS_DOWN_SECS` (30),
 //! `CHAOS_STOP_SECS` (10), `CHAOS_GAP_SECS` (1), `CHAOS_WARMUP_SECS` (5), `SOAK_FAULT_GAP_SECS` (45),
-//! `CHAOS_ORIGIN_TIMEOUT_MS` (3000), `CHAOS_REQUIRE_STOP_RATIO` (unset: reported only).
+//! `CHAOS_ORIGIN_TIMEOUT_MS` (3000), `CHAOS_REQUIRE_STOP_RATIO` (unset: reported only),
+//! `CHAOS_EXTRA_FAULTS` (unset; `lying_list` adds listings cut short with a matching
+//! `Content-Length`, `corrupt_body` adds object bodies with a flipped byte, which no cache can
+//! catch without a checksum: it shows that the harness's own checks bite).
 //!
 //! `cargo bench --bench chaos` runs it against the release binary; `cargo test --bench chaos
 //! -- --run` against the debug one (what `make test` does); `cargo test --all-targets` alone
@@ -74,6 +77,8 @@ struct Opts {
     origin_timeout: Duration,
     queue_timeout: Duration,
     require_stop_ratio: Option<f64>,
+    /// Lying-origin faults added to the rotation (`CHAOS_EXTRA_FAULTS=lying_list,corrupt_body`).
+    extra: Vec<Fault>,
 }
 
 impl Opts {
@@ -99,6 +104,15 @@ impl Opts {
             warmup: Duration::from_secs(env_u64("CHAOS_WARMUP_SECS", 5)),
             origin_timeout,
             queue_timeout: Duration::from_secs(2),
+            extra: std::env::var("CHAOS_EXTRA_FAULTS")
+                .unwrap_or_default()
+                .split(',')
+                .filter_map(|f| match f.trim() {
+                    "lying_list" => Some(Fault::LyingList),
+                    "corrupt_body" => Some(Fault::CorruptBody),
+                    _ => None,
+                })
+                .collect(),
             require_stop_ratio: std::env::var("CHAOS_REQUIRE_STOP_RATIO")
                 .ok()
                 .and_then(|v| v.parse().ok()),
@@ -120,6 +134,8 @@ enum Fault {
     OriginLatency,
     Overwrite,
     StoreFull,
+    LyingList,
+    CorruptBody,
 }
 
 const ROTATION: [Fault; 11] = [
@@ -150,6 +166,8 @@ impl Fault {
             Fault::OriginLatency => "origin_latency",
             Fault::Overwrite => "object_overwritten",
             Fault::StoreFull => "store_dir_full",
+            Fault::LyingList => "origin_list_truncated_lying",
+            Fault::CorruptBody => "origin_body_corrupted_lying",
         }
     }
 
@@ -256,6 +274,24 @@ impl Harness {
                 format!(
                     "40% of origin GET bodies stalled {hold:?} (origin.timeout {:?}) for {:?}",
                     o.origin_timeout, o.fault
+                )
+            }
+            Fault::LyingList => {
+                self.proxy.set(Mode::TruncateList(0.5));
+                tokio::time::sleep(o.fault).await;
+                self.proxy.set(Mode::Clean);
+                format!(
+                    "half of origin listings cut short with a matching Content-Length for {:?}",
+                    o.fault
+                )
+            }
+            Fault::CorruptBody => {
+                self.proxy.set(Mode::CorruptBody(0.2));
+                tokio::time::sleep(o.fault).await;
+                self.proxy.set(Mode::Clean);
+                format!(
+                    "one byte flipped in 20% of origin object bodies for {:?} (the run must fail)",
+                    o.fault
                 )
             }
             Fault::OriginLatency => {
@@ -444,8 +480,11 @@ impl Harness {
             _ = tokio::time::sleep(warmup) => {}
             _ = stop.cancelled() => return recs,
         }
-        while !stop.is_cancelled() && since_skip < ROTATION.len() {
-            let class = ROTATION[n % ROTATION.len()];
+        // Extra (lying-origin) faults first, so that a short run shows them.
+        let mut rotation = self.opts.extra.clone();
+        rotation.extend(ROTATION);
+        while !stop.is_cancelled() && since_skip < rotation.len() {
+            let class = rotation[n % rotation.len()];
             let est = class.estimate(&self.opts);
             if Instant::now() + est > deadline + Duration::from_secs(10) {
                 n += 1;
@@ -459,7 +498,7 @@ impl Harness {
                 tokio::time::sleep_until(quiet.into()).await;
             }
             println!("[{:>6.1}s] fault {}: start", self.now(), class.name());
-            let (start, detail) = self.inject(class, n / ROTATION.len(), &mut rng).await;
+            let (start, detail) = self.inject(class, n / rotation.len(), &mut rng).await;
             let end = self.now();
             let recovery = self.recovery().await;
             println!(
@@ -594,6 +633,13 @@ const OBJECTS: &[(&str, bool, u64)] = &[
     ("probe/obj", false, 5 * MIB / 2 + 11),
 ];
 
+/// Cold objects: about 190 MiB with the sizes below, twice what the three stores hold
+/// together (each chunk is kept by its owner only), so that cold reads keep going to the
+/// origin and the origin's faults keep meeting object reads, not only listings.
+const COLD_OBJECTS: usize = 36;
+/// `store.capacity` of each replica.
+const STORE_MIB: u64 = 32;
+
 const COLD_SIZES: &[u64] = &[
     64 * KIB,
     MIB - 1,
@@ -638,7 +684,7 @@ async fn run(opts: Opts) -> i32 {
             .await
             .expect("seed object");
     }
-    for (n, size) in COLD_SIZES.iter().cycle().take(21).enumerate() {
+    for (n, size) in COLD_SIZES.iter().cycle().take(COLD_OBJECTS).enumerate() {
         let i = cat.add_key(&format!("cold/{n:02}"), false);
         put_version(&s3, &cat, i, 1000 + i as u64, *size)
             .await
@@ -664,7 +710,7 @@ async fn run(opts: Opts) -> i32 {
         region: common::REGION.into(),
         origin_timeout: opts.origin_timeout,
         queue_timeout: opts.queue_timeout,
-        capacity_mib: 48,
+        capacity_mib: STORE_MIB,
         budget_mib: 128,
     };
     let replicas: Vec<Arc<Replica>> = (0..3)
@@ -876,7 +922,7 @@ fn report(
     let _ = writeln!(
         md,
         "Load ran {load_secs:.0} s: {} clients, {} idle keep-alive connections, 3 replicas \
-         (disk stores, 1 MiB chunks, store.capacity 48 MiB, origin.timeout {:?}, \
+         (disk stores, 1 MiB chunks, store.capacity {STORE_MIB} MiB, origin.timeout {:?}, \
          fill.queue_timeout {:?}, fill.retry 3 attempts 100 ms-1 s). Store-full fault: {}.\n",
         o.clients, o.idle_conns, o.origin_timeout, o.queue_timeout, h.store_full_method
     );

@@ -37,6 +37,13 @@ pub enum Mode {
     Latency(Duration, Duration),
     /// Refuse connections; reset the open ones.
     Down,
+    /// A lying origin: this share of listings cut short *with a matching Content-Length*
+    /// (complete-looking and wrong). Not in the default rotation (see `CHAOS_EXTRA_FAULTS`).
+    TruncateList(f64),
+    /// A lying origin: one byte flipped in this share of object bodies, length and ETag
+    /// intact. Nothing but a checksum could catch it, so it proves the harness's own checks
+    /// (the run must fail). Not in the default rotation.
+    CorruptBody(f64),
 }
 
 struct State {
@@ -230,6 +237,7 @@ async fn forward(
         .map(|p| p.as_str().to_owned())
         .unwrap_or_else(|| "/".into());
     let is_get = parts.method == hyper::Method::GET;
+    let is_list = is_get && pq.contains("list-type=");
     parts.uri = format!("{upstream}{pq}")
         .parse()
         .map_err(std::io::Error::other)?;
@@ -243,7 +251,21 @@ async fn forward(
             return Err(std::io::Error::other(e));
         }
     };
-    let (parts, body) = resp.into_parts();
+    let (mut parts, body) = resp.into_parts();
+    if let Mode::TruncateList(p) = mode {
+        if is_list && parts.status.is_success() && state.chance(p) {
+            let full = body
+                .collect()
+                .await
+                .map_err(std::io::Error::other)?
+                .to_bytes();
+            let cut = full.slice(..state.below(full.len() as u64) as usize);
+            parts.headers.insert("content-length", cut.len().into());
+            state.count("list_truncated_with_matching_length");
+            let body = Full::new(cut).map_err(|never| match never {}).boxed();
+            return Ok(hyper::Response::from_parts(parts, body));
+        }
+    }
     // Without a Content-Length (a chunked listing), break within its first 4 KiB.
     let len: u64 = parts
         .headers
@@ -264,7 +286,29 @@ async fn forward(
         }
         _ => None,
     };
+    let corrupt_at = match mode {
+        Mode::CorruptBody(p) if breakable && !is_list && state.chance(p) => {
+            state.count("body_byte_flipped");
+            Some(state.below(len))
+        }
+        _ => None,
+    };
     let data = body.into_data_stream();
+    let mut seen = 0u64;
+    let data = data.map(move |r| {
+        r.map(|b| {
+            let at = corrupt_at.filter(|&a| a >= seen && a < seen + b.len() as u64);
+            seen += b.len() as u64;
+            match at {
+                Some(a) => {
+                    let mut v = b.to_vec();
+                    v[(a + b.len() as u64 - seen) as usize] ^= 0x01;
+                    Bytes::from(v)
+                }
+                None => b,
+            }
+        })
+    });
     let left = brk.map_or(u64::MAX, |b| b.0);
     let hold = brk.and_then(|b| b.1);
     let frames = futures_util::stream::unfold(
