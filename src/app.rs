@@ -480,11 +480,12 @@ pub async fn start_with(
     }
     .into();
     let scrape = {
-        let (metrics, store, budget, membership) = (
+        let (metrics, store, budget, membership, tracked) = (
             metrics.clone(),
             store.clone(),
             budget.clone(),
             membership.clone(),
+            fills.clone(),
         );
         let capacity = cfg.store.capacity.0;
         move || {
@@ -501,6 +502,10 @@ pub async fn start_with(
                 budget_used: budget.total() - budget.available(),
                 budget_total: budget.total(),
                 members: membership.members().len() as u64,
+                background_tasks: tracked.len() as u64,
+                // Cheap: one atomic load per worker; `/metrics` runs on the runtime itself.
+                runtime_tasks: tokio::runtime::Handle::try_current()
+                    .map_or(0, |h| h.metrics().num_alive_tasks() as u64),
             });
             async move {
                 (

@@ -16,14 +16,11 @@ fn shoal() -> Command {
 /// addresses.
 fn serve_local(dir: &Path, root: &Path) -> (Child, Lines<BufReader<ChildStdout>>, String, String) {
     let cfg = dir.join("c.toml");
-    std::fs::write(
-        &cfg,
-        format!(
-            "[server]\nlisten = \"127.0.0.1:0\"\n[ops]\nlisten = \"127.0.0.1:0\"\n[origin]\nkind = \"local\"\nroot = \"{}\"\n[auth]\nmode = \"none\"\n[telemetry]\nlog_format = \"json\"\n",
-            root.display()
-        ),
-    )
-    .unwrap();
+    let mut c = common::base_config();
+    c.origin.kind = shoal::config::OriginKind::Local;
+    c.origin.root = Some(root.to_owned());
+    c.telemetry.log_format = shoal::config::LogFormat::Json;
+    std::fs::write(&cfg, common::fixture::toml(&c)).unwrap();
     let mut child = shoal()
         .args(["serve", "--config"])
         .arg(&cfg)

@@ -163,6 +163,10 @@ pub struct Snapshot {
     pub budget_total: u64,
     /// Replicas in the current membership.
     pub members: u64,
+    /// Fills, store writers and readahead running (the tracker shutdown waits on).
+    pub background_tasks: u64,
+    /// Tasks alive on the tokio runtime (every connection, request, fill and timer task).
+    pub runtime_tasks: u64,
 }
 
 /// Shoal's metrics. Cheap to clone (shared).
@@ -195,6 +199,8 @@ struct Inner {
     budget_used: Gauge,
     budget_total: Gauge,
     members: Gauge,
+    background_tasks: Gauge,
+    runtime_tasks: Gauge,
     connections: Gauge,
     connections_refused: Counter,
     log_lines_dropped: Counter,
@@ -346,6 +352,13 @@ impl Metrics {
             "cluster_members",
             "Replicas in the current membership",
         );
+        // A leak of tasks shows here long before it shows as memory (`make soak` plots both).
+        let background_tasks = gauge(
+            &mut r,
+            "background_tasks",
+            "Fills, store writers and readahead running",
+        );
+        let runtime_tasks = gauge(&mut r, "runtime_tasks", "Tasks alive on the tokio runtime");
         let connections = gauge(
             &mut r,
             "connections",
@@ -382,6 +395,8 @@ impl Metrics {
             budget_used,
             budget_total,
             members,
+            background_tasks,
+            runtime_tasks,
             connections,
             connections_refused,
             log_lines_dropped,
@@ -486,6 +501,8 @@ impl Metrics {
         set(&m.budget_used, now.budget_used);
         set(&m.budget_total, now.budget_total);
         set(&m.members, now.members);
+        set(&m.background_tasks, now.background_tasks);
+        set(&m.runtime_tasks, now.runtime_tasks);
         // The store keeps totals; export their growth so the counters stay monotonic.
         for (i, (c, v)) in [
             (&m.store_evictions, now.store_evictions),

@@ -142,18 +142,24 @@ pub fn garage() -> &'static Garage {
 
 /// How long one test binary may run before it is taken for hung. The slowest binary takes
 /// well under a minute here; a hang must fail the run with a message, not eat CI's time.
-const WATCHDOG: Duration = Duration::from_secs(20 * 60);
+/// `TEST_WATCHDOG_SECS` overrides it for the long runs (`make chaos`, `make soak`); not
+/// `SHOAL_…`, which `shoal serve` children would read as configuration.
+fn watchdog_limit() -> Duration {
+    std::env::var("TEST_WATCHDOG_SECS")
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .map_or(Duration::from_secs(20 * 60), Duration::from_secs)
+}
 
-/// Ends this test process, saying why, once it has run for [`WATCHDOG`]. Garage stops with it
+/// Ends this test process, saying why, once it has run for [`watchdog_limit`]. Garage stops with it
 /// (PR_SET_PDEATHSIG); a hung test's own waits should have fired long before.
 fn watchdog() {
     static STARTED: OnceLock<()> = OnceLock::new();
     STARTED.get_or_init(|| {
         std::thread::spawn(|| {
-            std::thread::sleep(WATCHDOG);
-            eprintln!(
-                "watchdog: this test binary ran for {WATCHDOG:?}; a test is hung. Giving up."
-            );
+            let limit = watchdog_limit();
+            std::thread::sleep(limit);
+            eprintln!("watchdog: this test binary ran for {limit:?}; a test is hung. Giving up.");
             std::process::exit(124);
         });
     });
