@@ -212,6 +212,8 @@ struct Harness {
     seeds: std::sync::atomic::AtomicU64,
     stop_ratios: std::sync::Mutex<Vec<StopRatio>>,
     restarts: std::sync::atomic::AtomicU64,
+    /// Ctrl-C: the run stopped early; the report says so and the exit code is never 0.
+    interrupted: std::sync::atomic::AtomicBool,
 }
 
 impl Harness {
@@ -652,6 +654,20 @@ const COLD_SIZES: &[u64] = &[
 
 async fn run(opts: Opts) -> i32 {
     let run_id = std::process::id();
+    // Runs that are over (their harness gone) leave logs, and a failed one its stores.
+    if let Ok(rd) = std::fs::read_dir(target_dir().join("chaos")) {
+        for e in rd.flatten() {
+            let name = e.file_name().to_string_lossy().into_owned();
+            if let Some(pid) = name
+                .strip_prefix("run-")
+                .and_then(|p| p.parse::<u32>().ok())
+            {
+                if !std::path::Path::new(&format!("/proc/{pid}")).exists() {
+                    let _ = std::fs::remove_dir_all(e.path());
+                }
+            }
+        }
+    }
     let base = target_dir().join("chaos").join(format!("run-{run_id}"));
     let _ = std::fs::remove_dir_all(&base);
     std::fs::create_dir_all(&base).expect("run dir");
@@ -759,14 +775,16 @@ async fn run(opts: Opts) -> i32 {
         seeds: std::sync::atomic::AtomicU64::new(1_000_000),
         stop_ratios: Default::default(),
         restarts: Default::default(),
+        interrupted: Default::default(),
     });
 
     let stop = CancellationToken::new();
     let ctrl_c = {
-        let stop = stop.clone();
+        let (stop, h) = (stop.clone(), h.clone());
         tokio::spawn(async move {
             if tokio::signal::ctrl_c().await.is_ok() {
                 eprintln!("chaos: interrupted; stopping and reporting");
+                h.interrupted.store(true, Ordering::SeqCst);
                 stop.cancel();
             }
         })
@@ -846,7 +864,7 @@ async fn run(opts: Opts) -> i32 {
     let _ = monitor.await;
     ctrl_c.abort();
 
-    report(
+    let code = report(
         &h,
         &faults,
         &samples,
@@ -854,7 +872,12 @@ async fn run(opts: Opts) -> i32 {
         idle_open_at_end,
         &final_probe,
         &base,
-    )
+    );
+    if h.interrupted.load(Ordering::SeqCst) {
+        // A run cut short proves less than it claims: never exit 0.
+        return 130;
+    }
+    code
 }
 
 #[allow(clippy::too_many_arguments)]
@@ -896,6 +919,12 @@ fn report(
     let soak_j = (!samples.is_empty()).then(|| soak::judge(samples, load_secs, 3));
 
     let mut fail = Vec::new();
+    if h.interrupted.load(Ordering::SeqCst) {
+        fail.push(format!(
+            "INTERRUPTED (Ctrl-C) after {load_secs:.0} s of {} s; only that part was judged",
+            o.secs
+        ));
+    }
     if s.fatal_count() > 0 {
         fail.push(format!("{} fatal findings: {fatal:?}", s.fatal_count()));
     }
