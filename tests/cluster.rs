@@ -39,6 +39,30 @@ async fn replicas(g: &Garage, n: usize, origin: Arc<dyn shoal::origin::Origin>) 
     out
 }
 
+/// The cluster's members as rendezvous names them, for replicas listening on `ports`.
+fn members_of(ports: &[u16]) -> Vec<shoal::cluster::Member> {
+    ports
+        .iter()
+        .map(|&port| shoal::cluster::Member {
+            ip: Ipv4Addr::LOCALHOST.into(),
+            port,
+        })
+        .collect()
+}
+
+/// A replica run as a `shoal serve` process: origin id `id` (it names the chunk paths the
+/// test computes owners of), Shoal's default retries and membership refresh, no readahead (the
+/// test decides which chunk is in flight), JSON logs.
+fn process_replica(g: &Garage, me: u16, ports: &[u16], id: &str) -> Config {
+    let mut c = replica_config(g, me, ports);
+    c.origin.id = id.into();
+    c.fill.retry = Default::default();
+    c.cluster.refresh = shoal::config::ClusterConfig::default().refresh;
+    c.chunk.readahead = 0;
+    c.telemetry.log_format = shoal::config::LogFormat::Json;
+    c
+}
+
 async fn etag_of(c: &aws_sdk_s3::Client, b: &str, k: &str) -> String {
     c.head_object()
         .bucket(b)
@@ -557,7 +581,7 @@ async fn a_membership_change_mid_transfer_loses_and_repeats_nothing() {
 /// hash) a chunk that a peer owns and kills half way through it.
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn killing_an_owner_mid_transfer_never_serves_wrong_bytes() {
-    use shoal::cluster::rendezvous::{owner, Member};
+    use shoal::cluster::rendezvous::owner;
     let g = garage();
     let c = client(&g.endpoint);
     let b = bucket(&c, "kill").await;
@@ -568,13 +592,7 @@ async fn killing_an_owner_mid_transfer_never_serves_wrong_bytes() {
     // 4 MB/s per origin stream: a 1 MiB chunk takes ~250 ms, so the kill lands mid-stream.
     proxy.throttle(Some(4 * MIB as u64));
     let ports: Vec<u16> = (0..3).map(|_| free_port()).collect();
-    let members: Vec<Member> = ports
-        .iter()
-        .map(|&port| Member {
-            ip: Ipv4Addr::LOCALHOST.into(),
-            port,
-        })
-        .collect();
+    let members = members_of(&ports);
     let key = |index| ChunkKey {
         origin_id: "kill".into(),
         ..chunk(&b, "obj", &etag, index)
@@ -587,13 +605,8 @@ async fn killing_an_owner_mid_transfer_never_serves_wrong_bytes() {
     let procs: Vec<ShoalProcess> = ports
         .iter()
         .map(|&p| {
-            let mut c = replica_config(g, p, &ports);
-            c.origin.id = "kill".into();
-            c.fill.retry = Default::default();
-            c.cluster.refresh = shoal::config::ClusterConfig::default().refresh;
+            let mut c = process_replica(g, p, &ports, "kill");
             c.origin.endpoint = Some(proxy.endpoint.clone());
-            c.chunk.readahead = 0;
-            c.telemetry.log_format = shoal::config::LogFormat::Json;
             ShoalProcess::start(&common::fixture::toml(&c))
         })
         .collect();
@@ -686,7 +699,7 @@ impl Drop for Resume {
 /// SIGCONT it is asked again and serves (ejected back to 0).
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn a_stopped_replica_is_ejected_and_probed_back() {
-    use shoal::cluster::rendezvous::{owner, Member};
+    use shoal::cluster::rendezvous::owner;
     let g = garage();
     let c = client(&g.endpoint);
     let b = bucket(&c, "sigstop").await;
@@ -699,13 +712,7 @@ async fn a_stopped_replica_is_ejected_and_probed_back() {
     let etag_after = etag_of(&c, &b, "after").await;
     let etag_before = etag_of(&c, &b, "before").await;
     let ports: Vec<u16> = (0..3).map(|_| free_port()).collect();
-    let members: Vec<Member> = ports
-        .iter()
-        .map(|&port| Member {
-            ip: Ipv4Addr::LOCALHOST.into(),
-            port,
-        })
-        .collect();
+    let members = members_of(&ports);
     let key = |k: &str, etag: &str, index| ChunkKey {
         origin_id: "sigstop".into(),
         ..chunk(&b, k, etag, index)
@@ -724,16 +731,11 @@ async fn a_stopped_replica_is_ejected_and_probed_back() {
     let procs: Vec<ShoalProcess> = ports
         .iter()
         .map(|&p| {
-            let mut c = replica_config(g, p, &ports);
-            c.origin.id = "sigstop".into();
-            c.fill.retry = Default::default();
-            c.cluster.refresh = shoal::config::ClusterConfig::default().refresh;
+            let mut c = process_replica(g, p, &ports, "sigstop");
             c.origin.timeout = Dur(Duration::from_secs(30));
             c.fill.queue_timeout = Dur(Duration::from_secs(30));
             c.fill.retry.max_total = Dur(Duration::from_secs(40));
-            c.chunk.readahead = 0;
             c.cluster.peer_timeout = Dur(Duration::from_millis(500));
-            c.telemetry.log_format = shoal::config::LogFormat::Json;
             ShoalProcess::start(&common::fixture::toml(&c))
         })
         .collect();
